@@ -1,0 +1,171 @@
+"""Request and response bodies of the admin API, as they appear in its OpenAPI document.
+
+Times are ISO-8601 UTC strings. Keys are shown by id and ``prefix`` only; the
+secret appears once, in the answer to ``POST /api/v1/keys``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from corral.identity.service import DURATION_PATTERN, NAME_PATTERN
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=100)]
+Ref = Annotated[
+    str, Field(min_length=1, max_length=200, description="An id or a name.", examples=["payments"])
+]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="Stable machine-readable error type.")
+    message: str = Field(description="What went wrong and what to do about it.")
+
+
+class ErrorBody(BaseModel):
+    """Every error the admin API returns has this shape."""
+
+    error: ErrorDetail
+
+
+class TeamIn(_In):
+    name: Name = Field(description="Unique in the organisation.", examples=["payments"])
+
+
+class Team(BaseModel):
+    id: str
+    name: str
+    org_id: str
+    created_at: datetime
+
+
+class UserIn(_In):
+    name: Name = Field(description="Unique in its team.", examples=["alice"])
+    team: Ref = Field(description="The team, by id or name.")
+    kind: Literal["user", "service"] = Field(
+        default="user", description="`service` makes a service account."
+    )
+    email: str | None = Field(default=None, min_length=3, max_length=320)
+
+
+class User(BaseModel):
+    id: str
+    name: str
+    kind: str
+    email: str | None
+    team_id: str
+    team: str = Field(description="The team's name.")
+    org_id: str
+    created_at: datetime
+
+
+class KeyIn(_In):
+    team: Ref = Field(description="The owning team, by id or name.")
+    user: Ref = Field(description="The owning user or service account, by id or name.")
+    name: str | None = Field(default=None, min_length=1, max_length=200, examples=["laptop"])
+    models: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        default=None,
+        max_length=200,
+        description="Models the key may call; all models when absent.",
+    )
+    expires_in: str | None = Field(
+        default=None,
+        pattern=DURATION_PATTERN,
+        description="Lifetime such as `90m`, `24h`, `7d` or `2w`.",
+        examples=["7d"],
+    )
+    expires_at: datetime | None = Field(
+        default=None, description="Expiry time (alternative to `expires_in`)."
+    )
+    role: Literal["virtual", "team_admin"] = Field(
+        default="virtual",
+        description="`virtual` keys call models; `team_admin` keys also manage their team.",
+    )
+
+
+class Key(BaseModel):
+    id: str
+    prefix: str = Field(description="The first characters of the key, to recognise it.")
+    name: str | None
+    role: str
+    org_id: str
+    team_id: str | None
+    team: str | None = Field(description="The team's name.")
+    user_id: str | None
+    user: str | None = Field(description="The user's or service account's name.")
+    allowed_models: list[str] | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class KeyCreated(Key):
+    key: str = Field(description="The secret. Shown in this answer only; store it now.")
+
+
+class Me(BaseModel):
+    """The calling key and who it speaks for."""
+
+    key: Key
+    team: Team | None
+    user: User | None
+
+
+class Provider(BaseModel):
+    name: str
+    kind: str
+    base_url: str
+    protocols: list[str]
+    api_key_env: str | None = Field(description="Name of the variable holding the secret.")
+    api_key_set: bool = Field(description="Whether that variable is set in Corral's environment.")
+
+
+class Prices(BaseModel):
+    """USD per 1M tokens for each non-overlapping token column."""
+
+    input: float
+    cached_input: float
+    cache_write: float
+    output: float
+    reasoning: float
+
+
+class Model(BaseModel):
+    name: str
+    provider: str
+    upstream_model: str
+    context_window: int
+    prices: Prices
+    price_version: str
+
+
+class UsageRow(BaseModel):
+    """Totals for one value of the grouping; only the fields of that grouping are present."""
+
+    team: str | None = None
+    team_id: str | None = None
+    user: str | None = None
+    user_id: str | None = None
+    key: str | None = None
+    key_id: str | None = None
+    model: str | None = None
+    requests: int
+    input_tokens: int
+    cached_input_tokens: int
+    cache_write_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    cost_usd: float = Field(description="USD, rounded to 9 decimal places (nano-dollars).")
+
+
+class Usage(BaseModel):
+    by: Literal["team", "user", "key", "model"]
+    since: datetime
+    rows: list[UsageRow]

@@ -1,0 +1,151 @@
+"""The application object and its factory.
+
+All state lives on ``CorralApp``: settings, clock, store, key cache, catalog,
+upstream client, the record pipeline. It is itself the ASGI application and
+dispatches by path: ``/v1/*`` to the gateway, ``/api/*`` to the admin API,
+``/metrics``, and the status page at ``/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from corral.clock import Clock, SystemClock
+from corral.errors import ConfigError
+from corral.identity import KeyCache
+from corral.routing import Catalog
+from corral.settings import Settings
+from corral.store import Store
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class CorralApp:
+    """One Corral process: gateway, admin API and the pipelines behind them."""
+
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+        from corral.gateway import Gateway
+        from corral.traces import Recorder
+
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.store = Store(settings.resolved_database_url)
+        self.keys = KeyCache(self.store, self.clock, refresh_interval=settings.key_refresh_interval)
+        self.recorder = Recorder(
+            self.store,
+            journal_dir=settings.home / "journal",
+            batch_size=settings.record_batch_size,
+            flush_interval=settings.record_flush_interval,
+        )
+        self.gateway = Gateway(self)
+        self._catalog: Catalog | None = None
+        self._sim: Any = None
+        self._api: ASGIApp | None = None
+        self.generated_admin_key: str | None = None
+        self.on_startup: list[Callable[[CorralApp], None]] = []
+        self.started = False
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            raise ConfigError("the catalog is built at start-up; start the app first")
+        return self._catalog
+
+    @property
+    def api(self) -> ASGIApp:
+        if self._api is None:
+            from corral.api import create_api
+
+            self._api = create_api(self)
+        return self._api
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Migrate, bootstrap identity, start the simulator if needed, start pipelines."""
+        from corral.identity.service import bootstrap
+
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.store.migrate)
+        self.generated_admin_key = await asyncio.to_thread(
+            bootstrap, self.store, self.settings, self.clock
+        )
+        sim_url = self.settings.sim_url
+        if not self.settings.providers and sim_url is None:
+            sim_url = await self._start_sim()
+        self._catalog = Catalog.from_settings(self.settings, sim_url=sim_url)
+        await self.recorder.start()
+        await self.gateway.start()
+        await self.keys.start()
+        self.started = True
+        for hook in self.on_startup:
+            hook(self)
+
+    async def shutdown(self) -> None:
+        await self.keys.stop()
+        await self.gateway.stop()
+        await self.recorder.stop()
+        if self._sim is not None:
+            await self._sim.stop()
+        self.store.close()
+        self.started = False
+
+    async def _start_sim(self) -> str:
+        """Serve the simulator in this process on a loopback port of its own."""
+        from corral.sim import SimConfig, SimServer
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self._sim = SimServer(SimConfig())
+        await self._sim.start(sock)
+        host, port = sock.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    # -- ASGI ------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path: str = scope["path"]
+            if path.startswith("/v1/"):
+                await self.gateway(scope, receive, send)
+            elif path.startswith("/api/"):
+                await self.api(scope, receive, send)
+            else:
+                from corral.web import status_app
+
+                await status_app(self, scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings, *, clock: Clock | None = None) -> CorralApp:
+    """Build a Corral application; nothing runs until its ASGI lifespan starts it."""
+    return CorralApp(settings, clock=clock)

@@ -1,0 +1,65 @@
+"""``corral serve``: the gateway, the admin API and the status page in one process."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import uvicorn
+
+from corral.app import CorralApp, create_app
+from corral.errors import CorralError
+from corral.settings import load_settings
+
+
+@click.command()
+@click.option("--host", default=None, help="Address to listen on [default: 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port to listen on [default: 4100].")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML settings file [default: $CORRAL_CONFIG, else ./corral.toml if present].",
+)
+@click.option(
+    "--sim-url",
+    default=None,
+    help="Serve the simulator's models from this external `corral sim` (with no providers).",
+)
+def serve(host: str | None, port: int | None, config_file: str | None, sim_url: str | None) -> None:
+    """Run Corral: gateway (/v1), admin API (/api/v1), status page (/)."""
+    try:
+        settings = load_settings(config_file, host=host, port=port, sim_url=sim_url)
+        app = create_app(settings)
+    except CorralError as exc:
+        raise click.ClickException(exc.message) from exc
+    app.on_startup.append(_announce)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        lifespan="on",
+        loop="uvloop",
+        http="httptools",
+        access_log=settings.access_log,
+        log_level="warning",
+        timeout_graceful_shutdown=10,
+    )
+    uvicorn.Server(config).run()
+
+
+def _announce(app: CorralApp) -> None:
+    s = app.settings
+    url = f"http://{s.host}:{s.port}"
+    out = sys.stderr
+    print(f"Corral {url}  (gateway {url}/v1, admin API {url}/api/v1, status page {url}/)", file=out)
+    print(f"  store: {app.store.describe()}", file=out)
+    print(f"  models: {', '.join(app.catalog.models)}", file=out)
+    if app.generated_admin_key:
+        print(
+            "  admin key (shown once, only its hash is kept; export it as CORRAL_ADMIN_KEY):\n"
+            f"    {app.generated_admin_key}",
+            file=out,
+        )
+    out.flush()

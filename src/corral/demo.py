@@ -1,0 +1,175 @@
+"""``make run``: Corral on its embedded defaults, a simulator, and a small demo fleet.
+
+Starts ``corral sim`` (with realistic latency) and ``corral serve`` pointed at
+it in this process, creates two demo teams with keys, drives a bounded fleet
+of clients through the OpenAI Chat, OpenAI Responses and Anthropic Messages
+protocols, prints the URLs and a usage table, and keeps serving until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import sys
+from typing import Any
+
+import httpx
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from corral.app import CorralApp, create_app
+from corral.errors import Conflict, CorralError
+from corral.identity.keys import KEY_PREFIX
+from corral.identity.service import IdentityService
+from corral.settings import load_settings
+from corral.sim import SimConfig, SimServer
+
+TEAMS = {"payments": ["ada", "grace"], "search": ["linus"]}
+ROUNDS = 4  # requests per agent per protocol: bounded, the demo is not a load test
+PROMPTS = [
+    "Summarise the failing test in payments/ledger_test.py.",
+    "Propose a fix for the flaky retry in the search indexer.",
+    "Write a changelog entry for the new refund endpoint.",
+    "Explain what the capacity contract with the provider covers.",
+]
+
+
+def main() -> None:
+    console = Console(stderr=True)
+    admin_key = os.environ.get("CORRAL_ADMIN_KEY") or f"{KEY_PREFIX}admin-" + secrets.token_urlsafe(
+        24
+    )
+    port = int(os.environ.get("CORRAL_PORT", "4100"))
+    sim_port = int(os.environ.get("CORRAL_SIM_PORT", "4200"))
+    for p in (port, sim_port):
+        if not _port_free(p):
+            sys.exit(
+                f"port {p} is in use: stop what runs there, or set CORRAL_PORT / CORRAL_SIM_PORT"
+            )
+    try:
+        asyncio.run(_run(console, admin_key, port, sim_port))
+    except KeyboardInterrupt:
+        console.print("stopped")
+    except CorralError as exc:
+        sys.exit(f"corral demo: {exc.message}")
+
+
+async def _run(console: Console, admin_key: str, port: int, sim_port: int) -> None:
+    sim_sock = _bind(sim_port)
+    sim = SimServer(SimConfig(ttft_ms=120, tokens_per_second=150))
+    await sim.start(sim_sock)
+    settings = load_settings(port=port, admin_key=admin_key, sim_url=f"http://127.0.0.1:{sim_port}")
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            lifespan="on",
+            http="httptools",
+            log_level="warning",
+            access_log=False,
+        )
+    )
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        if serving.done():
+            await serving  # raises the start-up error
+            return
+        await asyncio.sleep(0.05)
+    base = f"http://127.0.0.1:{port}"
+    keys = await asyncio.to_thread(_demo_keys, app)
+    console.print(f"[bold]Corral[/] {base}  status page {base}/  admin API {base}/api/v1/docs")
+    console.print(f"simulator http://127.0.0.1:{sim_port}  store {app.store.describe()}")
+    console.print(f"admin key (this run): {admin_key}")
+    console.print(f"demo fleet: {sum(len(u) for u in TEAMS.values())} agents, three protocols …")
+    await _fleet(base, keys)
+    await app.recorder.flush()
+    _usage_table(console, app)
+    console.print(f"\nDashboard (status page): {base}/   — Ctrl-C to stop.")
+    try:
+        await serving
+    finally:
+        await sim.stop()
+
+
+def _demo_keys(app: CorralApp) -> dict[str, str]:
+    service = IdentityService(app.store, app.clock)
+    keys: dict[str, str] = {}
+    for team, users in TEAMS.items():
+        with contextlib.suppress(Conflict):
+            service.create_team(team)
+        for user in users:
+            with contextlib.suppress(Conflict):
+                service.create_user(user, team)
+            _, raw = service.create_key(team, user, name=f"demo-{user}")
+            keys[f"{team}/{user}"] = raw
+    return keys
+
+
+async def _fleet(base: str, keys: dict[str, str]) -> None:
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        await asyncio.gather(*(_agent(client, who, key) for who, key in keys.items()))
+
+
+async def _agent(client: httpx.AsyncClient, who: str, key: str) -> None:
+    auth = {"authorization": f"Bearer {key}"}
+    model = "sim-economy" if who.startswith("search") else "sim-standard"
+    for i in range(ROUNDS):
+        prompt = PROMPTS[i % len(PROMPTS)]
+        chat: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt}]}
+        await client.post("/v1/chat/completions", json=chat, headers=auth)
+        async with client.stream(
+            "POST", "/v1/chat/completions", json={**chat, "stream": True}, headers=auth
+        ) as r:
+            async for _ in r.aiter_bytes():
+                pass
+        await client.post(
+            "/v1/responses", json={"model": "sim-frontier", "input": prompt}, headers=auth
+        )
+        await client.post(
+            "/v1/messages",
+            json={
+                "model": model,
+                "max_tokens": 256,
+                "messages": [{"role": "user", "content": prompt}],
+            },
+            headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
+        )
+
+
+def _usage_table(console: Console, app: CorralApp) -> None:
+    rows = IdentityService(app.store, app.clock).usage("team", 0)
+    table = Table(title="Usage by team")
+    for column in ("team", "requests", "input", "cached", "output", "cost (USD)"):
+        table.add_column(column, justify="left" if column == "team" else "right")
+    for r in rows:
+        table.add_row(
+            r.label,
+            f"{r.requests:,}",
+            f"{r.input_tokens:,}",
+            f"{r.cached_input_tokens:,}",
+            f"{r.output_tokens:,}",
+            f"{r.cost_usd:.6f}",
+        )
+    console.print(table)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _bind(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
+
+
+if __name__ == "__main__":
+    main()

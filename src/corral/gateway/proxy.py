@@ -1,0 +1,588 @@
+"""The gateway: authenticate, resolve, forward, meter, record.
+
+Same-protocol traffic passes through: the request body is forwarded as sent
+unless Corral must change it (the upstream model name, asking an OpenAI chat
+stream for usage), and responses go back byte for byte, streams event by
+event. Each request yields two spans, ``llm_request`` and its ``attempt``;
+the record is journaled before the last byte of the response is sent, so a
+completed response's record survives a crash of the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import orjson
+
+from corral.errors import (
+    ClientError,
+    CorralError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from corral.gateway.http import (
+    JSON_CT,
+    SSE_CT,
+    Headers,
+    Receive,
+    Scope,
+    Send,
+    api_key,
+    header,
+    parse_json_object,
+    read_body,
+    send_bytes,
+)
+from corral.gateway.upstream import (
+    FORWARD_RESPONSE,
+    Upstream,
+    classify,
+    error_message,
+    upstream_url,
+)
+from corral.gateway.wire import CHAT, MESSAGES, RESPONSES, Outcome, Usage, Wire
+from corral.identity import KeyInfo
+from corral.routing import Deployment
+from corral.routing.catalog import PROTOCOL_NAMES
+from corral.tokens import count_tokens
+from corral.traces.spans import SPAN_DEFAULTS, new_span_id, new_trace_id, parse_traceparent
+
+if TYPE_CHECKING:
+    from corral.app import CorralApp
+
+log = logging.getLogger(__name__)
+
+WIRES: dict[str, Wire] = {CHAT.path: CHAT, RESPONSES.path: RESPONSES, MESSAGES.path: MESSAGES}
+COUNT_TOKENS = "/v1/messages/count_tokens"
+MODELS = "/v1/models"
+
+
+class Call:
+    """Everything known about one model call, filled in as it proceeds."""
+
+    __slots__ = (
+        "attempt_span_id",
+        "deployment",
+        "key",
+        "model",
+        "parent_span_id",
+        "request_id",
+        "span_id",
+        "start_ns",
+        "stream",
+        "t0",
+        "t_up",
+        "t_up_end",
+        "trace_id",
+        "ttft_ms",
+        "wire",
+    )
+
+    def __init__(self, wire: Wire, scope: Scope) -> None:
+        self.t0 = time.perf_counter()
+        self.start_ns = time.time_ns()
+        self.wire = wire
+        self.request_id = "req_" + new_span_id() + new_span_id()[:8]
+        self.key: KeyInfo | None = None
+        self.model: str | None = None
+        self.deployment: Deployment | None = None
+        self.stream = False
+        parent = parse_traceparent(header(scope, b"traceparent"))
+        self.trace_id: str = parent[0] if parent else new_trace_id()
+        self.parent_span_id: str | None = parent[1] if parent else None
+        self.span_id = new_span_id()
+        self.attempt_span_id = new_span_id()
+        self.t_up = 0.0
+        self.t_up_end = 0.0
+        self.ttft_ms: float | None = None
+
+    def overhead_ms(self, now: float) -> float:
+        upstream = (self.t_up_end or now) - self.t_up if self.t_up else 0.0
+        return max(0.0, (now - self.t0 - upstream) * 1000)
+
+    def corral_headers(self, now: float) -> Headers:
+        return [
+            (b"x-corral-request-id", self.request_id.encode()),
+            (b"x-corral-overhead-ms", f"{self.overhead_ms(now):.3f}".encode()),
+        ]
+
+
+class Gateway:
+    """The ASGI application behind ``/v1/*``."""
+
+    def __init__(self, app: CorralApp, *, upstream: Upstream | None = None) -> None:
+        self.app = app
+        s = app.settings
+        self.upstream = upstream or Upstream(
+            connect_timeout=s.upstream_connect_timeout,
+            read_timeout=s.upstream_read_timeout,
+            max_connections=s.upstream_max_connections,
+        )
+        self.max_body = s.max_body_bytes
+
+    async def start(self) -> None:
+        await self.upstream.start()
+
+    async def stop(self) -> None:
+        await self.upstream.stop()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        wire = WIRES.get(path)
+        if wire is not None:
+            if method == "POST":
+                await self._model_call(wire, scope, receive, send)
+                return
+            await self._reject(
+                send, wire, InvalidRequest(f"use POST for {path}", status=405), Call(wire, scope)
+            )
+        elif path == COUNT_TOKENS and method == "POST":
+            await self._count_tokens(scope, receive, send)
+        elif path == MODELS and method in ("GET", "HEAD"):
+            await self._models(scope, send)
+        else:
+            wire = MESSAGES if path.startswith("/v1/messages") else CHAT
+            missing = NotFound(f"no such endpoint: {method} {path}")
+            await self._reject(send, wire, missing, Call(wire, scope))
+
+    # -- model calls ----------------------------------------------------------
+
+    async def _model_call(self, wire: Wire, scope: Scope, receive: Receive, send: Send) -> None:
+        call = Call(wire, scope)
+        try:
+            data, body = await self._admit(call, scope, receive)
+            upstream_body, strip_usage = self._prepare(call, data, body)
+        except ClientError as exc:
+            await self._reject(send, wire, exc, call)
+            return
+        deployment = call.deployment
+        assert deployment is not None
+        url = upstream_url(deployment, wire.path, scope["query_string"])
+        extra = {"traceparent": f"00-{call.trace_id}-{call.attempt_span_id}-01"}
+        call.t_up = time.perf_counter()
+        try:
+            headers = self.upstream.headers(deployment, scope["headers"], extra)
+            response = await self.upstream.post(url, upstream_body, headers)
+        except CorralError as exc:
+            call.t_up_end = time.perf_counter()
+            self._record(call, status="error", http=exc.status, error=(_class_of(exc), exc.message))
+            await self._reject(send, wire, exc, call)
+            return
+        try:
+            if call.stream and response.status == 200 and _is_sse(response):
+                await self._relay(call, response, receive, send, strip_usage)
+            else:
+                await self._complete(call, response, send)
+        finally:
+            response.release()
+
+    async def _admit(
+        self, call: Call, scope: Scope, receive: Receive, *, counting: bool = False
+    ) -> tuple[dict[str, Any], bytes]:
+        key = await self.app.keys.authenticate(api_key(scope))
+        if not key.may_call_models():
+            raise PermissionDenied(
+                "this key cannot call models (it is an admin key); create a key for a user "
+                "with 'corral keys create --team T --user U'"
+            )
+        call.key = key
+        body = await read_body(scope, receive, self.max_body)
+        data = parse_json_object(body)
+        check = MESSAGES.check_count if counting else call.wire.check
+        call.model, call.stream = check(data)
+        key.check_model(call.model)
+        deployment = self.app.catalog.resolve(call.model)
+        if not deployment.speaks(call.wire.name):
+            raise InvalidRequest(
+                f"model {call.model!r} is served by provider {deployment.provider.name!r}, which "
+                f"does not speak the {PROTOCOL_NAMES[call.wire.name]} protocol; call it through "
+                + " or ".join(WIRE_PATHS[p] for p in sorted(deployment.provider.protocols))
+            )
+        call.deployment = deployment
+        return data, body
+
+    def _prepare(self, call: Call, data: dict[str, Any], body: bytes) -> tuple[bytes, bool]:
+        """The body to send upstream; rewritten only when Corral has to change it."""
+        deployment = call.deployment
+        assert deployment is not None
+        changed = False
+        strip_usage = False
+        if deployment.upstream_model != call.model:
+            data["model"] = deployment.upstream_model
+            changed = True
+        if call.stream and call.wire is CHAT:
+            options = data.get("stream_options") or {}
+            if not options.get("include_usage"):
+                data["stream_options"] = {**options, "include_usage": True}
+                strip_usage = changed = True
+        return (orjson.dumps(data) if changed else body), strip_usage
+
+    async def _complete(self, call: Call, response: aiohttp.ClientResponse, send: Send) -> None:
+        """A whole (non-streamed, or refused) upstream response, passed through."""
+        wire = call.wire
+        try:
+            payload = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            call.t_up_end = time.perf_counter()
+            error = _upstream_failure(exc, "reading the response")
+            self._record(
+                call, status="error", http=error.status, error=(_class_of(error), error.message)
+            )
+            await self._reject(send, wire, error, call)
+            return
+        call.t_up_end = time.perf_counter()
+        status = response.status
+        if 200 <= status < 300:
+            try:
+                outcome = wire.outcome(orjson.loads(payload))
+            except (orjson.JSONDecodeError, AttributeError, TypeError):
+                error = UpstreamError("the provider returned a malformed response body")
+                self._record(
+                    call, status="error", http=502, error=("malformed_response", error.message)
+                )
+                await self._reject(send, wire, error, call)
+                return
+            self._record(call, status="ok", http=status, outcome=outcome)
+        else:
+            message = error_message(payload) or f"HTTP {status}"
+            self._record(
+                call, status="error", http=status, error=(classify(status, payload), message)
+            )
+        headers = _response_headers(response)
+        headers.extend(call.corral_headers(time.perf_counter()))
+        await send_bytes(send, status, headers, payload)
+
+    async def _relay(
+        self,
+        call: Call,
+        response: aiohttp.ClientResponse,
+        receive: Receive,
+        send: Send,
+        strip_usage: bool,
+    ) -> None:
+        """Relay an SSE stream event by event, metering as it passes."""
+        meter = call.wire.meter(strip_usage)
+        headers = _response_headers(response, SSE_CT)
+        headers.extend(call.corral_headers(time.perf_counter()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        abandoned = asyncio.Event()
+        watcher = asyncio.create_task(_watch_disconnect(receive, abandoned, response))
+        recorded = False
+        failure: CorralError | None = None
+        try:
+            async for chunk in response.content.iter_any():
+                if call.ttft_ms is None:
+                    call.ttft_ms = (time.perf_counter() - call.t_up) * 1000
+                out, terminal = meter.feed(chunk)
+                if terminal and not abandoned.is_set():
+                    call.t_up_end = time.perf_counter()
+                    self._record_stream(call, meter.outcome, meter.events, complete=True)
+                    recorded = True
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            rest = meter.tail()
+            if rest:
+                await send({"type": "http.response.body", "body": rest, "more_body": True})
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if not abandoned.is_set():
+                failure = _upstream_failure(exc, "streaming the response")
+        finally:
+            watcher.cancel()
+        call.t_up_end = call.t_up_end or time.perf_counter()
+        if abandoned.is_set() and not recorded:
+            self._record_stream(call, meter.outcome, meter.events, complete=False, abandoned=True)
+            return
+        if not recorded:
+            failure = failure or UpstreamError(
+                "the provider ended the stream before it was complete"
+            )
+            self._record_stream(call, meter.outcome, meter.events, complete=False, failure=failure)
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": _sse_error(call.wire, failure, meter.events),
+                    "more_body": True,
+                }
+            )
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    # -- records ----------------------------------------------------------------
+
+    def _record_stream(
+        self,
+        call: Call,
+        outcome: Outcome,
+        events: int,
+        *,
+        complete: bool,
+        abandoned: bool = False,
+        failure: CorralError | None = None,
+    ) -> None:
+        estimated = outcome.usage is None
+        if estimated:
+            # The provider never sent usage (the stream was cut short): estimate what was
+            # consumed so the spend is not lost. Delta events carry about one token each.
+            outcome.usage = Usage(output=events)
+        if complete and outcome.error is None:
+            self._record(call, status="ok", http=200, outcome=outcome)
+        elif abandoned:
+            self._record(
+                call,
+                status="cancelled",
+                http=499,
+                outcome=outcome,
+                error=("client_disconnected", "the client closed the stream"),
+                estimated=estimated,
+            )
+        else:
+            err = failure or UpstreamError(outcome.error or "stream failed")
+            self._record(
+                call,
+                status="error",
+                http=200,
+                outcome=outcome,
+                error=(_class_of(err) if failure else "stream_error", outcome.error or err.message),
+                estimated=estimated,
+            )
+
+    def _record(
+        self,
+        call: Call,
+        *,
+        status: str,
+        http: int,
+        outcome: Outcome | None = None,
+        error: tuple[str, str] | None = None,
+        estimated: bool = False,
+    ) -> None:
+        key, deployment = call.key, call.deployment
+        if key is None or deployment is None:
+            return
+        now = time.perf_counter()
+        usage = (outcome.usage if outcome else None) or Usage()
+        cost = deployment.prices.cost_nusd(
+            usage.input, usage.cached_input, usage.cache_write, usage.output, usage.reasoning
+        )
+        end_ns = call.start_ns + int((now - call.t0) * 1e9)
+        upstream_ms = ((call.t_up_end or now) - call.t_up) * 1000 if call.t_up else None
+        row = SPAN_DEFAULTS.copy()
+        row.update(
+            span_id=call.span_id,
+            trace_id=call.trace_id,
+            parent_span_id=call.parent_span_id,
+            kind="llm_request",
+            name=f"chat {call.model}",
+            request_id=call.request_id,
+            org_id=key.org_id,
+            team_id=key.team_id,
+            user_id=key.user_id,
+            key_id=key.key_id,
+            run_id=key.run_id,
+            owner_id=key.user_id,
+            protocol=call.wire.name,
+            operation="chat",
+            model_requested=call.model,
+            model_served=(outcome.model if outcome else None) or deployment.upstream_model,
+            provider=deployment.provider.name,
+            deployment=deployment.id,
+            stream=call.stream,
+            status=status,
+            http_status=http,
+            error_class=error[0] if error else None,
+            error_message=error[1] if error else None,
+            finish_reason=outcome.finish_reason if outcome else None,
+            response_id=outcome.response_id if outcome else None,
+            start_ns=call.start_ns,
+            end_ns=end_ns,
+            ttft_ms=call.ttft_ms,
+            upstream_ms=upstream_ms,
+            overhead_ms=call.overhead_ms(now),
+            input_tokens=usage.input,
+            cached_input_tokens=usage.cached_input,
+            cache_write_tokens=usage.cache_write,
+            output_tokens=usage.output,
+            reasoning_tokens=usage.reasoning,
+            cost_nusd=cost,
+            cost_source="estimated" if estimated else "computed",
+            price_version=self.app.catalog.price_version,
+        )
+        attempt = row.copy()
+        attempt.update(
+            span_id=call.attempt_span_id,
+            parent_span_id=call.span_id,
+            kind="attempt",
+            name=f"attempt {deployment.id}",
+            attempt=1,
+            start_ns=call.start_ns + int((call.t_up - call.t0) * 1e9)
+            if call.t_up
+            else call.start_ns,
+            overhead_ms=None,
+        )
+        self.app.recorder.record(row)
+        self.app.recorder.record(attempt)
+
+    # -- other endpoints ----------------------------------------------------------
+
+    async def _count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
+        call = Call(MESSAGES, scope)
+        try:
+            data, body = await self._admit(call, scope, receive, counting=True)
+        except ClientError as exc:
+            await self._reject(send, MESSAGES, exc, call)
+            return
+        deployment = call.deployment
+        assert deployment is not None
+        if deployment.provider.kind in ("anthropic", "sim"):
+            if deployment.upstream_model != call.model:
+                data["model"] = deployment.upstream_model
+                body = orjson.dumps(data)
+            url = upstream_url(deployment, COUNT_TOKENS, scope["query_string"])
+            call.t_up = time.perf_counter()
+            try:
+                headers = self.upstream.headers(deployment, scope["headers"], {})
+                response = await self.upstream.post(url, body, headers)
+                payload = await response.read()
+            except (CorralError, aiohttp.ClientError, TimeoutError) as exc:
+                error = exc if isinstance(exc, CorralError) else _upstream_failure(exc, "counting")
+                await self._reject(send, MESSAGES, error, call)
+                return
+            call.t_up_end = time.perf_counter()
+            out = _response_headers(response)
+            out.extend(call.corral_headers(time.perf_counter()))
+            await send_bytes(send, response.status, out, payload)
+            return
+        # An OpenAI-family deployment has no counting endpoint: count offline.
+        text = orjson.dumps([data.get("system"), data.get("messages"), data.get("tools")])
+        result = orjson.dumps({"input_tokens": count_tokens(text.decode())})
+        await send_bytes(send, 200, [JSON_CT, *call.corral_headers(time.perf_counter())], result)
+
+    async def _models(self, scope: Scope, send: Send) -> None:
+        anthropic = header(scope, b"anthropic-version") is not None
+        wire = MESSAGES if anthropic else CHAT
+        call = Call(wire, scope)
+        try:
+            key = await self.app.keys.authenticate(api_key(scope))
+        except ClientError as exc:
+            await self._reject(send, wire, exc, call)
+            return
+        names = [
+            name
+            for name in self.app.catalog.models
+            if key.allowed_models is None or name in key.allowed_models
+        ]
+        if anthropic:
+            data: list[dict[str, Any]] = [
+                {"type": "model", "id": n, "display_name": n, "created_at": "2026-01-01T00:00:00Z"}
+                for n in names
+            ]
+            body = orjson.dumps(
+                {
+                    "data": data,
+                    "has_more": False,
+                    "first_id": names[0] if names else None,
+                    "last_id": names[-1] if names else None,
+                }
+            )
+        else:
+            body = orjson.dumps(
+                {
+                    "object": "list",
+                    "data": [
+                        {
+                            "id": n,
+                            "object": "model",
+                            "created": 0,
+                            "owned_by": self.app.catalog.models[n].provider.name,
+                        }
+                        for n in names
+                    ],
+                }
+            )
+        await send_bytes(send, 200, [JSON_CT, *call.corral_headers(time.perf_counter())], body)
+
+    async def _reject(self, send: Send, wire: Wire, exc: CorralError, call: Call) -> None:
+        headers: Headers = [JSON_CT, *call.corral_headers(time.perf_counter())]
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            headers.append((b"retry-after", str(max(1, round(retry_after))).encode()))
+        await send_bytes(send, exc.status, headers, wire.error_body(exc))
+
+
+WIRE_PATHS = {"chat": CHAT.path, "responses": RESPONSES.path, "messages": MESSAGES.path}
+
+
+def _is_sse(response: aiohttp.ClientResponse) -> bool:
+    return response.headers.get("content-type", "").startswith("text/event-stream")
+
+
+def _response_headers(
+    response: aiohttp.ClientResponse, content_type: tuple[bytes, bytes] | None = None
+) -> Headers:
+    out: Headers = [
+        content_type
+        or (
+            b"content-type",
+            response.headers.get("content-type", "application/json").encode("latin-1"),
+        )
+    ]
+    for name, value in response.headers.items():
+        lowered = name.lower()
+        if lowered in FORWARD_RESPONSE or lowered.startswith(
+            ("anthropic-ratelimit-", "x-ratelimit-")
+        ):
+            out.append((lowered.encode("latin-1"), value.encode("latin-1")))
+    return out
+
+
+def _upstream_failure(exc: BaseException, doing: str) -> UpstreamError:
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(f"the provider timed out {doing}")
+    return UpstreamError(f"the provider failed while {doing}: {exc.__class__.__name__}: {exc}")
+
+
+def _class_of(exc: CorralError) -> str:
+    if isinstance(exc, UpstreamTimeout):
+        return "timeout"
+    if isinstance(exc, UpstreamError):
+        return "connection_error"
+    return exc.code
+
+
+def _sse_error(wire: Wire, exc: CorralError, sequence: int) -> bytes:
+    """A well-formed error event in the stream's own protocol."""
+    if wire is MESSAGES:
+        return b"event: error\ndata: " + wire.error_body(exc) + b"\n\n"
+    if wire is RESPONSES:
+        payload = orjson.dumps(
+            {
+                "type": "error",
+                "code": exc.code,
+                "message": exc.message,
+                "param": None,
+                "sequence_number": sequence,
+            }
+        )
+        return b"event: error\ndata: " + payload + b"\n\n"
+    return b"data: " + wire.error_body(exc) + b"\n\n"
+
+
+async def _watch_disconnect(
+    receive: Receive, abandoned: asyncio.Event, response: aiohttp.ClientResponse
+) -> None:
+    """Wait for the client to go away; then stop reading from (and cancel) the upstream."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            abandoned.set()
+            with contextlib.suppress(Exception):
+                response.close()
+            return

@@ -1,0 +1,168 @@
+"""Talking to providers: one pooled aiohttp session, provider auth, error classes.
+
+The session is injected into the gateway (``Upstream`` is a constructor
+argument), so tests and benchmarks can point it anywhere; the default keeps
+connections alive and never forwards the caller's own credentials.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import aiohttp
+import orjson
+
+from corral.errors import ConfigError, UpstreamError, UpstreamTimeout
+from corral.routing import Deployment, Provider
+
+# Request headers a client may pass on to the provider. The caller's
+# Authorization / x-api-key are Corral's keys and never leave the gateway.
+FORWARD_REQUEST = frozenset(
+    {
+        b"anthropic-version",
+        b"anthropic-beta",
+        b"openai-beta",
+        b"accept",
+        b"user-agent",
+        b"x-stainless-helper-method",
+    }
+)
+FORWARD_PREFIXES = (b"x-sim-",)
+
+# Response headers worth passing back to the client.
+FORWARD_RESPONSE = frozenset(
+    {
+        "retry-after",
+        "retry-after-ms",
+        "request-id",
+        "x-request-id",
+        "openai-processing-ms",
+        "anthropic-organization-id",
+    }
+)
+
+
+class Upstream:
+    """A keep-alive HTTP client shared by every request of the process."""
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 600.0,
+        max_connections: int = 1000,
+        environ: dict[str, str] | None = None,
+    ) -> None:
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        self._max_connections = max_connections
+        self._environ = environ if environ is not None else dict(os.environ)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections, limit_per_host=0, keepalive_timeout=30, ttl_dns_cache=300
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            json_serialize=lambda obj: orjson.dumps(obj).decode(),
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def secret(self, provider: Provider) -> str | None:
+        if provider.api_key_env is None:
+            return None
+        value = self._environ.get(provider.api_key_env)
+        if not value:
+            raise ConfigError(
+                f"provider {provider.name!r}: environment variable "
+                f"{provider.api_key_env} is not set"
+            )
+        return value
+
+    def headers(
+        self,
+        deployment: Deployment,
+        client_headers: list[tuple[bytes, bytes]],
+        extra: dict[str, str],
+    ) -> dict[str, str]:
+        """Headers for the upstream request: forwarded client headers plus provider auth."""
+        out: dict[str, str] = {"content-type": "application/json"}
+        for name, value in client_headers:
+            if name in FORWARD_REQUEST or name.startswith(FORWARD_PREFIXES):
+                out[name.decode("latin-1")] = value.decode("latin-1")
+        provider = deployment.provider
+        secret = self.secret(provider)
+        if provider.kind == "anthropic":
+            out.setdefault("anthropic-version", "2023-06-01")
+            if secret:
+                out["x-api-key"] = secret
+        elif secret:
+            out["authorization"] = f"Bearer {secret}"
+        out.update(provider.headers)
+        out.update(extra)
+        return out
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """Send a request; map connection failures to ``UpstreamError``."""
+        if self._session is None:
+            raise RuntimeError("the upstream client is not started")
+        try:
+            return await self._session.post(url, data=body, headers=headers)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"timed out connecting to {_host(url)}") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(
+                f"cannot reach {_host(url)}: {exc.__class__.__name__}: {exc}"
+            ) from exc
+
+
+def _host(url: str) -> str:
+    return url.split("/", 3)[2] if url.count("/") >= 2 else url
+
+
+def upstream_url(deployment: Deployment, path: str, query: bytes) -> str:
+    url = deployment.provider.base_url + path
+    return url + "?" + query.decode("latin-1") if query else url
+
+
+def classify(status: int, body: bytes) -> str:
+    """Normalise an upstream failure into an error class (the fallback vocabulary)."""
+    if status == 429:
+        return "rate_limited"
+    if status in (503, 529):
+        return "overloaded"
+    if status >= 500:
+        return "server_error"
+    lowered = body[:4096].lower()
+    if (
+        b"context_length" in lowered
+        or b"prompt is too long" in lowered
+        or (b"context window" in lowered)
+    ):
+        return "context_window_exceeded"
+    if b"content_policy" in lowered or b"content policy" in lowered:
+        return "content_policy"
+    if status in (401, 403):
+        return "upstream_auth"
+    return "invalid_request"
+
+
+def error_message(body: bytes) -> str | None:
+    """The message inside an OpenAI- or Anthropic-shaped error body, if there is one."""
+    try:
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:200].decode("utf-8", "replace") or None
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        message = data["error"].get("message")
+        return str(message)[:2000] if message is not None else None
+    return None

@@ -1,0 +1,214 @@
+"""The model catalog: public model names → provider deployments, with prices.
+
+Prices are USD per 1M tokens as configured; costs are computed in integer
+nano-dollars so sums are exact. The price-table version is a hash of every
+price and mapping, so a record's cost can always be traced to the table that
+produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+
+import orjson
+
+from corral.errors import ConfigError, UnknownModel
+from corral.settings import ModelConfig, Protocol, ProviderConfig, Settings
+
+DEFAULT_PROTOCOLS: dict[str, tuple[Protocol, ...]] = {
+    "openai": ("chat", "responses"),
+    "anthropic": ("messages",),
+    "openai-compatible": ("chat",),
+    "sim": ("chat", "responses", "messages"),
+}
+
+PROTOCOL_NAMES: dict[str, str] = {
+    "chat": "OpenAI Chat Completions",
+    "responses": "OpenAI Responses",
+    "messages": "Anthropic Messages",
+}
+
+# What Corral serves when no provider is configured: the simulator's models,
+# priced like the real tiers they stand in for so costs in the demo look real.
+SIM_PROVIDER = "sim"
+SIM_MODELS: tuple[ModelConfig, ...] = (
+    ModelConfig(
+        name="sim-frontier",
+        provider=SIM_PROVIDER,
+        context_window=200_000,
+        input_price=5.0,
+        cached_input_price=0.5,
+        cache_write_price=6.25,
+        output_price=25.0,
+    ),
+    ModelConfig(
+        name="sim-standard",
+        provider=SIM_PROVIDER,
+        context_window=200_000,
+        input_price=3.0,
+        cached_input_price=0.3,
+        cache_write_price=3.75,
+        output_price=15.0,
+    ),
+    ModelConfig(
+        name="sim-economy",
+        provider=SIM_PROVIDER,
+        context_window=128_000,
+        input_price=0.25,
+        cached_input_price=0.025,
+        output_price=2.0,
+    ),
+    ModelConfig(
+        name="sim-reasoning",
+        provider=SIM_PROVIDER,
+        context_window=200_000,
+        input_price=1.25,
+        cached_input_price=0.125,
+        output_price=10.0,
+        reasoning_price=10.0,
+    ),
+    ModelConfig(
+        name="sim-local",
+        provider=SIM_PROVIDER,
+        context_window=32_768,
+        input_price=0.0,
+        output_price=0.0,
+    ),
+)
+
+_MILLION = Decimal(1_000_000)
+_NANO_PER_USD = Decimal(1_000_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class Prices:
+    """Nano-dollars per token for each non-overlapping token column."""
+
+    input: Decimal
+    cached_input: Decimal
+    cache_write: Decimal
+    output: Decimal
+    reasoning: Decimal
+
+    @classmethod
+    def from_config(cls, m: ModelConfig) -> Prices:
+        def per_token(usd_per_million: float | None, fallback: float) -> Decimal:
+            value = fallback if usd_per_million is None else usd_per_million
+            return Decimal(str(value)) * _NANO_PER_USD / _MILLION
+
+        return cls(
+            input=per_token(m.input_price, 0),
+            cached_input=per_token(m.cached_input_price, m.input_price),
+            cache_write=per_token(m.cache_write_price, m.input_price),
+            output=per_token(m.output_price, 0),
+            reasoning=per_token(m.reasoning_price, m.output_price),
+        )
+
+    def cost_nusd(
+        self, input: int, cached_input: int, cache_write: int, output: int, reasoning: int
+    ) -> int:
+        total = (
+            self.input * input
+            + self.cached_input * cached_input
+            + self.cache_write * cache_write
+            + self.output * output
+            + self.reasoning * reasoning
+        )
+        return int(total.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    name: str
+    kind: str
+    base_url: str
+    api_key_env: str | None
+    protocols: frozenset[str]
+    headers: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One way to serve a public model name: a provider and its upstream model."""
+
+    name: str
+    provider: Provider
+    upstream_model: str
+    context_window: int
+    prices: Prices
+
+    @property
+    def id(self) -> str:
+        return f"{self.provider.name}/{self.upstream_model}"
+
+    def speaks(self, protocol: str) -> bool:
+        return protocol in self.provider.protocols
+
+
+class Catalog:
+    """Resolves public model names; immutable once built."""
+
+    def __init__(
+        self, providers: list[ProviderConfig], models: list[ModelConfig], *, sim_url: str | None
+    ) -> None:
+        if not providers:
+            if sim_url is None:
+                raise ConfigError("no providers configured and no simulator URL to fall back on")
+            providers = [ProviderConfig(name=SIM_PROVIDER, kind="sim", base_url=sim_url)]
+            if not models:
+                models = list(SIM_MODELS)
+        self.providers: dict[str, Provider] = {}
+        for p in providers:
+            if p.name in self.providers:
+                raise ConfigError(f"provider {p.name!r} is configured twice")
+            self.providers[p.name] = Provider(
+                name=p.name,
+                kind=p.kind,
+                base_url=p.base_url.rstrip("/"),
+                api_key_env=p.api_key_env,
+                protocols=frozenset(p.protocols or DEFAULT_PROTOCOLS[p.kind]),
+                headers=tuple(p.headers.items()),
+            )
+        self.models: dict[str, Deployment] = {}
+        for m in models:
+            provider = self.providers.get(m.provider)
+            if provider is None:
+                raise ConfigError(f"model {m.name!r} names unknown provider {m.provider!r}")
+            if m.name in self.models:
+                raise ConfigError(f"model {m.name!r} is configured twice")
+            self.models[m.name] = Deployment(
+                name=m.name,
+                provider=provider,
+                upstream_model=m.upstream_model or m.name,
+                context_window=m.context_window,
+                prices=Prices.from_config(m),
+            )
+        self.price_version = _price_version(providers, models)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, sim_url: str | None) -> Catalog:
+        return cls(list(settings.providers), list(settings.models), sim_url=sim_url)
+
+    def resolve(self, model: str) -> Deployment:
+        deployment = self.models.get(model)
+        if deployment is None:
+            raise UnknownModel(
+                f"model {model!r} is not in this gateway's catalog; GET /v1/models lists the "
+                "models your key may use"
+            )
+        return deployment
+
+
+def _price_version(providers: list[ProviderConfig], models: list[ModelConfig]) -> str:
+    payload = orjson.dumps(
+        {
+            "providers": sorted((p.name, p.kind) for p in providers),
+            "models": sorted(
+                (m.model_dump(mode="json") for m in models), key=lambda d: str(d["name"])
+            ),
+        },
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return "pt-" + hashlib.sha256(payload).hexdigest()[:12]

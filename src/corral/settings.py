@@ -1,0 +1,200 @@
+"""Typed, documented settings.
+
+Sources, strongest first: explicit keyword arguments (the CLI's flags),
+``CORRAL_*`` environment variables, the TOML file (``--config FILE``,
+``$CORRAL_CONFIG``, or ``./corral.toml`` when it exists), then the defaults
+below. Every field has a description; ``docs/configuration.md`` is generated
+from this module (``make docs``) and a test fails when it is out of date.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from corral.errors import ConfigError
+
+ProviderKind = Literal["openai", "anthropic", "openai-compatible", "sim"]
+Protocol = Literal["chat", "responses", "messages"]
+
+
+class ProviderConfig(BaseModel):
+    """An upstream that serves models: a supply contract, not a seat licence."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Name the catalog refers to, e.g. `openai`.")
+    kind: ProviderKind = Field(
+        description="Wire family: `openai`, `anthropic`, `openai-compatible` "
+        "(vLLM, Ollama, llama.cpp server) or `sim` (Corral's simulator)."
+    )
+    base_url: str = Field(
+        description="Base URL up to and including the version prefix's parent, "
+        "e.g. `https://api.openai.com` (Corral appends `/v1/...`)."
+    )
+    api_key_env: str | None = Field(
+        default=None,
+        description="Name of the environment variable holding the provider's secret. "
+        "The secret itself never goes in the file.",
+    )
+    protocols: list[Protocol] | None = Field(
+        default=None,
+        description="Protocols this provider speaks; defaults by kind "
+        "(openai: chat, responses; anthropic: messages; openai-compatible: chat; sim: all).",
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra headers sent upstream on every request."
+    )
+
+
+class ModelConfig(BaseModel):
+    """A public model name mapped to a provider deployment, with its prices."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Public name clients ask for.")
+    provider: str = Field(description="Name of a configured provider.")
+    upstream_model: str | None = Field(
+        default=None, description="Model name sent upstream; defaults to `name`."
+    )
+    context_window: int = Field(default=128_000, gt=0, description="Context window in tokens.")
+    input_price: float = Field(ge=0, description="USD per 1M uncached input tokens.")
+    cached_input_price: float | None = Field(
+        default=None, ge=0, description="USD per 1M cache-read input tokens; defaults to input."
+    )
+    cache_write_price: float | None = Field(
+        default=None, ge=0, description="USD per 1M cache-write tokens; defaults to input."
+    )
+    output_price: float = Field(ge=0, description="USD per 1M output tokens.")
+    reasoning_price: float | None = Field(
+        default=None, ge=0, description="USD per 1M reasoning tokens; defaults to output."
+    )
+
+
+class Settings(BaseSettings):
+    """Everything Corral reads at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CORRAL_", extra="forbid", validate_default=True, frozen=True
+    )
+
+    home: Path = Field(
+        default=Path(".corral"),
+        description="State folder: the SQLite database, the record journal, generated secrets.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address `corral serve` listens on.")
+    port: int = Field(default=4100, ge=0, le=65535, description="Port `corral serve` listens on.")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the store. Default: SQLite (WAL) at "
+        "`$CORRAL_HOME/corral.db`; `postgresql://user:pass@host/db` for Postgres.",
+    )
+    admin_key: SecretStr | None = Field(
+        default=None,
+        description="The organisation admin key. When unset, one is generated at first start, "
+        "printed once, and only its hash is kept.",
+    )
+    sim_url: str | None = Field(
+        default=None,
+        description="With no providers configured, serve the simulator's models from this external "
+        "`corral sim` instead of the in-process one.",
+    )
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, gt=0, description="Largest request body the gateway accepts."
+    )
+    upstream_connect_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds to open a connection to a provider."
+    )
+    upstream_read_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds to wait for the next byte from a provider before giving up.",
+    )
+    upstream_max_connections: int = Field(
+        default=1000, gt=0, description="Pooled keep-alive connections to providers, in all."
+    )
+    record_batch_size: int = Field(
+        default=1000, gt=0, description="Prediction records written to the store per batch."
+    )
+    record_flush_interval: float = Field(
+        default=0.2, gt=0, description="Seconds between batch writes of prediction records."
+    )
+    key_refresh_interval: float = Field(
+        default=0.25,
+        gt=0,
+        le=1.0,
+        description="Seconds between checks for revoked or changed keys; revocation takes effect "
+        "on every process within this interval.",
+    )
+    access_log: bool = Field(default=False, description="Log every HTTP request (never keys).")
+    providers: list[ProviderConfig] = Field(
+        default_factory=list, description="Upstream providers; see the Providers section."
+    )
+    models: list[ModelConfig] = Field(
+        default_factory=list, description="The model catalog; see the Models section."
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_driver(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("sqlite", "postgresql", "postgres")):
+            raise ValueError("database_url must be a sqlite:// or postgresql:// URL")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            url = self.database_url
+            if url.startswith("postgres://"):
+                url = "postgresql://" + url.removeprefix("postgres://")
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+            return url
+        return f"sqlite:///{self.home.resolve() / 'corral.db'}"
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Build settings from flags (``overrides``), environment, TOML file and defaults."""
+    path: Path | None
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+    elif os.environ.get("CORRAL_CONFIG"):
+        path = Path(os.environ["CORRAL_CONFIG"])
+        if not path.is_file():
+            raise ConfigError(f"CORRAL_CONFIG points at {path}, which does not exist")
+    else:
+        default = Path("corral.toml")
+        path = default if default.is_file() else None
+
+    class _FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if path is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            return tuple(sources)
+
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return _FromFile(**clean)
+    except ValueError as exc:  # pydantic.ValidationError and TOML decode errors
+        where = f" (file {path})" if path else ""
+        raise ConfigError(f"invalid settings{where}: {exc}") from exc

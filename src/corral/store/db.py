@@ -1,0 +1,109 @@
+"""The store: one SQLAlchemy engine, migrated to head at start-up.
+
+SQLite runs in WAL mode with a busy timeout so several processes can share
+one file; Postgres takes an advisory lock around migrations so replicas that
+start together do not race.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from corral.errors import StoreError
+
+_MIGRATIONS = Path(__file__).with_name("migrations")
+_MIGRATION_LOCK = 0x436F7272  # "Corr": the advisory lock id migrations take on Postgres
+
+
+class Store:
+    """Owns the engine. Everything that reads or writes the database goes through it."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        self.dialect = url.split(":", 1)[0].split("+", 1)[0]
+        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        if self.dialect == "sqlite":
+            path = url.removeprefix("sqlite:///")
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            kwargs["poolclass"] = NullPool if ":memory:" not in url else None
+            kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        else:
+            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        try:
+            self.engine: Engine = create_engine(url, **kwargs)
+        except (SQLAlchemyError, ImportError) as exc:
+            raise StoreError(f"cannot open the store at {_redact(url)}: {exc}") from exc
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    def describe(self) -> str:
+        """The URL with any password hidden, fit for a banner or a log line."""
+        return _redact(self.url)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision."""
+        cfg = Config()
+        cfg.set_main_option("script_location", str(_MIGRATIONS))
+        try:
+            with self.engine.begin() as conn:
+                if not self.is_sqlite:
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK})
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot migrate the store at {_redact(self.url)}: {exc}") from exc
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A transaction; database errors become ``StoreError``."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"store error: {exc.__class__.__name__}: {exc}") from exc
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A connection for reads."""
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"store error: {exc.__class__.__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _redact(url: str) -> str:
+    """Hide the password in a database URL before it reaches a message or a log."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"

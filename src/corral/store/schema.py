@@ -1,0 +1,160 @@
+"""The store's tables, as SQLAlchemy Core.
+
+Identity tables are small and read through caches; ``spans`` is the one
+large table. Every span carries its identity chain (org, team, user, key,
+run, owner) written once at ingest, so attributing cost never needs a join.
+Token columns do not overlap: ``input_tokens`` excludes cache reads and
+writes, ``output_tokens`` excludes reasoning. Money is an integer count of
+nano-dollars (1e-9 USD) so sums are exact.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+orgs = Table(
+    "orgs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+)
+
+teams = Table(
+    "teams",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("org_id", String(40), ForeignKey("orgs.id"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("org_id", "name", name="uq_teams_org_name"),
+)
+
+# Users and service accounts are both principals; ``kind`` tells them apart.
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("org_id", String(40), ForeignKey("orgs.id"), nullable=False),
+    Column("team_id", String(40), ForeignKey("teams.id"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("kind", String(20), nullable=False, default="user"),
+    Column("email", String(320), nullable=True),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("team_id", "name", name="uq_users_team_name"),
+)
+
+# ``role``: ``virtual`` keys call models, ``team_admin`` keys also manage their
+# own team, the ``admin`` key manages the organisation. Only a SHA-256 of the
+# secret is kept; ``prefix`` (the first characters) lets people recognise a key.
+keys = Table(
+    "keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(24), nullable=False),
+    Column("name", String(200), nullable=True),
+    Column("role", String(20), nullable=False),
+    Column("org_id", String(40), ForeignKey("orgs.id"), nullable=False),
+    Column("team_id", String(40), ForeignKey("teams.id"), nullable=True),
+    Column("user_id", String(40), ForeignKey("users.id"), nullable=True),
+    Column("run_id", String(40), nullable=True),
+    Column("allowed_models", JSON, nullable=True),
+    Column("expires_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("created_by", String(40), nullable=True),
+    Index("ix_keys_updated_at", "updated_at"),
+    Index("ix_keys_team_id", "team_id"),
+)
+
+spans = Table(
+    "spans",
+    metadata,
+    Column("span_id", String(16), primary_key=True),
+    Column("trace_id", String(32), nullable=False),
+    Column("parent_span_id", String(16), nullable=True),
+    # run | step | tool | llm_request | attempt
+    Column("kind", String(16), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("request_id", String(40), nullable=True),
+    Column("attempt", Integer, nullable=True),
+    # identity chain, written once at ingest
+    Column("org_id", String(40), nullable=True),
+    Column("team_id", String(40), nullable=True),
+    Column("user_id", String(40), nullable=True),
+    Column("key_id", String(40), nullable=True),
+    Column("run_id", String(40), nullable=True),
+    Column("owner_id", String(40), nullable=True),
+    # what was asked and what served it
+    Column("protocol", String(16), nullable=True),
+    Column("operation", String(32), nullable=True),
+    Column("model_requested", String(200), nullable=True),
+    Column("model_served", String(200), nullable=True),
+    Column("provider", String(100), nullable=True),
+    Column("deployment", String(200), nullable=True),
+    Column("stream", Boolean, nullable=True),
+    # outcome
+    Column("status", String(16), nullable=False),
+    Column("http_status", Integer, nullable=True),
+    Column("error_class", String(40), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("finish_reason", String(40), nullable=True),
+    Column("response_id", String(200), nullable=True),
+    # time
+    Column("start_ns", BigInteger, nullable=False),
+    Column("end_ns", BigInteger, nullable=False),
+    Column("ttft_ms", Float, nullable=True),
+    Column("upstream_ms", Float, nullable=True),
+    Column("overhead_ms", Float, nullable=True),
+    # tokens, non-overlapping
+    Column("input_tokens", BigInteger, nullable=False, default=0),
+    Column("cached_input_tokens", BigInteger, nullable=False, default=0),
+    Column("cache_write_tokens", BigInteger, nullable=False, default=0),
+    Column("output_tokens", BigInteger, nullable=False, default=0),
+    Column("reasoning_tokens", BigInteger, nullable=False, default=0),
+    # money
+    Column("cost_nusd", BigInteger, nullable=False, default=0),
+    Column("cost_source", String(16), nullable=True),
+    Column("price_version", String(32), nullable=True),
+    Column("attributes", JSON, nullable=True),
+    Index("ix_spans_team_start", "team_id", "start_ns"),
+    Index("ix_spans_user_start", "user_id", "start_ns"),
+    Index("ix_spans_key_start", "key_id", "start_ns"),
+    Index("ix_spans_start", "start_ns"),
+    Index("ix_spans_trace", "trace_id"),
+    Index("ix_spans_run", "run_id"),
+    Index("ix_spans_request", "request_id"),
+)
+
+# Settings the store keeps for itself (the generated admin key's hash, ...).
+meta_kv = Table(
+    "meta_kv",
+    metadata,
+    Column("key", String(100), primary_key=True),
+    Column("value", Text, nullable=False),
+)

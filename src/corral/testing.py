@@ -1,0 +1,82 @@
+"""Helpers for running Corral's servers for real inside tests, benchmarks and the demo.
+
+``ServerThread`` runs any ASGI application under uvicorn (httptools, uvloop)
+in a background thread on a loopback port, the way httpx's own test suite
+runs a real server: tests then talk to it over real sockets with real
+clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+
+
+class ServerThread:
+    """Serve an ASGI app on 127.0.0.1 in a thread; use as a context manager."""
+
+    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0, lifespan: str = "on"):
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self.host, self.port = self._sock.getsockname()[:2]
+        config = uvicorn.Config(
+            app,
+            lifespan=lifespan,  # type: ignore[arg-type]
+            log_level="warning",
+            access_log=False,
+            http="httptools",
+            loop="asyncio",
+            timeout_graceful_shutdown=2,
+        )
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._run, name="corral-test-server", daemon=True)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.server.serve(sockets=[self._sock]))
+        except BaseException as exc:  # surfaced to the test by start()
+            self.error = exc
+        finally:
+            self.loop.close()
+
+    def start(self, timeout: float = 30.0) -> ServerThread:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if self.error is not None or not self._thread.is_alive():
+                raise RuntimeError(f"server failed to start: {self.error!r}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("server did not start in time")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=15)
+        self._sock.close()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

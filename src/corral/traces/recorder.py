@@ -1,0 +1,165 @@
+"""The record pipeline: spans journaled on the request path, stored in batches off it.
+
+``Recorder.record`` costs one ``os.write``; a background task rotates the
+journal every ``flush_interval`` (or sooner when a batch is full) and inserts
+the batch in a worker thread with ``ON CONFLICT DO NOTHING`` on the span id,
+so a replayed journal never duplicates a row. A batch the store refuses stays
+on disk and in memory and is retried; nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.dialects import postgresql, sqlite
+
+from corral.store import Store
+from corral.store.schema import spans
+from corral.traces.journal import Journal, Segment
+
+log = logging.getLogger(__name__)
+
+_ORPHAN_SCAN_EVERY = 30.0
+_RETRY_DELAY = 1.0
+
+
+class Recorder:
+    """Journals spans synchronously and writes them to the store in batches."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        journal_dir: Path,
+        batch_size: int = 1000,
+        flush_interval: float = 0.2,
+    ) -> None:
+        self._store = store
+        self._journal_dir = journal_dir
+        self._batch_size = batch_size
+        self._interval = flush_interval
+        self._journal: Journal | None = None
+        self._backlog: deque[Segment] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[list[dict[str, Any]]], None]] = []
+        self.stored = 0
+        self.replayed = 0
+        self.failures = 0
+        self.last_lag_s = 0.0
+
+    # -- request path ---------------------------------------------------------
+
+    def record(self, row: dict[str, Any]) -> None:
+        """Make a span durable now and queue it for the store."""
+        journal = self._journal
+        if journal is None:
+            raise RuntimeError("the recorder is not started")
+        journal.append(row)
+        if len(journal.current.records) >= self._batch_size:
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        """Spans journaled but not yet stored."""
+        current = len(self._journal.current.records) if self._journal else 0
+        return current + sum(len(s.records) for s in self._backlog)
+
+    def on_stored(self, listener: Callable[[list[dict[str, Any]]], None]) -> None:
+        """Call ``listener`` with every batch once it is committed (for guards and metrics)."""
+        self._listeners.append(listener)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._journal = Journal(self._journal_dir)
+        await asyncio.to_thread(self.replay_orphans)
+        self._task = asyncio.create_task(self._run(), name="corral-recorder")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._journal is not None:
+            try:
+                await self.flush()
+            finally:
+                self._journal.close()
+                for segment in self._backlog:  # left on disk for the next start to replay
+                    segment.close(delete=False)
+                self._backlog.clear()
+                self._journal = None
+
+    async def flush(self) -> None:
+        """Store everything journaled so far (the backlog first); raise if the store refuses."""
+        if self._journal is None:
+            return
+        segment = self._journal.rotate()
+        if segment is not None:
+            self._backlog.append(segment)
+        while self._backlog:
+            segment = self._backlog[0]
+            await asyncio.to_thread(self._insert, segment.records)
+            self._backlog.popleft()
+            segment.close(delete=True)
+            self._notify(segment.records)
+
+    # -- background -----------------------------------------------------------
+
+    async def _run(self) -> None:
+        next_scan = time.monotonic() + _ORPHAN_SCAN_EVERY
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:
+                self.failures += 1
+                log.exception("storing %d spans failed; retrying from the journal", self.pending)
+                await asyncio.sleep(_RETRY_DELAY)
+            if time.monotonic() >= next_scan:
+                next_scan = time.monotonic() + _ORPHAN_SCAN_EVERY
+                try:
+                    await asyncio.to_thread(self.replay_orphans)
+                except Exception:
+                    log.exception("replaying orphaned journal segments failed")
+
+    def replay_orphans(self) -> int:
+        """Store the records of segments whose process died; returns how many were read."""
+        if self._journal is None:
+            return 0
+        count = 0
+        for path, records in self._journal.orphans():
+            for start in range(0, len(records), self._batch_size):
+                self._insert(records[start : start + self._batch_size])
+            count += len(records)
+            log.info("replayed %d spans from %s", len(records), path.name)
+        self.replayed += count
+        return count
+
+    def _insert(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        dialect = sqlite if self._store.is_sqlite else postgresql
+        statement = dialect.insert(spans).on_conflict_do_nothing(index_elements=["span_id"])
+        with self._store.begin() as conn:
+            conn.execute(statement, rows)
+        self.stored += len(rows)
+        self.last_lag_s = max(0.0, time.time() - rows[0]["end_ns"] / 1e9)
+
+    def _notify(self, rows: list[dict[str, Any]]) -> None:
+        for listener in self._listeners:
+            try:
+                listener(rows)
+            except Exception:
+                log.exception("a stored-span listener failed")

@@ -1,0 +1,57 @@
+"""The one span model: runs, steps, tool calls, LLM requests and upstream attempts.
+
+A span row is a plain dict with exactly the columns of ``corral.store.schema.spans``
+(built from ``SPAN_DEFAULTS`` so every row of a batch has the same keys).
+Kinds: ``run`` → ``step`` → ``tool`` / ``llm_request`` → ``attempt``.
+Roll-ups of spend read ``llm_request`` rows, whose tokens and cost are the sum
+of their attempts; ``attempt`` rows keep what each upstream try cost.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from corral.store.schema import spans
+
+SPAN_KINDS = ("run", "step", "tool", "llm_request", "attempt")
+
+SPAN_DEFAULTS: dict[str, Any] = {str(column.name): None for column in spans.columns}
+SPAN_DEFAULTS.update(
+    input_tokens=0,
+    cached_input_tokens=0,
+    cache_write_tokens=0,
+    output_tokens=0,
+    reasoning_tokens=0,
+    cost_nusd=0,
+)
+
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
+
+
+def new_trace_id() -> str:
+    return os.urandom(16).hex()
+
+
+def new_span_id() -> str:
+    return os.urandom(8).hex()
+
+
+def parse_traceparent(value: str | None) -> tuple[str, str] | None:
+    """``(trace_id, parent_span_id)`` from a W3C ``traceparent`` header, or None if invalid."""
+    if not value:
+        return None
+    match = _TRACEPARENT.match(value.strip().lower())
+    if match is None:
+        return None
+    trace_id, span_id = match.groups()
+    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+        return None
+    return trace_id, span_id
+
+
+def traceparent(trace_id: str, span_id: str) -> str:
+    return f"00-{trace_id}-{span_id}-01"

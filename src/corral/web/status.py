@@ -1,0 +1,91 @@
+"""A minimal server-rendered status page: per-team usage, the catalog, links.
+
+It reads only aggregate figures (no prompts, no keys), so it is served without
+authentication on the loopback address Corral listens on by default. The full
+dashboard arrives later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from html import escape
+from typing import TYPE_CHECKING
+
+from corral.gateway.http import Receive, Scope, Send, send_bytes
+from corral.identity.service import IdentityService, UsageRow
+
+if TYPE_CHECKING:
+    from corral.app import CorralApp
+
+_HTML = (b"content-type", b"text/html; charset=utf-8")
+_STYLE = """
+body{font:14px/1.45 system-ui,sans-serif;margin:2rem;color:#1d232a;max-width:72rem}
+h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:2rem}
+table{border-collapse:collapse;width:100%}th,td{padding:.3rem .6rem;text-align:right}
+th:first-child,td:first-child{text-align:left}tr:nth-child(even){background:#f3f5f7}
+th{border-bottom:2px solid #ccd;font-weight:600}code{background:#eef;padding:0 .2rem}
+.muted{color:#667}
+"""
+
+
+async def status_app(app: CorralApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """``GET /`` renders the page; ``HEAD /`` answers 200 (agents probe it); else 404."""
+    path, method = scope["path"], scope["method"]
+    if path != "/" or method not in ("GET", "HEAD"):
+        await send_bytes(send, 404, [_HTML], b"<h1>404</h1><p>Not found.</p>")
+        return
+    if method == "HEAD":
+        await send_bytes(send, 200, [_HTML], b"")
+        return
+    page = await asyncio.to_thread(render, app)
+    await send_bytes(send, 200, [_HTML], page.encode())
+
+
+def render(app: CorralApp) -> str:
+    service = IdentityService(app.store, app.clock)
+    now = app.clock.now()
+    day = service.usage("team", now - 86_400)
+    total = service.usage("team", 0)
+    models = service.usage("model", now - 86_400)
+    base = f"http://{app.settings.host}:{app.settings.port}"
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>Corral status</title><meta http-equiv="refresh" content="5"><style>{_STYLE}</style></head>
+<body><h1>Corral</h1>
+<p class="muted">Gateway <code>{escape(base)}/v1</code> · admin API
+<a href="/api/v1/docs">/api/v1</a> · store {escape(app.store.describe())} ·
+price table {escape(app.catalog.price_version)} · {time.strftime("%Y-%m-%d %H:%M:%S %Z")}</p>
+<h2>Usage by team, last 24 hours</h2>{_table(day, "team")}
+<h2>Usage by model, last 24 hours</h2>{_table(models, "model")}
+<h2>Usage by team, all time</h2>{_table(total, "team")}
+<h2>Models</h2>{_catalog(app)}
+</body></html>"""
+
+
+def _table(rows: list[UsageRow], by: str) -> str:
+    if not rows:
+        return '<p class="muted">No requests yet.</p>'
+    head = (
+        f"<tr><th>{escape(by)}</th><th>requests</th><th>input</th><th>cached input</th>"
+        "<th>cache write</th><th>output</th><th>reasoning</th><th>cost (USD)</th></tr>"
+    )
+    body = "".join(
+        f"<tr><td>{escape(r.label)}</td><td>{r.requests:,}</td><td>{r.input_tokens:,}</td>"
+        f"<td>{r.cached_input_tokens:,}</td><td>{r.cache_write_tokens:,}</td>"
+        f"<td>{r.output_tokens:,}</td><td>{r.reasoning_tokens:,}</td>"
+        f"<td>{r.cost_usd:,.6f}</td></tr>"
+        for r in rows
+    )
+    return f"<table>{head}{body}</table>"
+
+
+def _catalog(app: CorralApp) -> str:
+    rows = "".join(
+        f"<tr><td>{escape(name)}</td><td>{escape(d.provider.name)}</td>"
+        f"<td>{escape(d.upstream_model)}</td><td>{d.context_window:,}</td></tr>"
+        for name, d in app.catalog.models.items()
+    )
+    return (
+        "<table><tr><th>model</th><th>provider</th><th>upstream model</th>"
+        f"<th>context window</th></tr>{rows}</table>"
+    )
