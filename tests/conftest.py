@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import httpx
 import psycopg
@@ -177,10 +177,10 @@ class Corral:
         headers = {"authorization": f"Bearer {key or self.admin_key}"}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
-    def get(self, path: str, key: str | None = None, **kwargs: object) -> httpx.Response:
+    def get(self, path: str, key: str | None = None, **kwargs: Any) -> httpx.Response:
         """One GET with ``key`` (default: admin), on a connection of its own."""
         with self.client(key) as c:
-            return c.get(path, **kwargs)  # type: ignore[arg-type]
+            return c.get(path, **kwargs)
 
 
 @contextlib.contextmanager

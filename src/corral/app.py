@@ -62,6 +62,11 @@ class CorralApp:
         return self._catalog
 
     @property
+    def sim(self) -> Any:
+        """The in-process simulator (a ``corral.sim.SimServer``), or None when not running one."""
+        return self._sim
+
+    @property
     def api(self) -> ASGIApp:
         if self._api is None:
             from corral.api import create_api

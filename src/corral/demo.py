@@ -39,7 +39,7 @@ PROMPTS = [
 
 
 def main() -> None:
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     admin_key = os.environ.get("CORRAL_ADMIN_KEY") or f"{KEY_PREFIX}admin-" + secrets.token_urlsafe(
         24
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -11,37 +12,40 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import select
 
-from corral.app import CorralApp, create_app
+from corral.app import CorralApp
 from corral.identity.service import IdentityService
-from corral.settings import load_settings
 from corral.store.schema import spans
-from corral.testing import ServerThread
+from tests.conftest import ADMIN_KEY, Corral, StartCorral, run_corral
 
 T = TypeVar("T")
-ADMIN_KEY = "sk-corral-admin-test-0123456789abcdef"
+
+__all__ = ["ADMIN_KEY", "Running", "corral", "gateway_corral"]
 
 
 @dataclass
 class Running:
-    app: CorralApp
-    url: str
+    """A live Corral with one team (payments), one user (ada) and her virtual key."""
+
+    corral: Corral
     key: str
     key_id: str
     team_id: str
     user_id: str
     identity: IdentityService
-    server: ServerThread
     clients: list[Any] = field(default_factory=list)
+
+    @property
+    def app(self) -> CorralApp:
+        return self.corral.app
+
+    @property
+    def url(self) -> str:
+        return self.corral.url
 
     def track(self, client: T) -> T:
         """Close ``client`` (an SDK or httpx client) when the test ends."""
         self.clients.append(client)
         return client
-
-    def stop(self) -> None:
-        for client in self.clients:
-            client.close()
-        self.server.stop()
 
     def records(self, kind: str = "llm_request", *, wait_for: int = 1) -> list[Any]:
         """Stored spans of ``kind``, waiting (bounded) until at least ``wait_for`` exist."""
@@ -56,28 +60,25 @@ class Running:
             time.sleep(0.05)
 
 
-def start_corral(home: Path, database_url: str | None = None, **settings: Any) -> Running:
-    config = load_settings(
-        home=home,
-        database_url=database_url,
-        admin_key=ADMIN_KEY,
-        key_refresh_interval=0.1,
-        record_flush_interval=0.05,
-        **settings,
-    )
-    app = create_app(config)
-    server = ServerThread(app).start()
-    identity = IdentityService(app.store, app.clock)
-    team = identity.create_team("payments")
-    user = identity.create_user("ada", team.id)
-    key, raw = identity.create_key(team.id, user.id, name="ada-laptop")
-    return Running(app, server.url, raw, key.id, team.id, user.id, identity, server)
+@contextlib.contextmanager
+def gateway_corral(home: Path, database_url: str, **settings: Any) -> Iterator[Running]:
+    """Start Corral with fast key refresh and flushes, and a team, user and key in it."""
+    settings = {"key_refresh_interval": 0.1, "record_flush_interval": 0.05, **settings}
+    with run_corral(home, database_url, **settings) as corral:
+        identity = IdentityService(corral.app.store, corral.app.clock)
+        team = identity.create_team("payments")
+        user = identity.create_user("ada", team.id)
+        key, raw = identity.create_key(team.id, user.id, name="ada-laptop")
+        running = Running(corral, raw, key.id, team.id, user.id, identity)
+        try:
+            yield running
+        finally:
+            for client in running.clients:
+                client.close()
 
 
 @pytest.fixture
-def corral(tmp_path: Path) -> Iterator[Running]:
-    running = start_corral(tmp_path / "home")
-    try:
+def corral(tmp_path: Path, store_url: str, start_corral: StartCorral) -> Iterator[Running]:
+    """A live gateway on SQLite and, in a second run, on PostgreSQL."""
+    with gateway_corral(tmp_path / "home", store_url) as running:
         yield running
-    finally:
-        running.stop()

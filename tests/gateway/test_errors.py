@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.gateway.conftest import Running
+from tests.gateway.conftest import ADMIN_KEY, Running, gateway_corral
 
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
@@ -107,17 +108,12 @@ def test_anthropic_shape_errors(corral: Running) -> None:
     assert_anthropic_error(r, 401, "authentication_error", "invalid API key")
 
 
-def test_oversized_body_is_413(tmp_path: object) -> None:
-    from tests.gateway.conftest import start_corral
-
-    running = start_corral(tmp_path / "home", max_body_bytes=10_000)  # type: ignore[operator]
-    try:
+def test_oversized_body_is_413(tmp_path: Path, store_url: str) -> None:
+    with gateway_corral(tmp_path / "home", store_url, max_body_bytes=10_000) as running:
         big = {"model": "sim-economy", "messages": [{"role": "user", "content": "x" * 20_000}]}
         assert_openai_error(post(running, CHAT, big), 413, "max_body_bytes")
         r = post(running, MESSAGES, {**big, "max_tokens": 5})
         assert_anthropic_error(r, 413, "request_too_large", "larger than")
-    finally:
-        running.stop()
 
 
 def test_upstream_errors_keep_status_and_shape(corral: Running) -> None:
@@ -164,7 +160,5 @@ def test_unknown_endpoint_and_wrong_method(corral: Running) -> None:
 
 
 def test_admin_key_cannot_call_models(corral: Running) -> None:
-    from tests.gateway.conftest import ADMIN_KEY
-
     body = {"model": "sim-economy", "messages": [{"role": "user", "content": "x"}]}
     assert_openai_error(post(corral, CHAT, body, key=ADMIN_KEY), 403, "admin key")

@@ -327,32 +327,27 @@ class Gateway:
         abandoned: bool = False,
         failure: CorralError | None = None,
     ) -> None:
-        estimated = outcome.usage is None
-        if estimated:
-            # The provider never sent usage (the stream was cut short): estimate what was
-            # consumed so the spend is not lost. Delta events carry about one token each.
-            outcome.usage = Usage(output=events)
         if complete and outcome.error is None:
             self._record(call, status="ok", http=200, outcome=outcome)
-        elif abandoned:
+            return
+        # Cut short: the provider's final usage never came. Keep what it did report (the
+        # input, on Anthropic streams) and count what was delivered: about a token an event.
+        usage = outcome.usage or Usage()
+        usage.output = max(usage.output, events)
+        outcome.usage = usage
+        if abandoned:
+            error = ("client_disconnected", "the client closed the stream")
             self._record(
-                call,
-                status="cancelled",
-                http=499,
-                outcome=outcome,
-                error=("client_disconnected", "the client closed the stream"),
-                estimated=estimated,
+                call, status="cancelled", http=499, outcome=outcome, error=error, estimated=True
             )
+            return
+        if failure is not None:
+            error = (_class_of(failure), outcome.error or failure.message)
         else:
-            err = failure or UpstreamError(outcome.error or "stream failed")
-            self._record(
-                call,
-                status="error",
-                http=200,
-                outcome=outcome,
-                error=(_class_of(err) if failure else "stream_error", outcome.error or err.message),
-                estimated=estimated,
-            )
+            error = ("stream_error", outcome.error or "the stream reported an error")
+        self._record(
+            call, status="error", http=200, outcome=outcome, error=error, estimated=not complete
+        )
 
     def _record(
         self,

@@ -120,6 +120,7 @@ class KeyCache:
         self._interval = refresh_interval
         self._entries: dict[str, _Entry] = {}
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._last_poll: float | None = None
 
     async def authenticate(self, raw: str | None) -> KeyInfo:
@@ -173,18 +174,22 @@ class KeyCache:
 
     async def start(self) -> None:
         if self._task is None:
+            self._stopping.clear()
             self._task = asyncio.create_task(self._run(), name="corral-key-refresh")
 
     async def stop(self) -> None:
+        """Stop polling; waits for a poll in flight so no connection is left checked out."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopping.set()
+            await self._task
             self._task = None
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval)
+            if self._stopping.is_set():
+                return
             try:
                 await asyncio.to_thread(self.refresh_once)
             except Exception:  # the store may be briefly unavailable; keep polling

@@ -29,6 +29,7 @@ from corral.sim.delivery import (
     Receive,
     Scope,
     Send,
+    StreamStats,
     deliver_json,
     deliver_stream,
 )
@@ -83,6 +84,7 @@ class SimApp:
         )
         self.limiter = RateLimiter()
         self.closing = asyncio.Event()
+        self.streams = StreamStats()
         self._clock = clock or SystemClock()
         self._faults = random.Random(config.seed)
         self._ids = itertools.count(1)
@@ -97,7 +99,7 @@ class SimApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            await self._http(scope, Channel(send, receive, self.closing))
+            await self._http(scope, Channel(send, receive, self.closing, self.streams))
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 

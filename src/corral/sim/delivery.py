@@ -48,12 +48,22 @@ class Pace:
 
 
 @dataclass(slots=True)
+class StreamStats:
+    """What happened to paced streams: lets a test see that a gateway cancelled upstream."""
+
+    started: int = 0
+    completed: int = 0
+    abandoned: int = 0
+
+
+@dataclass(slots=True)
 class Channel:
     """One request's ASGI channel, with the app's shutdown signal for long waits."""
 
     send: Send
     receive: Receive
     closing: asyncio.Event
+    stats: StreamStats
 
     async def start(self, status: int, headers: Headers) -> None:
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
@@ -147,19 +157,39 @@ async def deliver_stream(
     if pace.tps <= 0 and cut == len(frames):
         await channel.body(b"".join(frame.data for frame in frames))
         return
+    channel.stats.started += 1
+    # A paced stream stops generating as soon as its client goes away, as a provider does.
+    gone = asyncio.ensure_future(channel._until_disconnect())
+    try:
+        if not await _paced(channel, frames[:cut], pace, gone):
+            channel.stats.abandoned += 1
+            return
+    finally:
+        gone.cancel()
+        await asyncio.gather(gone, return_exceptions=True)
+    if cut < len(frames) and fault in ("reset", "stall"):
+        await _break(channel, fault, hang_s)
+        return
+    channel.stats.completed += 1
+    await channel.body(b"")
+
+
+async def _paced(
+    channel: Channel, frames: list[Frame], pace: Pace, gone: asyncio.Future[None]
+) -> bool:
+    """Send ``frames`` at ``pace``; False if the client disconnected first."""
     loop = asyncio.get_running_loop()
     deadline = loop.time()
-    for frame in frames[:cut]:
+    for frame in frames:
         if frame.tokens and pace.tps > 0:
             deadline += frame.tokens / pace.tps
             delay = deadline - loop.time()
             if delay > 0:
-                await asyncio.sleep(delay)
+                await asyncio.wait({gone}, timeout=delay)
+        if gone.done():
+            return False
         await channel.body(frame.data, more=True)
-    if cut < len(frames) and fault in ("reset", "stall"):
-        await _break(channel, fault, hang_s)
-        return
-    await channel.body(b"")
+    return True
 
 
 def cut_point(frames: list[Frame]) -> int:

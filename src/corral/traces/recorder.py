@@ -48,6 +48,7 @@ class Recorder:
         self._journal: Journal | None = None
         self._backlog: deque[Segment] = deque()
         self._wake = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[list[dict[str, Any]]], None]] = []
         self.stored = 0
@@ -79,15 +80,17 @@ class Recorder:
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
+        self._stopping = False
         self._journal = Journal(self._journal_dir)
         await asyncio.to_thread(self.replay_orphans)
         self._task = asyncio.create_task(self._run(), name="corral-recorder")
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Let a batch in flight finish rather than cancel it half-way through a thread.
+            self._stopping = True
+            self._wake.set()
+            await self._task
             self._task = None
         if self._journal is not None:
             try:
@@ -117,10 +120,12 @@ class Recorder:
 
     async def _run(self) -> None:
         next_scan = time.monotonic() + _ORPHAN_SCAN_EVERY
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
             self._wake.clear()
+            if self._stopping:
+                return
             try:
                 await self.flush()
             except Exception:
