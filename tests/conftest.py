@@ -185,7 +185,12 @@ class Corral:
 
 @contextlib.contextmanager
 def run_corral(
-    home: Path, database_url: str, *, clock: Clock | None = None, **settings: object
+    home: Path,
+    database_url: str,
+    *,
+    clock: Clock | None = None,
+    environ: dict[str, str] | None = None,
+    **settings: object,
 ) -> Iterator[Corral]:
     """Start a real ``CorralApp`` on ``database_url`` and stop it afterwards."""
     from corral.app import CorralApp  # the whole application; only the tests that run it pay
@@ -193,6 +198,7 @@ def run_corral(
     app = CorralApp(
         load_settings(home=home, database_url=database_url, admin_key=ADMIN_KEY, **settings),
         clock=clock,
+        environ=environ,
     )
     with ServerThread(app) as server:
         yield Corral(app, server, ADMIN_KEY)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from corral.clock import Clock, SystemClock
@@ -33,8 +33,15 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 class CorralApp:
     """One Corral process: gateway, admin API and the pipelines behind them."""
 
-    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
-        from corral.gateway import Gateway
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        """``environ`` is where provider secrets are read (default: the process environment)."""
+        from corral.gateway import Gateway, Upstream
         from corral.traces import Recorder
 
         self.settings = settings
@@ -47,7 +54,15 @@ class CorralApp:
             batch_size=settings.record_batch_size,
             flush_interval=settings.record_flush_interval,
         )
-        self.gateway = Gateway(self)
+        self.gateway = Gateway(
+            self,
+            upstream=Upstream(
+                connect_timeout=settings.upstream_connect_timeout,
+                read_timeout=settings.upstream_read_timeout,
+                max_connections=settings.upstream_max_connections,
+                environ=environ,
+            ),
+        )
         self._catalog: Catalog | None = None
         self._sim: Any = None
         self._api: ASGIApp | None = None
@@ -151,6 +166,8 @@ class CorralApp:
                 return
 
 
-def create_app(settings: Settings, *, clock: Clock | None = None) -> CorralApp:
+def create_app(
+    settings: Settings, *, clock: Clock | None = None, environ: Mapping[str, str] | None = None
+) -> CorralApp:
     """Build a Corral application; nothing runs until its ASGI lifespan starts it."""
-    return CorralApp(settings, clock=clock)
+    return CorralApp(settings, clock=clock, environ=environ)

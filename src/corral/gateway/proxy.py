@@ -118,15 +118,10 @@ class Call:
 class Gateway:
     """The ASGI application behind ``/v1/*``."""
 
-    def __init__(self, app: CorralApp, *, upstream: Upstream | None = None) -> None:
+    def __init__(self, app: CorralApp, *, upstream: Upstream) -> None:
         self.app = app
-        s = app.settings
-        self.upstream = upstream or Upstream(
-            connect_timeout=s.upstream_connect_timeout,
-            read_timeout=s.upstream_read_timeout,
-            max_connections=s.upstream_max_connections,
-        )
-        self.max_body = s.max_body_bytes
+        self.upstream = upstream
+        self.max_body = app.settings.max_body_bytes
 
     async def start(self) -> None:
         await self.upstream.start()

@@ -8,6 +8,7 @@ connections alive and never forwards the caller's own credentials.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -52,13 +53,13 @@ class Upstream:
         connect_timeout: float = 10.0,
         read_timeout: float = 600.0,
         max_connections: int = 1000,
-        environ: dict[str, str] | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
         self._max_connections = max_connections
-        self._environ = environ if environ is not None else dict(os.environ)
+        self._environ = environ if environ is not None else os.environ
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:

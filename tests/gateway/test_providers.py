@@ -1,0 +1,166 @@
+"""Provider kinds: the provider's secret goes upstream, the caller's key never does."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import orjson
+import pytest
+
+from corral.settings import ModelConfig, ProviderConfig
+from corral.testing import ServerThread
+from tests.gateway.conftest import Running, gateway_corral
+
+
+class CaptureUpstream:
+    """A minimal provider that records what it was sent and answers in the right shape."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, str], dict[str, Any]]] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        data = orjson.loads(body)
+        self.seen.append((scope["path"], headers, data))
+        if scope["path"] == "/v1/messages":
+            reply = {
+                "id": "msg_cap",
+                "type": "message",
+                "role": "assistant",
+                "model": data["model"],
+                "content": [{"type": "text", "text": "captured"}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": {"input_tokens": 11, "output_tokens": 7},
+            }
+        else:
+            reply = {
+                "id": "chatcmpl-cap",
+                "object": "chat.completion",
+                "created": 0,
+                "model": data["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": "captured"},
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": 13,
+                    "completion_tokens": 5,
+                    "total_tokens": 18,
+                    "prompt_tokens_details": {"cached_tokens": 3},
+                },
+            }
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": orjson.dumps(reply)})
+
+
+@pytest.fixture
+def upstream() -> Iterator[tuple[CaptureUpstream, str]]:
+    capture = CaptureUpstream()
+    with ServerThread(capture, lifespan="off") as server:
+        yield capture, server.url
+
+
+@pytest.fixture
+def corral_with_providers(
+    tmp_path: Path, upstream: tuple[CaptureUpstream, str]
+) -> Iterator[Running]:
+    _, url = upstream
+    providers = [
+        ProviderConfig(name="oai", kind="openai", base_url=url, api_key_env="TEST_OAI_SECRET"),
+        ProviderConfig(name="ant", kind="anthropic", base_url=url, api_key_env="TEST_ANT_SECRET"),
+        ProviderConfig(name="local", kind="openai-compatible", base_url=url),
+    ]
+    models = [
+        ModelConfig(
+            name="gpt-x", provider="oai", upstream_model="gpt-x-2026", input_price=2, output_price=8
+        ),
+        ModelConfig(name="claude-x", provider="ant", input_price=3, output_price=15),
+        ModelConfig(name="qwen-local", provider="local", input_price=0, output_price=0),
+    ]
+    secrets = {"TEST_OAI_SECRET": "sk-provider-openai", "TEST_ANT_SECRET": "sk-provider-anthropic"}
+    with gateway_corral(
+        tmp_path / "home",
+        f"sqlite:///{tmp_path / 'c.db'}",
+        providers=providers,
+        models=models,
+        environ=secrets,
+    ) as running:
+        yield running
+
+
+def test_openai_provider_gets_its_secret_and_upstream_model(
+    corral_with_providers: Running, upstream: tuple[CaptureUpstream, str]
+) -> None:
+    corral = corral_with_providers
+    capture, _ = upstream
+    client = corral.track(openai.OpenAI(base_url=corral.url + "/v1", api_key=corral.key))
+    reply = client.chat.completions.create(
+        model="gpt-x", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert reply.choices[0].message.content == "captured"
+    path, headers, body = capture.seen[-1]
+    assert path == "/v1/chat/completions"
+    assert headers["authorization"] == "Bearer sk-provider-openai"
+    assert corral.key not in str(headers)
+    assert body["model"] == "gpt-x-2026"
+    (row,) = corral.records()
+    assert (row.input_tokens, row.cached_input_tokens, row.output_tokens) == (10, 3, 5)
+    assert row.model_requested == "gpt-x"
+    assert row.deployment == "oai/gpt-x-2026"
+
+
+def test_anthropic_provider_gets_x_api_key(
+    corral_with_providers: Running, upstream: tuple[CaptureUpstream, str]
+) -> None:
+    corral = corral_with_providers
+    capture, _ = upstream
+    client = corral.track(anthropic.Anthropic(base_url=corral.url, api_key=corral.key))
+    msg = client.messages.create(
+        model="claude-x", max_tokens=20, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert msg.content[0].text == "captured"  # type: ignore[union-attr]
+    _, headers, _ = capture.seen[-1]
+    assert headers["x-api-key"] == "sk-provider-anthropic"
+    assert headers["anthropic-version"]
+    assert "authorization" not in headers
+
+
+def test_openai_compatible_without_secret_and_protocol_mismatch(
+    corral_with_providers: Running, upstream: tuple[CaptureUpstream, str]
+) -> None:
+    corral = corral_with_providers
+    capture, _ = upstream
+    client = corral.track(openai.OpenAI(base_url=corral.url + "/v1", api_key=corral.key))
+    client.chat.completions.create(model="qwen-local", messages=[{"role": "user", "content": "hi"}])
+    _, headers, _ = capture.seen[-1]
+    assert "authorization" not in headers
+    assert "x-api-key" not in headers
+    claude = corral.track(
+        anthropic.Anthropic(base_url=corral.url, api_key=corral.key, max_retries=0)
+    )
+    with pytest.raises(anthropic.BadRequestError, match="does not speak the Anthropic Messages"):
+        claude.messages.create(
+            model="qwen-local", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+        )
