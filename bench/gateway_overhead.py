@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -55,6 +55,9 @@ TITLE = "Gateway overhead: simulator direct, through Corral, through LiteLLM"
 CONCURRENCY = (1, 16, 64)
 STREAM_MODES = (False, True)
 DIRECT, CORRAL, LITELLM = "sim direct", "Corral", "LiteLLM"
+NOISY = 10.0
+"""Outside load (% of a core) above which a cell is redone."""
+ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +69,17 @@ class Cell:
     connections: int
     result: WrkResult
     cpu: CpuUsage
+    attempts: int = 1
+    """How many runs were made of this cell (the quietest is kept)."""
 
     @property
     def mode(self) -> str:
         return "stream" if self.stream else "non-stream"
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        """Gateway CPU time per completed request, in microseconds."""
+        return 1e4 * self.cpu.gateway / self.result.rps if self.result.rps else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +166,20 @@ class Bench:
 
 
 def _measure(bench: Bench, target: Target, stream: bool, connections: int) -> Cell:
+    """The quietest of up to ``ATTEMPTS`` runs: a run disturbed by outside load is redone."""
+    best = _measure_once(bench, target, stream, connections, attempt=1)
+    attempt = 1
+    while _noise(best) > NOISY and attempt < ATTEMPTS:
+        attempt += 1
+        best = min(best, _measure_once(bench, target, stream, connections, attempt), key=_noise)
+    return replace(best, attempts=attempt)
+
+
+def _measure_once(
+    bench: Bench, target: Target, stream: bool, connections: int, attempt: int
+) -> Cell:
     load, o = target.load(stream=stream), bench.options
+    wait_idle([t.service.pid for t in bench.targets])
     bench.wrk.run(load, connections=connections, seconds=o.warmup_seconds)
     gateway = [target.service.pid] if target.core == GATEWAY_CORE else []
     loaders = bench.pgids(LOAD_CORE)
@@ -164,9 +187,8 @@ def _measure(bench: Bench, target: Target, stream: bool, connections: int) -> Ce
     result = bench.wrk.run(load, connections=connections, seconds=o.cell_seconds)
     cpu = CpuUsage.between(before, CpuSample.take(gateway, loaders))
     target.service.check_alive()
-    wait_idle([t.service.pid for t in bench.targets])
     cell = Cell(target.name, stream, connections, result, cpu)
-    print(f"  {_progress(cell)}", file=sys.stderr, flush=True)
+    print(f"  {_progress(cell)} (attempt {attempt})", file=sys.stderr, flush=True)
     return cell
 
 
@@ -174,7 +196,8 @@ def _progress(cell: Cell) -> str:
     r = cell.result
     return (
         f"{cell.target:<10} {cell.mode:<10} c={cell.connections:<3} {r.rps:9.1f} req/s  "
-        f"p50 {r.p50_ms:8.2f} ms  p99 {r.p99_ms:8.2f} ms  failures {r.failures}"
+        f"p50 {r.p50_ms:8.2f} ms  p99 {r.p99_ms:8.2f} ms  failures {r.failures}  "
+        f"outside load {_noise(cell):3.0f} %"
     )
 
 
@@ -216,7 +239,7 @@ def _self_reported_overhead(corral: Corral, samples: int = 300) -> str:
 
 HEADERS = (
     "mode", "conc", "target", "req/s", "P50 ms", "P99 ms",
-    "+P50 ms", "+P99 ms", "gateway CPU", "others c0/c1", "failed",
+    "+P50 ms", "+P99 ms", "gateway CPU", "CPU µs/req", "others c0/c1", "failed",
 )  # fmt: skip
 
 
@@ -233,7 +256,9 @@ def _overhead(run: Run, cell: Cell) -> tuple[float, float] | None:
 
 def _row(run: Run, cell: Cell) -> list[str]:
     r, over = cell.result, _overhead(run, cell)
-    gateway_cpu = "–" if cell.target == DIRECT else f"{cell.cpu.gateway:.0f} %"
+    direct = cell.target == DIRECT
+    gateway_cpu = "–" if direct else f"{cell.cpu.gateway:.0f} %"
+    per_request = "–" if direct else f"{cell.cpu_us_per_request:.0f}"
     others = f"{cell.cpu.other_gateway_core:.0f} / {cell.cpu.other_load_core:.0f} %"
     return [
         cell.mode,
@@ -245,6 +270,7 @@ def _row(run: Run, cell: Cell) -> list[str]:
         f"{over[0]:+.2f}" if over else "–",
         f"{over[1]:+.2f}" if over else "–",
         gateway_cpu,
+        per_request,
         others,
         f"{r.failures} of {r.requests:,}" if r.failures else "0",
     ]
@@ -272,10 +298,11 @@ def _overhead_check(run: Run, stream: bool, connections: int, p99: bool, limit: 
 
 def _throughput_check(run: Run) -> Check:
     goal = "Corral >= 2,000 requests/s at concurrency 64, non-streaming"
-    cell = run.find(CORRAL, False, 64)
-    if cell is None:
+    cell, direct = run.find(CORRAL, False, 64), run.find(DIRECT, False, 64)
+    if cell is None or direct is None:
         return Check(goal, "–", _verdict(None))
-    return Check(goal, f"{cell.result.rps:,.0f} req/s", _verdict(cell.result.rps >= 2000))
+    measured = f"{cell.result.rps:,.0f} req/s (sim direct {direct.result.rps:,.0f})"
+    return Check(goal, measured, _verdict(cell.result.rps >= 2000))
 
 
 def _ratio(run: Run, stream: bool) -> float | None:
@@ -313,10 +340,13 @@ def _capacity_line(run: Run, stream: bool) -> str:
         return ""
     mode = "streaming" if stream else "non-streaming"
     share = 100 * ours.result.rps / max(direct.result.rps, 1e-9)
+    cpu = ours.cpu
     return (
         f"At concurrency 64, {mode}, Corral served {ours.result.rps:,.0f} req/s, {share:.0f} % "
-        f"of the simulator called directly ({direct.result.rps:,.0f} req/s), with its core "
-        f"{ours.cpu.gateway:.0f} % busy."
+        f"of the simulator called directly ({direct.result.rps:,.0f} req/s), using "
+        f"{ours.cpu_us_per_request:.0f} µs of CPU per request. Core 0: Corral "
+        f"{cpu.gateway:.0f} %, outside load {cpu.other_gateway_core:.0f} %; core 1: simulator "
+        f"and wrk {cpu.load:.0f} %, outside load {cpu.other_load_core:.0f} %."
     )
 
 
@@ -347,9 +377,15 @@ def _noise_line(run: Run) -> str:
         f"{statistics.median(_noise(c) for c in run.cells):.0f} %, worst {_noise(worst):.0f} % "
         f"({worst.target}, {worst.mode}, c={worst.connections})."
     )
-    disturbed = sum(1 for c in run.cells if _noise(c) > 10)
+    redone = sum(1 for c in run.cells if c.attempts > 1)
+    disturbed = sum(1 for c in run.cells if _noise(c) > NOISY)
+    if redone:
+        text += f" {redone} cells were redone because of it."
     if disturbed:
-        text += f" {disturbed} of {len(run.cells)} cells had more than 10 %: the machine is shared."
+        text += (
+            f" {disturbed} of {len(run.cells)} cells kept more than {NOISY:.0f} % after "
+            f"{ATTEMPTS} attempts: their latencies carry the shared machine's noise."
+        )
     return text
 
 
@@ -387,8 +423,10 @@ def _setup(run: Run) -> str:
         "`litellm --num_workers 1`, one model `openai/sim-economy` on the same simulator, no "
         "database, no callbacks, local price table, `LITELLM_LOG=ERROR`. Overhead (+P50, +P99) "
         "is the gateway's percentile minus the direct percentile at the same concurrency and "
-        "mode. *gateway CPU* is the gateway's use of core 0; *others c0/c1* is what processes "
-        "outside the benchmark used of core 0 and core 1 during the cell (the machine is shared)."
+        "mode. *gateway CPU* is the gateway's use of core 0 and *CPU µs/req* that use per "
+        "request; *others c0/c1* is what processes outside the benchmark used of core 0 and "
+        f"core 1 during the cell (the machine is shared): a cell with more than {NOISY:.0f} % "
+        f"on a core it depends on is redone, up to {ATTEMPTS} attempts, keeping the quietest."
     )
 
 

@@ -240,6 +240,8 @@ class CpuUsage:
     """Over an interval, in percent of one core: the gateway's use, and what others used."""
 
     gateway: float
+    load: float
+    """The simulator's and wrk's use (both on the load core)."""
     other_gateway_core: float
     """Use of the gateway core by anything but the measured gateway."""
     other_load_core: float
@@ -257,6 +259,7 @@ class CpuUsage:
         load = 100.0 * (end.load - start.load) / elapsed
         return cls(
             gateway=gateway,
+            load=load,
             other_gateway_core=max(0.0, busy(GATEWAY_CORE) - gateway),
             other_load_core=max(0.0, busy(LOAD_CORE) - load),
         )

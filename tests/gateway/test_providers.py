@@ -164,3 +164,28 @@ def test_openai_compatible_without_secret_and_protocol_mismatch(
         claude.messages.create(
             model="qwen-local", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
         )
+
+
+def test_missing_provider_secret_is_a_clear_502(
+    tmp_path: Path, upstream: tuple[CaptureUpstream, str]
+) -> None:
+    _, url = upstream
+    providers = [
+        ProviderConfig(name="oai", kind="openai", base_url=url, api_key_env="UNSET_SECRET")
+    ]
+    models = [ModelConfig(name="gpt-x", provider="oai", input_price=1, output_price=1)]
+    with gateway_corral(
+        tmp_path / "home",
+        f"sqlite:///{tmp_path / 'c.db'}",
+        providers=providers,
+        models=models,
+        environ={},
+    ) as corral:
+        client = corral.track(
+            openai.OpenAI(base_url=corral.url + "/v1", api_key=corral.key, max_retries=0)
+        )
+        with pytest.raises(openai.InternalServerError, match="UNSET_SECRET is not set") as caught:
+            client.chat.completions.create(
+                model="gpt-x", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert caught.value.status_code == 502

@@ -540,9 +540,10 @@ def _upstream_failure(exc: BaseException, doing: str) -> UpstreamError:
 
 
 def _class_of(exc: CorralError) -> str:
+    """The error class a record carries (the vocabulary fallback will act on)."""
     if isinstance(exc, UpstreamTimeout):
         return "timeout"
-    if isinstance(exc, UpstreamError):
+    if isinstance(exc, UpstreamError) and exc.code == UpstreamError.code:
         return "connection_error"
     return exc.code
 

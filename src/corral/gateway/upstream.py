@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from corral.errors import ConfigError, UpstreamError, UpstreamTimeout
+from corral.errors import UpstreamError, UpstreamTimeout
 from corral.routing import Deployment, Provider
 
 # Request headers a client may pass on to the provider. The caller's
@@ -83,9 +83,11 @@ class Upstream:
             return None
         value = self._environ.get(provider.api_key_env)
         if not value:
-            raise ConfigError(
-                f"provider {provider.name!r}: environment variable "
-                f"{provider.api_key_env} is not set"
+            # The operator's mistake, not the caller's: a 502 that says what to set.
+            raise UpstreamError(
+                f"provider {provider.name!r} has no secret: the environment variable "
+                f"{provider.api_key_env} is not set on this Corral process",
+                code="provider_misconfigured",
             )
         return value
 
