@@ -417,8 +417,7 @@ class Gateway:
             else call.start_ns,
             overhead_ms=None,
         )
-        self.app.recorder.record(row)
-        self.app.recorder.record(attempt)
+        self.app.recorder.record(row, attempt)
 
     # -- other endpoints ----------------------------------------------------------
 

@@ -62,10 +62,10 @@ class Journal:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return Segment(path, fd)
 
-    def append(self, record: dict[str, Any]) -> None:
-        """Make ``record`` durable against a crash of this process, then keep it for the batch."""
-        os.write(self.current.fd, orjson.dumps(record) + b"\n")
-        self.current.records.append(record)
+    def append(self, *records: dict[str, Any]) -> None:
+        """Make ``records`` durable against a crash of this process (one write), keep them."""
+        os.write(self.current.fd, b"".join(orjson.dumps(r) + b"\n" for r in records))
+        self.current.records.extend(records)
 
     def rotate(self) -> Segment | None:
         """Start a new segment; return the old one if it holds records (still open and locked)."""

@@ -58,12 +58,12 @@ class Recorder:
 
     # -- request path ---------------------------------------------------------
 
-    def record(self, row: dict[str, Any]) -> None:
-        """Make a span durable now and queue it for the store."""
+    def record(self, *rows: dict[str, Any]) -> None:
+        """Make spans durable now (one write) and queue them for the store."""
         journal = self._journal
         if journal is None:
             raise RuntimeError("the recorder is not started")
-        journal.append(row)
+        journal.append(*rows)
         if len(journal.current.records) >= self._batch_size:
             self._wake.set()
 
