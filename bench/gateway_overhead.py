@@ -113,6 +113,18 @@ class Run:
         return next((c for c in self.cells if (c.target, c.stream, c.connections) == key), None)
 
 
+@dataclass(frozen=True, slots=True)
+class Bench:
+    """What every cell needs: the load generator, the run length and the running targets."""
+
+    wrk: Wrk
+    options: Options
+    targets: list[Target]
+
+    def pgids(self, core: int) -> list[int]:
+        return [t.service.pid for t in self.targets if t.core == core]
+
+
 # --- measuring ------------------------------------------------------------------------------
 
 
@@ -151,18 +163,6 @@ def _schedule(targets: list[Target]) -> Iterator[tuple[bool, int, Target]]:
         for connections in CONCURRENCY:
             for target in targets:
                 yield stream, connections, target
-
-
-@dataclass(frozen=True, slots=True)
-class Bench:
-    """What every cell needs: the load generator, the run length and the running targets."""
-
-    wrk: Wrk
-    options: Options
-    targets: list[Target]
-
-    def pgids(self, core: int) -> list[int]:
-        return [t.service.pid for t in self.targets if t.core == core]
 
 
 def _measure(bench: Bench, target: Target, stream: bool, connections: int) -> Cell:
@@ -259,7 +259,9 @@ def _row(run: Run, cell: Cell) -> list[str]:
     direct = cell.target == DIRECT
     gateway_cpu = "–" if direct else f"{cell.cpu.gateway:.0f} %"
     per_request = "–" if direct else f"{cell.cpu_us_per_request:.0f}"
-    others = f"{cell.cpu.other_gateway_core:.0f} / {cell.cpu.other_load_core:.0f} %"
+    # The direct call does not use core 0, so what ran there does not matter to it.
+    core0 = "–" if direct else f"{cell.cpu.other_gateway_core:.0f}"
+    others = f"{core0} / {cell.cpu.other_load_core:.0f} %"
     return [
         cell.mode,
         str(cell.connections),

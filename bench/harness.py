@@ -305,12 +305,13 @@ def machine_facts() -> dict[str, str]:
     """The facts a reader needs to compare figures across machines."""
     mem_kib = int(_proc_field("/proc/meminfo", "MemTotal").split()[0])
     return {
-        "CPU": _proc_field("/proc/cpuinfo", "model name"),
+        "CPU": f"{_proc_field('/proc/cpuinfo', 'model name')}, "
+        f"{_proc_field('/proc/cpuinfo', 'cpu MHz')} MHz",
         "cores": str(os.cpu_count()),
         "memory": f"{mem_kib / 1024**2:.1f} GiB",
         "kernel": f"{platform.system()} {platform.release()}",
         "Python": platform.python_version(),
-        "wrk": command_output(["wrk", "-v"]),
+        "wrk": command_output(["wrk", "-v"]).split(" [", 1)[0],
         "load average at start (1/5/15 min)": " ".join(
             Path("/proc/loadavg").read_text().split()[:3]
         ),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +54,7 @@ from corral.identity import KeyInfo
 from corral.routing import Deployment
 from corral.routing.catalog import PROTOCOL_NAMES
 from corral.tokens import count_tokens
-from corral.traces.spans import SPAN_DEFAULTS, new_span_id, new_trace_id, parse_traceparent
+from corral.traces.spans import SPAN_DEFAULTS, parse_traceparent
 
 if TYPE_CHECKING:
     from corral.app import CorralApp
@@ -90,16 +91,18 @@ class Call:
         self.t0 = time.perf_counter()
         self.start_ns = time.time_ns()
         self.wire = wire
-        self.request_id = "req_" + new_span_id() + new_span_id()[:8]
+        # One system call for every id this call needs: request, two spans, maybe the trace.
+        raw = os.urandom(44).hex()
+        self.request_id = "req_" + raw[:24]
         self.key: KeyInfo | None = None
         self.model: str | None = None
         self.deployment: Deployment | None = None
         self.stream = False
         parent = parse_traceparent(header(scope, b"traceparent"))
-        self.trace_id: str = parent[0] if parent else new_trace_id()
+        self.trace_id: str = parent[0] if parent else raw[56:88]
         self.parent_span_id: str | None = parent[1] if parent else None
-        self.span_id = new_span_id()
-        self.attempt_span_id = new_span_id()
+        self.span_id = raw[24:40]
+        self.attempt_span_id = raw[40:56]
         self.t_up = 0.0
         self.t_up_end = 0.0
         self.ttft_ms: float | None = None

@@ -71,6 +71,7 @@ class Upstream:
             timeout=self._timeout,
             json_serialize=lambda obj: orjson.dumps(obj).decode(),
             skip_auto_headers=("User-Agent",),
+            cookie_jar=aiohttp.DummyCookieJar(),  # a gateway must not carry cookies across callers
         )
 
     async def stop(self) -> None:
@@ -98,7 +99,8 @@ class Upstream:
         extra: dict[str, str],
     ) -> dict[str, str]:
         """Headers for the upstream request: forwarded client headers plus provider auth."""
-        out: dict[str, str] = {"content-type": "application/json"}
+        # identity: metering reads the bytes as they pass, so never ask for compression
+        out: dict[str, str] = {"content-type": "application/json", "accept-encoding": "identity"}
         for name, value in client_headers:
             if name in FORWARD_REQUEST or name.startswith(FORWARD_PREFIXES):
                 out[name.decode("latin-1")] = value.decode("latin-1")

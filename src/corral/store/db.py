@@ -16,7 +16,6 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.pool import NullPool
 
 from corral.errors import StoreError
 
@@ -36,8 +35,6 @@ class Store:
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-            kwargs["poolclass"] = NullPool if ":memory:" not in url else None
-            kwargs = {k: v for k, v in kwargs.items() if v is not None}
         else:
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         try:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.dialects import postgresql, sqlite
+import orjson
 
 from corral.store import Store
 from corral.store.schema import spans
@@ -42,6 +42,7 @@ class Recorder:
         flush_interval: float = 0.2,
     ) -> None:
         self._store = store
+        self._sql = _insert_sql(store.is_sqlite)
         self._journal_dir = journal_dir
         self._batch_size = batch_size
         self._interval = flush_interval
@@ -153,12 +154,11 @@ class Recorder:
         return count
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
+        """One ``executemany`` of plain tuples: the driver's fast path, no per-row compiling."""
         if not rows:
             return
-        dialect = sqlite if self._store.is_sqlite else postgresql
-        statement = dialect.insert(spans).on_conflict_do_nothing(index_elements=["span_id"])
         with self._store.begin() as conn:
-            conn.execute(statement, rows)
+            conn.exec_driver_sql(self._sql, [_as_tuple(row) for row in rows])
         self.stored += len(rows)
         self.last_lag_s = max(0.0, time.time() - rows[0]["end_ns"] / 1e9)
 
@@ -168,3 +168,25 @@ class Recorder:
                 listener(rows)
             except Exception:
                 log.exception("a stored-span listener failed")
+
+
+_COLUMNS = tuple(str(column.name) for column in spans.columns)
+_JSON_COLUMNS = frozenset(str(c.name) for c in spans.columns if c.type.__class__.__name__ == "JSON")
+
+
+def _insert_sql(sqlite: bool) -> str:
+    names = ", ".join(_COLUMNS)
+    if sqlite:
+        marks = ", ".join("?" for _ in _COLUMNS)
+        return f"INSERT OR IGNORE INTO spans ({names}) VALUES ({marks})"  # noqa: S608 - fixed names
+    marks = ", ".join("%s" for _ in _COLUMNS)
+    return f"INSERT INTO spans ({names}) VALUES ({marks}) ON CONFLICT (span_id) DO NOTHING"  # noqa: S608
+
+
+def _as_tuple(row: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(
+        orjson.dumps(row[name]).decode()
+        if name in _JSON_COLUMNS and row.get(name) is not None
+        else row.get(name)
+        for name in _COLUMNS
+    )
