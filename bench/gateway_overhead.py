@@ -407,8 +407,9 @@ def _reading(run: Run) -> list[str]:
 
 
 def _command(run: Run) -> str:
-    quick = " --quick" if run.options.quick else ""
-    return f".venv/bin/python bench/run.py --only {NAME}{quick}"
+    if run.options.quick:
+        return f"`.venv/bin/python bench/run.py --only {NAME} --quick` (a smoke run)"
+    return f"`make bench` (`.venv/bin/python bench/run.py`; alone: `--only {NAME}`)"
 
 
 def _setup(run: Run) -> str:
@@ -437,7 +438,7 @@ def _markdown(run: Run) -> str:
     reading = "\n".join(f"- {line}" for line in _reading(run))
     when = run.started.strftime("%Y-%m-%d %H:%M UTC")
     return (
-        f"## {TITLE}\n\nCommand: `{_command(run)}` (what `make bench` runs), {when}.\n\n"
+        f"## {TITLE}\n\nCommand: {_command(run)}, run {when}.\n\n"
         f"{facts}\n\n{_setup(run)}\n\n{_figures(run)}\n\n{_checks_table(run)}\n\n"
         f"Reading (computed from this run):\n\n{reading}\n"
     )
