@@ -9,6 +9,7 @@ dispatches by path: ``/v1/*`` to the gateway, ``/api/*`` to the admin API,
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -107,6 +108,10 @@ class CorralApp:
         await self.recorder.start()
         await self.gateway.start()
         await self.keys.start()
+        # Everything allocated so far lives as long as the process: move it out of the
+        # collector's sight so full collections under load stay sub-millisecond.
+        gc.collect()
+        gc.freeze()
         self.started = True
         for hook in self.on_startup:
             hook(self)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -14,8 +13,6 @@ from corral.api.context import Ctx
 from corral.errors import PermissionDenied
 from corral.identity.service import GroupBy, parse_since
 from corral.routing import Deployment
-
-_NANO_PER_TOKEN_TO_USD_PER_MILLION = Decimal(1_000_000) / Decimal(1_000_000_000)
 
 
 def list_providers(ctx: Ctx) -> list[m.Provider]:
@@ -42,22 +39,12 @@ def list_models(ctx: Ctx) -> list[m.Model]:
 
 
 def _model(d: Deployment, price_version: str) -> m.Model:
-    def usd(nano_per_token: Decimal) -> float:
-        return float(nano_per_token * _NANO_PER_TOKEN_TO_USD_PER_MILLION)
-
-    prices = d.prices
     return m.Model(
         name=d.name,
         provider=d.provider.name,
         upstream_model=d.upstream_model,
         context_window=d.context_window,
-        prices=m.Prices(
-            input=usd(prices.input),
-            cached_input=usd(prices.cached_input),
-            cache_write=usd(prices.cache_write),
-            output=usd(prices.output),
-            reasoning=usd(prices.reasoning),
-        ),
+        prices=m.Prices(**d.prices.usd_per_million()),
         price_version=price_version,
     )
 

@@ -78,25 +78,29 @@ SIM_MODELS: tuple[ModelConfig, ...] = (
     ),
 )
 
-_MILLION = Decimal(1_000_000)
-_NANO_PER_USD = Decimal(1_000_000_000)
+# Prices are kept as integer femto-dollars (1e-15 USD) per token: USD 1 per 1M tokens is
+# 1e9 fUSD a token, so any price with up to nine decimals is exact and costing a call is
+# integer arithmetic on the hot path.
+_FUSD_PER_TOKEN = Decimal(10**9)  # per (USD per 1M tokens)
+_FUSD_PER_NUSD = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
 class Prices:
-    """Nano-dollars per token for each non-overlapping token column."""
+    """Femto-dollars per token for each non-overlapping token column."""
 
-    input: Decimal
-    cached_input: Decimal
-    cache_write: Decimal
-    output: Decimal
-    reasoning: Decimal
+    input: int
+    cached_input: int
+    cache_write: int
+    output: int
+    reasoning: int
 
     @classmethod
     def from_config(cls, m: ModelConfig) -> Prices:
-        def per_token(usd_per_million: float | None, fallback: float) -> Decimal:
+        def per_token(usd_per_million: float | None, fallback: float) -> int:
             value = fallback if usd_per_million is None else usd_per_million
-            return Decimal(str(value)) * _NANO_PER_USD / _MILLION
+            exact = Decimal(str(value)) * _FUSD_PER_TOKEN
+            return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
         return cls(
             input=per_token(m.input_price, 0),
@@ -106,9 +110,17 @@ class Prices:
             reasoning=per_token(m.reasoning_price, m.output_price),
         )
 
+    def usd_per_million(self) -> dict[str, float]:
+        """The prices as configured: USD per 1M tokens for each column."""
+        return {
+            name: float(Decimal(getattr(self, name)) / _FUSD_PER_TOKEN)
+            for name in ("input", "cached_input", "cache_write", "output", "reasoning")
+        }
+
     def cost_nusd(
         self, input: int, cached_input: int, cache_write: int, output: int, reasoning: int
     ) -> int:
+        """Cost in nano-dollars, rounded half up once over the whole call."""
         total = (
             self.input * input
             + self.cached_input * cached_input
@@ -116,7 +128,7 @@ class Prices:
             + self.output * output
             + self.reasoning * reasoning
         )
-        return int(total.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+        return (total + _FUSD_PER_NUSD // 2) // _FUSD_PER_NUSD
 
 
 @dataclass(frozen=True, slots=True)

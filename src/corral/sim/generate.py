@@ -178,17 +178,16 @@ def truncate_tokens(text: str, limit: int) -> str:
     """The longest word-boundary prefix of ``text`` that costs at most ``limit`` tokens."""
     if limit <= 0 or not text:
         return ""
-    if count_tokens(text) <= limit:
-        return text
-    ends = [match.end() for match in _WORD.finditer(text)]
-    low, high = 0, len(ends)
-    while low < high:
-        middle = (low + high + 1) // 2
-        if count_tokens(text[: ends[middle - 1]]) <= limit:
-            low = middle
-        else:
-            high = middle - 1
-    return text[: ends[low - 1]].rstrip() if low else ""
+    # Token counts add up word by word (no counted piece spans two ``\S+\s*`` words),
+    # so one pass finds the cut.
+    used = end = 0
+    for match in _WORD.finditer(text):
+        cost = count_tokens(match.group())
+        if used + cost > limit:
+            return text[:end].rstrip()
+        used += cost
+        end = match.end()
+    return text
 
 
 def _tool_to_call(request: SimRequest) -> ToolSpec | None:
