@@ -17,7 +17,6 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 
 from corral.errors import (
@@ -29,6 +28,7 @@ from corral.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from corral.gateway.client import ClientConnectionError, Response
 from corral.gateway.http import (
     JSON_CT,
     SSE_CT,
@@ -224,12 +224,12 @@ class Gateway:
                 strip_usage = changed = True
         return (orjson.dumps(data) if changed else body), strip_usage
 
-    async def _complete(self, call: Call, response: aiohttp.ClientResponse, send: Send) -> None:
+    async def _complete(self, call: Call, response: Response, send: Send) -> None:
         """A whole (non-streamed, or refused) upstream response, passed through."""
         wire = call.wire
         try:
             payload = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (ClientConnectionError, TimeoutError) as exc:
             call.t_up_end = time.perf_counter()
             error = _upstream_failure(exc, "reading the response")
             self._record(
@@ -262,7 +262,7 @@ class Gateway:
     async def _relay(
         self,
         call: Call,
-        response: aiohttp.ClientResponse,
+        response: Response,
         receive: Receive,
         send: Send,
         strip_usage: bool,
@@ -290,7 +290,7 @@ class Gateway:
             rest = meter.tail()
             if rest:
                 await send({"type": "http.response.body", "body": rest, "more_body": True})
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (ClientConnectionError, TimeoutError) as exc:
             if not abandoned.is_set():
                 failure = _upstream_failure(exc, "streaming the response")
         finally:
@@ -442,8 +442,11 @@ class Gateway:
             try:
                 headers = self.upstream.headers(deployment, scope["headers"], {})
                 response = await self.upstream.post(url, body, headers)
-                payload = await response.read()
-            except (CorralError, aiohttp.ClientError, TimeoutError) as exc:
+                try:
+                    payload = await response.read()
+                finally:
+                    response.release()
+            except (CorralError, ClientConnectionError, TimeoutError) as exc:
                 error = exc if isinstance(exc, CorralError) else _upstream_failure(exc, "counting")
                 await self._reject(send, MESSAGES, error, call)
                 return
@@ -512,12 +515,12 @@ class Gateway:
 WIRE_PATHS = {"chat": CHAT.path, "responses": RESPONSES.path, "messages": MESSAGES.path}
 
 
-def _is_sse(response: aiohttp.ClientResponse) -> bool:
+def _is_sse(response: Response) -> bool:
     return response.headers.get("content-type", "").startswith("text/event-stream")
 
 
 def _response_headers(
-    response: aiohttp.ClientResponse, content_type: tuple[bytes, bytes] | None = None
+    response: Response, content_type: tuple[bytes, bytes] | None = None
 ) -> Headers:
     out: Headers = [
         content_type
@@ -568,9 +571,7 @@ def _sse_error(wire: Wire, exc: CorralError, sequence: int) -> bytes:
     return b"data: " + wire.error_body(exc) + b"\n\n"
 
 
-async def _watch_disconnect(
-    receive: Receive, abandoned: asyncio.Event, response: aiohttp.ClientResponse
-) -> None:
+async def _watch_disconnect(receive: Receive, abandoned: asyncio.Event, response: Response) -> None:
     """Wait for the client to go away; then stop reading from (and cancel) the upstream."""
     while True:
         message = await receive()

@@ -1,8 +1,8 @@
-"""Talking to providers: one pooled aiohttp session, provider auth, error classes.
+"""Talking to providers: one pooled keep-alive client, provider auth, error classes.
 
-The session is injected into the gateway (``Upstream`` is a constructor
-argument), so tests and benchmarks can point it anywhere; the default keeps
-connections alive and never forwards the caller's own credentials.
+``Upstream`` is injected into the gateway (a constructor argument), so tests and
+benchmarks can point it anywhere. It never forwards the caller's own
+credentials, and reads provider secrets from an injected environment.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
 import orjson
 
 from corral.errors import UpstreamError, UpstreamTimeout
+from corral.gateway.client import ClientConnectionError, HttpClient, Response
 from corral.routing import Deployment, Provider
 
 # Request headers a client may pass on to the provider. The caller's
@@ -55,29 +55,18 @@ class Upstream:
         max_connections: int = 1000,
         environ: Mapping[str, str] | None = None,
     ) -> None:
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        self._client = HttpClient(
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_connections=max_connections,
         )
-        self._max_connections = max_connections
         self._environ = environ if environ is not None else os.environ
-        self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self._max_connections, limit_per_host=0, keepalive_timeout=30, ttl_dns_cache=300
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            json_serialize=lambda obj: orjson.dumps(obj).decode(),
-            skip_auto_headers=("User-Agent",),
-            cookie_jar=aiohttp.DummyCookieJar(),  # a gateway must not carry cookies across callers
-        )
+        await self._client.start()
 
     async def stop(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._client.close()
 
     def secret(self, provider: Provider) -> str | None:
         if provider.api_key_env is None:
@@ -116,17 +105,17 @@ class Upstream:
         out.update(extra)
         return out
 
-    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
-        """Send a request; map connection failures to ``UpstreamError``."""
-        if self._session is None:
-            raise RuntimeError("the upstream client is not started")
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> Response:
+        """Send a request and wait for the response headers; failures become ``UpstreamError``."""
         try:
-            return await self._session.post(url, data=body, headers=headers)
+            return await self._client.post(url, body, headers)
         except TimeoutError as exc:
-            raise UpstreamTimeout(f"timed out connecting to {_host(url)}") from exc
-        except aiohttp.ClientError as exc:
+            raise UpstreamTimeout(f"{_host(url)}: {exc or 'timed out'}") from exc
+        except ClientConnectionError as exc:
+            raise UpstreamError(f"cannot reach {_host(url)}: {exc}") from exc
+        except ValueError as exc:  # a header or URL the client refuses to send
             raise UpstreamError(
-                f"cannot reach {_host(url)}: {exc.__class__.__name__}: {exc}"
+                f"cannot send to {_host(url)}: {exc}", code="provider_misconfigured"
             ) from exc
 
 
