@@ -20,7 +20,7 @@ error shape), the admin API as ``{"error": {...}}``, the CLI as a message.
     └── UpstreamError                the provider failed us (502/504 unless it sent a status)
         └── UpstreamTimeout          504
 
-Foreign exceptions (aiohttp, SQLAlchemy, pydantic) are mapped to these at the
+Foreign exceptions (the upstream client's, SQLAlchemy, pydantic) are mapped to these at the
 edge with ``raise X(...) from exc``; nothing else should escape a handler.
 """
 
