@@ -1,10 +1,8 @@
 """Offline token counting: no tokenizer files, no downloads.
 
-Two functions with different jobs. ``count_tokens`` is a deterministic,
-realistic count (close to BPE tokenizers on English prose and code) used by
-the simulator to report usage. ``estimate_tokens_upper`` is a cheap upper
-bound over raw bytes for admission, where overestimating is safe and speed
-matters.
+``count_tokens`` is a deterministic, realistic count (close to BPE tokenizers
+on English prose and code): the simulator reports usage with it, and the
+gateway counts with it where a provider has no counting endpoint.
 """
 
 from __future__ import annotations
@@ -33,13 +31,3 @@ def count_tokens(text: str) -> int:
         else:
             total += 1
     return total
-
-
-def estimate_tokens_upper(size_in_bytes: int) -> int:
-    """An upper bound on the tokens in ``size_in_bytes`` of UTF-8 JSON text.
-
-    BPE tokenizers average three to four bytes a token on prose and code;
-    two bytes a token bounds them from above on anything but pathological
-    input, and JSON punctuation only makes the bound looser.
-    """
-    return size_in_bytes // 2 + 1

@@ -27,9 +27,6 @@ class Usage:
     output: int = 0
     reasoning: int = 0
 
-    def total(self) -> int:
-        return self.input + self.cached_input + self.cache_write + self.output + self.reasoning
-
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
@@ -248,7 +245,6 @@ class StreamMeter(ABC):
         self.outcome = Outcome()
         self.done = False
         self.events = 0
-        self.delivered_text = 0  # bytes of events forwarded, for estimates on abandon
         self._buf = b""
         self._sep = b"\n\n"
 
@@ -272,7 +268,6 @@ class StreamMeter(ABC):
             if all(keep)
             else b"".join(e + sep for e, k in zip(events, keep, strict=True) if k)
         )
-        self.delivered_text += len(out)
         return out, self.done and not was_done
 
     def tail(self) -> bytes:

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,6 @@ class Recorder:
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
-        self._listeners: list[Callable[[list[dict[str, Any]]], None]] = []
         self.stored = 0
         self.replayed = 0
         self.failures = 0
@@ -73,10 +71,6 @@ class Recorder:
         """Spans journaled but not yet stored."""
         current = len(self._journal.current.records) if self._journal else 0
         return current + sum(len(s.records) for s in self._backlog)
-
-    def on_stored(self, listener: Callable[[list[dict[str, Any]]], None]) -> None:
-        """Call ``listener`` with every batch once it is committed (for guards and metrics)."""
-        self._listeners.append(listener)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -115,7 +109,6 @@ class Recorder:
             await asyncio.to_thread(self._insert, segment.records)
             self._backlog.popleft()
             segment.close(delete=True)
-            self._notify(segment.records)
 
     # -- background -----------------------------------------------------------
 
@@ -161,13 +154,6 @@ class Recorder:
             conn.exec_driver_sql(self._sql, [_as_tuple(row) for row in rows])
         self.stored += len(rows)
         self.last_lag_s = max(0.0, time.time() - rows[0]["end_ns"] / 1e9)
-
-    def _notify(self, rows: list[dict[str, Any]]) -> None:
-        for listener in self._listeners:
-            try:
-                listener(rows)
-            except Exception:
-                log.exception("a stored-span listener failed")
 
 
 _COLUMNS = tuple(str(column.name) for column in spans.columns)
