@@ -11,23 +11,21 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import socket
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
 
 from corral.clock import Clock, SystemClock
 from corral.errors import ConfigError
+from corral.gateway import Gateway, Upstream
+from corral.gateway.http import Receive, Scope, Send
 from corral.identity import KeyCache
 from corral.routing import Catalog
 from corral.settings import Settings
+from corral.sim import SimConfig, SimServer, bind_socket
 from corral.store import Store
+from corral.traces import Recorder
 
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
@@ -42,9 +40,6 @@ class CorralApp:
         environ: Mapping[str, str] | None = None,
     ) -> None:
         """``environ`` is where provider secrets are read (default: the process environment)."""
-        from corral.gateway import Gateway, Upstream
-        from corral.traces import Recorder
-
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         self.store = Store(settings.resolved_database_url)
@@ -65,7 +60,7 @@ class CorralApp:
             ),
         )
         self._catalog: Catalog | None = None
-        self._sim: Any = None
+        self._sim: SimServer | None = None
         self._api: ASGIApp | None = None
         self.generated_admin_key: str | None = None
         self.on_startup: list[Callable[[CorralApp], None]] = []
@@ -78,8 +73,8 @@ class CorralApp:
         return self._catalog
 
     @property
-    def sim(self) -> Any:
-        """The in-process simulator (a ``corral.sim.SimServer``), or None when not running one."""
+    def sim(self) -> SimServer | None:
+        """The in-process simulator, or None when Corral is not running one."""
         return self._sim
 
     @property
@@ -127,15 +122,9 @@ class CorralApp:
 
     async def _start_sim(self) -> str:
         """Serve the simulator in this process on a loopback port of its own."""
-        from corral.sim import SimConfig, SimServer
-
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
         self._sim = SimServer(SimConfig())
-        await self._sim.start(sock)
-        host, port = sock.getsockname()[:2]
-        return f"http://{host}:{port}"
+        await self._sim.start(bind_socket("127.0.0.1", 0))
+        return self._sim.url
 
     # -- ASGI ------------------------------------------------------------------
 

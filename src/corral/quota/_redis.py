@@ -1,0 +1,349 @@
+"""The Redis quota backend: several gateway processes share one exact state.
+
+One Lua script admits a request over the whole chain and one settles a lease,
+so every decision is atomic on the server. Every key a script touches is
+passed in ``KEYS`` and carries the ``{prefix}`` hash tag, so on a cluster all
+of them live in one slot. Time comes from the caller's injected clock (an
+argument), never from Redis ``TIME``: tests can drive it with a ``ManualClock``,
+and the price is that gateway hosts need synchronised clocks (skew between
+them moves window boundaries and lease expiry by the skew). Redis's own clock
+only garbage-collects keys, with generous margins.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from corral.clock import Clock
+from corral.quota._model import (
+    Budget,
+    BudgetUsage,
+    Chain,
+    Check,
+    Grant,
+    Level,
+    LevelUsage,
+    Plan,
+    QuotaUnavailable,
+    budget_slot,
+    check_amounts,
+    make_plan,
+    refusal,
+)
+
+log = logging.getLogger(__name__)
+
+_CHECKS: dict[int, Check] = {1: "rpm", 2: "tpm", 3: "concurrency", 4: "budget"}
+
+# A budget counter is a hash (s = spent, r = reserved, l:<lease> = that lease's hold) plus a
+# sorted set of the leases holding it, scored by expiry in ms. Occupancy is a sorted set of
+# leases scored by expiry. RPM/TPM are plain counters per calendar minute.
+_PURGE = """
+local function purge(h, z, now)
+  local ids = redis.call('ZRANGEBYSCORE', z, '-inf', now)
+  for _, id in ipairs(ids) do
+    local amt = redis.call('HGET', h, 'l:' .. id)
+    if amt then
+      redis.call('HINCRBY', h, 'r', -tonumber(amt))
+      redis.call('HDEL', h, 'l:' .. id)
+    end
+  end
+  if #ids > 0 then redis.call('ZREMRANGEBYSCORE', z, '-inf', now) end
+end
+"""
+
+# KEYS: lease record, then per level: rpm, tpm, occupancy, then per budget: hash, zset.
+# ARGV: now_ms, lease, expiry_ms, want_usd, want_tokens, min_usd, min_tokens, payload,
+#       record_ttl_ms, nlevels, then per level: rpm, tpm, conc (-1 = none), nbudgets,
+#       then per budget: resource (1 usd, 2 tokens), limit, soft (-1 none), key_ttl_ms (0 none).
+_ADMIT = (
+    _PURGE
+    + """
+local now, lease, expiry = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local want = {tonumber(ARGV[4]), tonumber(ARGV[5])}
+local need = {tonumber(ARGV[6]), tonumber(ARGV[7])}
+local levels, k, a = {}, 2, 11
+for i = 1, tonumber(ARGV[10]) do
+  local lv = {rk = KEYS[k], tk = KEYS[k + 1], ok = KEYS[k + 2], rpm = tonumber(ARGV[a]),
+              tpm = tonumber(ARGV[a + 1]), conc = tonumber(ARGV[a + 2]), b = {}}
+  local nb = tonumber(ARGV[a + 3])
+  k, a = k + 3, a + 4
+  for j = 1, nb do
+    lv.b[j] = {h = KEYS[k], z = KEYS[k + 1], res = tonumber(ARGV[a]), limit = tonumber(ARGV[a + 1]),
+               soft = tonumber(ARGV[a + 2]), ttl = tonumber(ARGV[a + 3])}
+    k, a = k + 2, a + 4
+  end
+  levels[i] = lv
+end
+local grant = {want[1], want[2]}
+local out = {1, 0, 0}
+for i, lv in ipairs(levels) do
+  if lv.rpm >= 0 and tonumber(redis.call('GET', lv.rk) or '0') + 1 > lv.rpm then
+    return {0, i, 1, 0, 0}
+  end
+  if lv.tpm >= 0 and tonumber(redis.call('GET', lv.tk) or '0') + want[2] > lv.tpm then
+    return {0, i, 2, 0, 0}
+  end
+  if lv.conc >= 0 then
+    redis.call('ZREMRANGEBYSCORE', lv.ok, '-inf', now)
+    if redis.call('ZCARD', lv.ok) >= lv.conc then return {0, i, 3, 0, 0} end
+  end
+  for j, b in ipairs(lv.b) do
+    purge(b.h, b.z, now)
+    local s = tonumber(redis.call('HGET', b.h, 's') or '0')
+    local r = tonumber(redis.call('HGET', b.h, 'r') or '0')
+    local rem = math.max(0, b.limit - s - r)
+    if rem <= 0 or rem < need[b.res] then return {0, i, 4, j, rem} end
+    if rem < grant[b.res] then grant[b.res] = rem end
+    out[#out + 1] = s
+    out[#out + 1] = r
+  end
+end
+for _, lv in ipairs(levels) do
+  if lv.rpm >= 0 then
+    redis.call('INCR', lv.rk)
+    redis.call('PEXPIRE', lv.rk, 120000)
+  end
+  if lv.tpm >= 0 then
+    redis.call('INCRBY', lv.tk, want[2])
+    redis.call('PEXPIRE', lv.tk, 120000)
+  end
+  if lv.conc >= 0 then
+    redis.call('ZADD', lv.ok, expiry, lease)
+    redis.call('PEXPIRE', lv.ok, ARGV[9])
+  end
+  for _, b in ipairs(lv.b) do
+    local amt = grant[b.res]
+    redis.call('HINCRBY', b.h, 'r', amt)
+    redis.call('HSET', b.h, 'l:' .. lease, amt)
+    redis.call('ZADD', b.z, expiry, lease)
+    if b.ttl > 0 then
+      redis.call('PEXPIRE', b.h, b.ttl)
+      redis.call('PEXPIRE', b.z, b.ttl)
+    end
+  end
+end
+redis.call('HSET', KEYS[1], 'state', 'open', 'p', ARGV[8])
+redis.call('PEXPIRE', KEYS[1], ARGV[9])
+out[2], out[3] = grant[1], grant[2]
+return out
+"""
+)
+
+# KEYS: lease record, then per budget: hash, zset, then occupancy keys.
+# ARGV: lease, usd, tokens, nbudgets, then per budget its resource (1 usd, 2 tokens).
+_SETTLE = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'open' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'settled')
+local lease, nb = ARGV[1], tonumber(ARGV[4])
+local spend = {ARGV[2], ARGV[3]}
+for j = 1, nb do
+  local h, z = KEYS[2 * j], KEYS[2 * j + 1]
+  local amt = redis.call('HGET', h, 'l:' .. lease)
+  if amt then
+    redis.call('HINCRBY', h, 'r', -tonumber(amt))
+    redis.call('HDEL', h, 'l:' .. lease)
+    redis.call('ZREM', z, lease)
+  end
+  redis.call('HINCRBY', h, 's', spend[tonumber(ARGV[4 + j])])
+end
+for k = 2 * nb + 2, #KEYS do redis.call('ZREM', KEYS[k], lease) end
+return 1
+"""
+
+# KEYS: hash, zset. ARGV: now_ms. Purges expired holds; returns {spent, reserved}.
+_READ = (
+    _PURGE
+    + """
+purge(KEYS[1], KEYS[2], tonumber(ARGV[1]))
+return {tonumber(redis.call('HGET', KEYS[1], 's') or '0'),
+        tonumber(redis.call('HGET', KEYS[1], 'r') or '0')}
+"""
+)
+
+_RES = {"usd": 1, "tokens": 2}
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+class RedisQuota:
+    """Quota state in Redis, shared exactly by every instance pointed at the same server.
+
+    Any Redis error (connection refused, timeout, script error) raises
+    ``QuotaUnavailable``: the caller fails closed unless configured otherwise.
+    """
+
+    def __init__(
+        self,
+        redis: str | aioredis.Redis,
+        clock: Clock,
+        *,
+        prefix: str = "corral:q:",
+        settle_grace: float = 3600.0,
+        max_connections: int = 32,
+        timeout: float = 2.0,
+    ) -> None:
+        if isinstance(redis, str):
+            # A blocking pool: a burst of admissions waits for a connection (up to ``timeout``)
+            # instead of failing or opening one socket per request.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                redis,
+                max_connections=max_connections,
+                timeout=timeout,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+            )
+            redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
+        self._redis: aioredis.Redis = redis
+        self._clock = clock
+        self._tag = "{" + prefix + "}"
+        self._grace = settle_grace
+        self._admit = self._redis.register_script(_ADMIT)
+        self._settle = self._redis.register_script(_SETTLE)
+        self._read = self._redis.register_script(_READ)
+
+    async def aclose(self) -> None:
+        """Close the connection pool (a client passed in is closed too)."""
+        await self._redis.aclose()
+
+    def _key(self, name: str) -> str:
+        return self._tag + name
+
+    async def admit(
+        self,
+        chain: Chain,
+        *,
+        want_usd: int,
+        want_tokens: int,
+        min_usd: int,
+        min_tokens: int,
+        lease_ttl: float,
+    ) -> Grant:
+        """Check and reserve over the whole chain in one Lua script, or raise ``LimitExceeded``."""
+        check_amounts(want_usd, want_tokens, min_usd, min_tokens)
+        now = self._clock.now()
+        plan = make_plan(chain, now)
+        lease_id = uuid.uuid4().hex
+        keys, args = self._admit_call(plan, lease_id, lease_ttl)
+        args[3:7] = [want_usd, want_tokens, min_usd, min_tokens]
+        reply = await self._call(self._admit, keys, args)
+        if reply[0] == 0:
+            _, level, check, budget, remaining = (int(x) for x in reply)
+            slot_need = 0
+            if check == 4:
+                res = plan.levels[level - 1].budgets[budget - 1].budget.resource
+                slot_need = min_usd if res == "usd" else min_tokens
+            raise refusal(plan, level - 1, _CHECKS[check], budget - 1, remaining, slot_need)
+        return self._grant(plan, lease_id, now + lease_ttl, [int(x) for x in reply])
+
+    def _admit_call(
+        self, plan: Plan, lease_id: str, lease_ttl: float
+    ) -> tuple[list[str], list[Any]]:
+        keys = [self._key(f"lease:{lease_id}")]
+        specs: list[Any] = []
+        payload: dict[str, list[Any]] = {"b": [], "o": []}
+        for lp in plan.levels:
+            lim = lp.limits
+            keys += [self._key(lp.rpm_key), self._key(lp.tpm_key), self._key(lp.occupancy_key)]
+            specs += [_opt(lim.rpm), _opt(lim.tpm), _opt(lim.concurrency), len(lp.budgets)]
+            if lim.concurrency is not None:
+                payload["o"].append(self._key(lp.occupancy_key))
+            for slot in lp.budgets:
+                h, z = self._key(slot.counter), self._key(slot.counter + ":z")
+                keys += [h, z]
+                b = slot.budget
+                soft = -1 if b.soft_fraction is None else b.soft_fraction
+                ttl = 0 if slot.reset_at is None else _ms(slot.reset_at - plan.now + self._grace)
+                specs += [_RES[b.resource], b.limit, soft, ttl]
+                payload["b"].append([h, z, _RES[b.resource]])
+        record_ttl = _ms(lease_ttl + self._grace)
+        header: list[Any] = [
+            _ms(plan.now), lease_id, _ms(plan.now + lease_ttl), 0, 0, 0, 0,
+            json.dumps(payload), record_ttl, len(plan.levels),
+        ]  # fmt: skip
+        return keys, header + specs
+
+    @staticmethod
+    def _grant(plan: Plan, lease_id: str, expires_at: float, reply: list[int]) -> Grant:
+        counts = iter(reply[3:])
+        levels = tuple(
+            LevelUsage(
+                lp.level,
+                tuple(
+                    BudgetUsage(s.budget, s.window_id, next(counts), next(counts), s.reset_at)
+                    for s in lp.budgets
+                ),
+            )
+            for lp in plan.levels
+        )
+        return Grant(
+            lease_id=lease_id,
+            granted_usd=reply[1],
+            granted_tokens=reply[2],
+            degraded=any(lu.degraded for lu in levels),
+            expires_at=expires_at,
+            levels=levels,
+        )
+
+    async def settle(self, lease_id: str, *, usd: int, tokens: int) -> None:
+        """Replace the lease's reservations with the actual spend, once; later calls do nothing.
+
+        A lease that already expired still charges its spend (once). A lease
+        record gone (``settle_grace`` after expiry) is logged and ignored.
+        """
+        record = self._key(f"lease:{lease_id}")
+        try:
+            raw = await self._redis.hget(record, "p")
+        except RedisError as exc:
+            raise QuotaUnavailable(f"quota backend unreachable: {exc}") from exc
+        if raw is None:
+            log.warning("settle of unknown or forgotten lease %s ignored", lease_id)
+            return
+        payload = json.loads(raw)
+        keys = [record]
+        resources = []
+        for h, z, res in payload["b"]:
+            keys += [h, z]
+            resources.append(res)
+        keys += payload["o"]
+        await self._call(self._settle, keys, [lease_id, usd, tokens, len(resources), *resources])
+
+    async def release(self, lease_id: str) -> None:
+        """Settle with zero spend: the request never reached the provider."""
+        await self.settle(lease_id, usd=0, tokens=0)
+
+    async def sweep(self) -> int:
+        """Nothing to do: expired holds are purged by every admission that reads their counter,
+        and by ``usage``; Redis expires keys of ended windows itself. Returns 0."""
+        return 0
+
+    async def usage(self, level: Level, budget: Budget) -> BudgetUsage:
+        """The budget's current window: spent and live (unexpired) reservations."""
+        now = self._clock.now()
+        slot = budget_slot(level, budget, now)
+        h = self._key(slot.counter)
+        spent, reserved = await self._call(self._read, [h, h + ":z"], [_ms(now)])
+        return BudgetUsage(budget, slot.window_id, int(spent), int(reserved), slot.reset_at)
+
+    @staticmethod
+    async def _call(script: Any, keys: list[str], args: list[Any]) -> list[Any]:
+        try:
+            reply: list[Any] = await script(keys=keys, args=args)
+        except RedisError as exc:
+            raise QuotaUnavailable(f"quota backend unreachable: {exc}") from exc
+        return reply
+
+
+def _opt(value: int | None) -> int:
+    return -1 if value is None else value
+
+
+__all__ = ["RedisQuota"]
