@@ -21,9 +21,10 @@ from pathlib import Path
 from types import ModuleType
 
 import gateway_overhead
+import quota_admission
 from harness import REPO, BenchError, Options, Section, raise_on_sigterm
 
-BENCHMARKS: tuple[ModuleType, ...] = (gateway_overhead,)
+BENCHMARKS: tuple[ModuleType, ...] = (gateway_overhead, quota_admission)
 DOC = REPO / "docs" / "benchmarks.md"
 DOC_HEADER = """\
 # Benchmarks

@@ -75,7 +75,10 @@ def test_refusal_names_scope_window_and_reset(quota: Backend) -> None:
             "team payments: daily USD budget 50.00 exhausted, resets at 2026-11-29T00:00:00Z"
         )
         assert (err.scope, err.limit_kind, err.status, err.retry_after) == (
-            TEAM, "budget", 402, 14 * 3600
+            TEAM,
+            "budget",
+            402,
+            14 * 3600,
         )
 
     quota.run(body)
@@ -189,7 +192,9 @@ def test_concurrency_counts_open_leases(quota: Backend) -> None:
         with pytest.raises(LimitExceeded) as info:
             await _admit(q, c)
         assert (info.value.limit_kind, info.value.retry_after, info.value.status) == (
-            "concurrency", None, 429
+            "concurrency",
+            None,
+            429,
         )
         assert info.value.message == "team payments: 2 concurrent requests already running"
         await q.settle(a.lease_id, usd=1, tokens=1)

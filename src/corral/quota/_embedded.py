@@ -69,8 +69,7 @@ class EmbeddedQuota:
 
     def seed_spend(self, level: Level, resource: Resource, window_id: str, amount: int) -> None:
         """Add persisted spend to a window's counter (call before serving)."""
-        probe = Budget(resource, "total", 0)
-        self._counter(budget_counter(level, probe, window_id), None).spent += amount
+        self._counter(budget_counter(level.key, resource, window_id), None).spent += amount
 
     async def admit(
         self,
@@ -87,12 +86,8 @@ class EmbeddedQuota:
         now = self._clock.now()
         self._expire(now)
         plan = make_plan(chain, now)
-        usages = self._check(plan, want_tokens, min_usd, min_tokens)
         granted = {"usd": want_usd, "tokens": want_tokens}
-        for lu in usages:
-            for bu in lu.budgets:
-                res = bu.budget.resource
-                granted[res] = min(granted[res], bu.remaining)
+        usages = self._check(plan, granted, want_tokens, min_usd, min_tokens)
         lease_id = uuid.uuid4().hex
         self._reserve(plan, lease_id, now + lease_ttl, granted, want_tokens)
         return Grant(
@@ -105,8 +100,9 @@ class EmbeddedQuota:
         )
 
     def _check(
-        self, plan: Plan, want_tokens: int, min_usd: int, min_tokens: int
+        self, plan: Plan, granted: dict[str, int], want_tokens: int, min_usd: int, min_tokens: int
     ) -> tuple[LevelUsage, ...]:
+        """Raise the first failed check in chain order; lower ``granted`` to what is left."""
         usages: list[LevelUsage] = []
         for i, lp in enumerate(plan.levels):
             self._check_rates(plan, i, want_tokens)
@@ -114,11 +110,16 @@ class EmbeddedQuota:
             for j, slot in enumerate(lp.budgets):
                 c = self._counters.get(slot.counter)
                 spent, reserved = (c.spent, c.reserved) if c else (0, 0)
-                bu = BudgetUsage(slot.budget, slot.window_id, spent, reserved, slot.reset_at)
-                need = min_usd if slot.budget.resource == "usd" else min_tokens
-                if bu.remaining <= 0 or bu.remaining < need:
-                    raise refusal(plan, i, "budget", j, bu.remaining, need)
-                budgets.append(bu)
+                res = slot.budget.resource
+                need = min_usd if res == "usd" else min_tokens
+                left = max(0, slot.budget.limit - spent - reserved)
+                if left <= 0 or left < need:
+                    raise refusal(plan, i, "budget", j, left, need)
+                if left < granted[res]:
+                    granted[res] = left
+                budgets.append(
+                    BudgetUsage(slot.budget, slot.window_id, spent, reserved, slot.reset_at)
+                )
             usages.append(LevelUsage(lp.level, tuple(budgets)))
         return tuple(usages)
 

@@ -243,30 +243,44 @@ class Plan:
     levels: tuple[LevelPlan, ...]
 
 
-def budget_counter(level: Level, budget: Budget, window_id: str) -> str:
-    return f"b:{level.key}:{budget.resource}:{window_id}"
+def budget_counter(level_key: str, resource: Resource, window_id: str) -> str:
+    return f"b:{level_key}:{resource}:{window_id}"
 
 
 def budget_slot(level: Level, budget: Budget, now: float) -> BudgetSlot:
     window_id, reset_at = window_bounds(budget.window, now)
-    return BudgetSlot(budget, window_id, reset_at, budget_counter(level, budget, window_id))
+    return BudgetSlot(
+        budget, window_id, reset_at, budget_counter(level.key, budget.resource, window_id)
+    )
 
 
 def make_plan(chain: Chain, now: float) -> Plan:
-    """Resolve every level's counters at ``now``."""
+    """Resolve every level's counters at ``now``.
+
+    Hot path: each window's bounds and each level's key are computed once per plan.
+    """
     minute = minute_of(now)
-    levels = tuple(
-        LevelPlan(
-            level=level,
-            limits=limits,
-            rpm_key=f"rpm:{level.key}:{minute}",
-            tpm_key=f"tpm:{level.key}:{minute}",
-            occupancy_key=f"occ:{level.key}",
-            budgets=tuple(budget_slot(level, b, now) for b in limits.budgets),
+    bounds: dict[Window, tuple[str, float | None]] = {}
+    levels = []
+    for level, limits in chain:
+        key = level.key
+        slots = []
+        for b in limits.budgets:
+            wb = bounds.get(b.window)
+            if wb is None:
+                wb = bounds[b.window] = window_bounds(b.window, now)
+            slots.append(BudgetSlot(b, wb[0], wb[1], budget_counter(key, b.resource, wb[0])))
+        levels.append(
+            LevelPlan(
+                level=level,
+                limits=limits,
+                rpm_key=f"rpm:{key}:{minute}",
+                tpm_key=f"tpm:{key}:{minute}",
+                occupancy_key=f"occ:{key}",
+                budgets=tuple(slots),
+            )
         )
-        for level, limits in chain
-    )
-    return Plan(now, minute, levels)
+    return Plan(now, minute, tuple(levels))
 
 
 def check_amounts(want_usd: int, want_tokens: int, min_usd: int, min_tokens: int) -> None:
