@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anthropic
+import pytest
 
 from tests.gateway.conftest import Running
 
@@ -148,3 +149,12 @@ def test_claude_code_style_request_passes(corral: Running) -> None:
         extra_body={"context_management": {"edits": []}},
     )
     assert msg.content
+
+
+def test_models_list_and_retrieve_in_anthropic_shape(corral: Running) -> None:
+    c = client(corral)
+    names = [m.id for m in c.models.list()]
+    assert "sim-standard" in names
+    assert c.models.retrieve("sim-standard").id == "sim-standard"
+    with pytest.raises(anthropic.NotFoundError):
+        c.models.retrieve("no-such-model")

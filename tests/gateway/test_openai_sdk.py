@@ -226,3 +226,10 @@ def test_traceparent_is_honoured(corral: Running) -> None:
     (row,) = corral.records()
     assert row.trace_id == trace_id
     assert row.parent_span_id == parent
+
+
+def test_models_retrieve(corral: Running) -> None:
+    c = client(corral)
+    assert c.models.retrieve("sim-economy").id == "sim-economy"
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        c.models.retrieve("gpt-nope")

@@ -25,6 +25,7 @@ from corral.errors import (
     InvalidRequest,
     NotFound,
     PermissionDenied,
+    UnknownModel,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -146,7 +147,9 @@ class Gateway:
         elif path == COUNT_TOKENS and method == "POST":
             await self._count_tokens(scope, receive, send)
         elif path == MODELS and method in ("GET", "HEAD"):
-            await self._models(scope, send)
+            await self._models(scope, send, None)
+        elif path.startswith(MODELS + "/") and method in ("GET", "HEAD"):
+            await self._models(scope, send, path[len(MODELS) + 1 :])
         else:
             wire = MESSAGES if path.startswith("/v1/messages") else CHAT
             missing = NotFound(f"no such endpoint: {method} {path}")
@@ -460,49 +463,45 @@ class Gateway:
         result = orjson.dumps({"input_tokens": count_tokens(text.decode())})
         await send_bytes(send, 200, [JSON_CT, *call.corral_headers(time.perf_counter())], result)
 
-    async def _models(self, scope: Scope, send: Send) -> None:
+    async def _models(self, scope: Scope, send: Send, model: str | None) -> None:
+        """``GET /v1/models`` (what this key may use) or ``/v1/models/{id}``, in the caller's shape.
+
+        Anthropic's SDK sends ``anthropic-version``; its list and objects differ from OpenAI's.
+        """
         anthropic = header(scope, b"anthropic-version") is not None
         wire = MESSAGES if anthropic else CHAT
         call = Call(wire, scope)
         try:
             key = await self.app.keys.authenticate(api_key(scope))
+            names = [
+                name
+                for name in self.app.catalog.models
+                if key.allowed_models is None or name in key.allowed_models
+            ]
+            if model is not None and model not in names:
+                raise UnknownModel(f"model {model!r} does not exist or this key may not use it")
         except ClientError as exc:
             await self._reject(send, wire, exc, call)
             return
-        names = [
-            name
-            for name in self.app.catalog.models
-            if key.allowed_models is None or name in key.allowed_models
-        ]
-        if anthropic:
-            data: list[dict[str, Any]] = [
-                {"type": "model", "id": n, "display_name": n, "created_at": "2026-01-01T00:00:00Z"}
-                for n in names
-            ]
+        shape = _anthropic_model if anthropic else self._openai_model
+        if model is not None:
+            body = orjson.dumps(shape(model))
+        elif anthropic:
             body = orjson.dumps(
                 {
-                    "data": data,
+                    "data": [shape(n) for n in names],
                     "has_more": False,
                     "first_id": names[0] if names else None,
                     "last_id": names[-1] if names else None,
                 }
             )
         else:
-            body = orjson.dumps(
-                {
-                    "object": "list",
-                    "data": [
-                        {
-                            "id": n,
-                            "object": "model",
-                            "created": 0,
-                            "owned_by": self.app.catalog.models[n].provider.name,
-                        }
-                        for n in names
-                    ],
-                }
-            )
+            body = orjson.dumps({"object": "list", "data": [shape(n) for n in names]})
         await send_bytes(send, 200, [JSON_CT, *call.corral_headers(time.perf_counter())], body)
+
+    def _openai_model(self, name: str) -> dict[str, Any]:
+        owner = self.app.catalog.models[name].provider.name
+        return {"id": name, "object": "model", "created": 0, "owned_by": owner}
 
     async def _reject(self, send: Send, wire: Wire, exc: CorralError, call: Call) -> None:
         headers: Headers = [JSON_CT, *call.corral_headers(time.perf_counter())]
@@ -513,6 +512,10 @@ class Gateway:
 
 
 WIRE_PATHS = {"chat": CHAT.path, "responses": RESPONSES.path, "messages": MESSAGES.path}
+
+
+def _anthropic_model(name: str) -> dict[str, Any]:
+    return {"type": "model", "id": name, "display_name": name, "created_at": "2026-01-01T00:00:00Z"}
 
 
 def _is_sse(response: Response) -> bool:
