@@ -16,7 +16,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -33,6 +32,7 @@ from psycopg import sql
 from corral.settings import Settings, load_settings
 from corral.store import Store
 from corral.testing import ServerThread
+from tests.services import free_port, missing_service
 
 if TYPE_CHECKING:
     from corral.app import CorralApp
@@ -64,16 +64,7 @@ class PostgresServer:
 
 
 def _missing_postgres(reason: str) -> NoReturn:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"PostgreSQL is required on CI: {reason}")
-    pytest.skip(f"PostgreSQL is not available: {reason}")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    missing_service("PostgreSQL", reason)
 
 
 def _as_postgres(argv: list[str]) -> list[str]:
@@ -96,7 +87,7 @@ def _local_postgres() -> Iterator[PostgresServer]:
             shutil.rmtree(root)
             _missing_postgres("running as root and there is no 'postgres' user to run initdb")
         os.chown(root, owner.pw_uid, owner.pw_gid)
-    data, port = root / "data", _free_port()
+    data, port = root / "data", free_port()
     # Durability is pointless for a throwaway server and fsync dominates test time.
     options = f"-k {root} -p {port} -c listen_addresses=127.0.0.1 -F -c full_page_writes=off"
     run = {"check": True, "capture_output": True, "timeout": 120}

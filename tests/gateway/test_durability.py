@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,12 +19,7 @@ from corral.settings import load_settings
 from corral.store import Store
 from corral.store.schema import spans
 from tests.gateway.conftest import ADMIN_KEY
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.services import free_port
 
 
 def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:

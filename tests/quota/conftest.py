@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
@@ -26,19 +25,11 @@ import pytest
 
 from corral.clock import ManualClock
 from corral.quota import EmbeddedQuota, QuotaBackend, RedisQuota
+from tests.services import free_port, missing_service
 
 
 def _missing_redis(reason: str) -> NoReturn:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"redis-server is required on CI: {reason}")
-    pytest.skip(f"redis-server is not available: {reason}")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    missing_service("redis-server", reason)
 
 
 @dataclass
@@ -68,7 +59,7 @@ def local_redis() -> Iterator[RedisServer]:
     if binary is None:
         _missing_redis("no redis-server on PATH (apt-get install redis-server)")
     root = Path(tempfile.mkdtemp(prefix="corral-redis-"))
-    port = _free_port()
+    port = free_port()
     argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
     proc = subprocess.Popen(
         [*argv, "no", "--dir", str(root)],
