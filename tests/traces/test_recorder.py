@@ -93,3 +93,18 @@ def test_a_live_segment_is_not_replayed(store: Store, tmp_path: Path) -> None:
     asyncio.run(main())
     assert len(stored(store)) == 1
     assert os.listdir(tmp_path / "journal") == []
+
+
+def test_concurrent_flushes_store_everything(store: Store, tmp_path: Path) -> None:
+    """Flushes racing each other (the pipeline's and a caller's) lose no segment."""
+
+    async def main() -> None:
+        recorder = Recorder(store, journal_dir=tmp_path / "journal", flush_interval=60)
+        await recorder.start()
+        for _ in range(5):
+            recorder.record(span())
+            await asyncio.gather(recorder.flush(), recorder.flush(), recorder.flush())
+        await recorder.stop()
+
+    asyncio.run(main())
+    assert len(stored(store)) == 5

@@ -48,6 +48,7 @@ class Recorder:
         self._journal: Journal | None = None
         self._backlog: deque[Segment] = deque()
         self._wake = asyncio.Event()
+        self._flushing = asyncio.Lock()  # one flush at a time: the backlog is popped in order
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self.stored = 0
@@ -101,14 +102,15 @@ class Recorder:
         """Store everything journaled so far (the backlog first); raise if the store refuses."""
         if self._journal is None:
             return
-        segment = self._journal.rotate()
-        if segment is not None:
-            self._backlog.append(segment)
-        while self._backlog:
-            segment = self._backlog[0]
-            await asyncio.to_thread(self._insert, segment.records)
-            self._backlog.popleft()
-            segment.close(delete=True)
+        async with self._flushing:
+            segment = self._journal.rotate()
+            if segment is not None:
+                self._backlog.append(segment)
+            while self._backlog:
+                segment = self._backlog[0]
+                await asyncio.to_thread(self._insert, segment.records)
+                self._backlog.popleft()
+                segment.close(delete=True)
 
     # -- background -----------------------------------------------------------
 
