@@ -33,6 +33,7 @@ PREFIX_SHOWN = len(KEY_PREFIX) + 4
 _NEGATIVE_TTL = 1.0
 _REFRESH_OVERLAP = 5.0  # seconds of updated_at re-read each poll; tolerates commit delay and skew
 _REVALIDATE_AFTER = 60.0  # a cached key is re-read at least this often, whatever else happens
+_MAX_ENTRIES = 100_000  # a flood of made-up keys must not grow the cache without bound
 
 ROLES = ("virtual", "team_admin", "admin")
 
@@ -137,6 +138,8 @@ class KeyCache:
         ):
             info = await asyncio.to_thread(self._load, digest)
             entry = _Entry(info, now)
+            if len(self._entries) >= _MAX_ENTRIES:
+                self._entries = {d: e for d, e in self._entries.items() if e.info is not None}
             self._entries[digest] = entry
         return self._check(entry.info, raw, now)
 
