@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -56,6 +57,13 @@ def _announce(app: CorralApp) -> None:
     print(f"Corral {url}  (gateway {url}/v1, admin API {url}/api/v1, status page {url}/)", file=out)
     print(f"  store: {app.store.describe()}", file=out)
     print(f"  models: {', '.join(app.catalog.models)}", file=out)
+    for provider in app.catalog.providers.values():
+        if provider.api_key_env and not os.environ.get(provider.api_key_env):
+            print(
+                f"  warning: provider {provider.name!r} reads its secret from "
+                f"{provider.api_key_env}, which is not set: its models will answer 502",
+                file=out,
+            )
     if app.generated_admin_key:
         print(
             "  admin key (shown once, only its hash is kept; export it as CORRAL_ADMIN_KEY):\n"

@@ -58,26 +58,28 @@ local function purge(h, z, now)
 end
 """
 
-# KEYS: lease record, then per level: rpm, tpm, occupancy, then per budget: hash, zset.
+# KEYS: lease record, then per level only the keys its limits use: rpm (if an RPM limit),
+#       tpm (if a TPM limit), occupancy (if a concurrency limit), then per budget: hash, zset.
 # ARGV: now_ms, lease, expiry_ms, want_usd, want_tokens, min_usd, min_tokens, payload,
-#       record_ttl_ms, nlevels, then per level: rpm, tpm, conc (-1 = none), nbudgets,
-#       then per budget: resource (1 usd, 2 tokens), limit, soft (-1 none), key_ttl_ms (0 none).
+#       record_ttl_ms, spec: JSON [[rpm, tpm, conc, [[resource (1 usd, 2 tokens), limit,
+#       soft, key_ttl_ms], ...]], ...] per level, -1 = no such limit, key_ttl_ms 0 = none.
+# One JSON argument instead of four numbers per level and budget: the client packs, and the
+# server parses, far fewer arguments per call (cjson decodes in C).
 _ADMIT = (
     _PURGE
     + """
 local now, lease, expiry = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local want = {tonumber(ARGV[4]), tonumber(ARGV[5])}
 local need = {tonumber(ARGV[6]), tonumber(ARGV[7])}
-local levels, k, a = {}, 2, 11
-for i = 1, tonumber(ARGV[10]) do
-  local lv = {rk = KEYS[k], tk = KEYS[k + 1], ok = KEYS[k + 2], rpm = tonumber(ARGV[a]),
-              tpm = tonumber(ARGV[a + 1]), conc = tonumber(ARGV[a + 2]), b = {}}
-  local nb = tonumber(ARGV[a + 3])
-  k, a = k + 3, a + 4
-  for j = 1, nb do
-    lv.b[j] = {h = KEYS[k], z = KEYS[k + 1], res = tonumber(ARGV[a]), limit = tonumber(ARGV[a + 1]),
-               soft = tonumber(ARGV[a + 2]), ttl = tonumber(ARGV[a + 3])}
-    k, a = k + 2, a + 4
+local levels, k = {}, 2
+for i, sp in ipairs(cjson.decode(ARGV[10])) do
+  local lv = {rpm = sp[1], tpm = sp[2], conc = sp[3], b = {}}
+  if lv.rpm >= 0 then lv.rk = KEYS[k]; k = k + 1 end
+  if lv.tpm >= 0 then lv.tk = KEYS[k]; k = k + 1 end
+  if lv.conc >= 0 then lv.ok = KEYS[k]; k = k + 1 end
+  for j, bs in ipairs(sp[4]) do
+    lv.b[j] = {h = KEYS[k], z = KEYS[k + 1], res = bs[1], limit = bs[2], soft = bs[3], ttl = bs[4]}
+    k = k + 2
   end
   levels[i] = lv
 end
@@ -96,8 +98,8 @@ for i, lv in ipairs(levels) do
   end
   for j, b in ipairs(lv.b) do
     purge(b.h, b.z, now)
-    local s = tonumber(redis.call('HGET', b.h, 's') or '0')
-    local r = tonumber(redis.call('HGET', b.h, 'r') or '0')
+    local sr = redis.call('HMGET', b.h, 's', 'r')
+    local s, r = tonumber(sr[1] or '0'), tonumber(sr[2] or '0')
     local rem = math.max(0, b.limit - s - r)
     if rem <= 0 or rem < need[b.res] then return {0, i, 4, j, rem} end
     if rem < grant[b.res] then grant[b.res] = rem end
@@ -138,8 +140,12 @@ return out
 
 # KEYS: lease record, then per budget: hash, zset, then occupancy keys.
 # ARGV: lease, usd, tokens, nbudgets, then per budget its resource (1 usd, 2 tokens).
+# Returns 1 settled now, 0 already settled, -1 no lease record (unknown, or forgotten after
+# settle_grace). The record's state makes it exactly once whoever calls it.
 _SETTLE = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'open' then return 0 end
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return -1 end
+if state ~= 'open' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'settled')
 local lease, nb = ARGV[1], tonumber(ARGV[4])
 local spend = {ARGV[2], ARGV[3]}
@@ -247,29 +253,45 @@ class RedisQuota:
     def _admit_call(
         self, plan: Plan, lease_id: str, lease_ttl: float
     ) -> tuple[list[str], list[Any]]:
-        keys = [self._key(f"lease:{lease_id}")]
-        specs: list[Any] = []
-        payload: dict[str, list[Any]] = {"b": [], "o": []}
+        record = self._key(f"lease:{lease_id}")
+        keys = [record]
+        spec: list[Any] = []
+        settle_keys = [record]
+        resources: list[int] = []
+        occupancy: list[str] = []
         for lp in plan.levels:
             lim = lp.limits
-            keys += [self._key(lp.rpm_key), self._key(lp.tpm_key), self._key(lp.occupancy_key)]
-            specs += [_opt(lim.rpm), _opt(lim.tpm), _opt(lim.concurrency), len(lp.budgets)]
+            if lim.rpm is not None:
+                keys.append(self._key(lp.rpm_key))
+            if lim.tpm is not None:
+                keys.append(self._key(lp.tpm_key))
             if lim.concurrency is not None:
-                payload["o"].append(self._key(lp.occupancy_key))
+                occ = self._key(lp.occupancy_key)
+                keys.append(occ)
+                occupancy.append(occ)
+            budgets = []
             for slot in lp.budgets:
-                h, z = self._key(slot.counter), self._key(slot.counter + ":z")
-                keys += [h, z]
+                h = self._key(slot.counter)
+                z = h + ":z"
+                keys += (h, z)
+                settle_keys += (h, z)
                 b = slot.budget
+                res = _RES[b.resource]
+                resources.append(res)
                 soft = -1 if b.soft_fraction is None else b.soft_fraction
                 ttl = 0 if slot.reset_at is None else _ms(slot.reset_at - plan.now + self._grace)
-                specs += [_RES[b.resource], b.limit, soft, ttl]
-                payload["b"].append([h, z, _RES[b.resource]])
-        record_ttl = _ms(lease_ttl + self._grace)
+                budgets.append((res, b.limit, soft, ttl))
+            spec.append((_opt(lim.rpm), _opt(lim.tpm), _opt(lim.concurrency), budgets))
+        payload = {"b": [[h, z, r] for h, z, r in zip(
+            settle_keys[1::2], settle_keys[2::2], resources, strict=True
+        )], "o": occupancy}  # fmt: skip
+        settle_keys += occupancy
+        self._pending = (settle_keys, resources)
         header: list[Any] = [
             _ms(plan.now), lease_id, _ms(plan.now + lease_ttl), 0, 0, 0, 0,
-            json.dumps(payload), record_ttl, len(plan.levels),
+            _dumps(payload), _ms(lease_ttl + self._grace), _dumps(spec),
         ]  # fmt: skip
-        return keys, header + specs
+        return keys, header
 
     @staticmethod
     def _grant(plan: Plan, lease_id: str, expires_at: float, reply: list[int]) -> Grant:
