@@ -19,7 +19,7 @@ from corral.quota import (
     RedisQuota,
     window_bounds,
 )
-from tests.quota.conftest import local_redis
+from tests.quota.conftest import RedisServer, local_redis
 
 USD = 1_000_000_000
 TEAM = Level("team", "t1", "payments")
@@ -139,3 +139,127 @@ def test_redis_down_fails_closed() -> None:
             await down.aclose()
 
     asyncio.run(after())
+
+
+def _redis_quota(server_url: str, clock: ManualClock, **kw: int) -> RedisQuota:
+    return RedisQuota(server_url, clock, prefix="fast:", **kw)
+
+
+def test_redis_settle_by_peer_then_locally_is_exactly_once(redis_server: RedisServer) -> None:
+    """A peer settles a lease this instance admitted (and still remembers): the local,
+    one-round-trip settle afterwards changes nothing, and the reverse order holds too."""
+    clock = ManualClock(start=1_795_860_000.0)
+    chain = [(TEAM, Limits((Budget("usd", "day", 50 * USD),), concurrency=2))]
+    budget = chain[0][1].budgets[0]
+
+    async def body() -> None:
+        a = _redis_quota(redis_server.url, clock)
+        b = _redis_quota(redis_server.url, clock)
+        try:
+            g1 = await a.admit(chain, want_usd=3 * USD, want_tokens=1, min_usd=0,
+                               min_tokens=0, lease_ttl=60)  # fmt: skip
+            await b.settle(g1.lease_id, usd=USD, tokens=1)  # b never saw g1: reads the record
+            await a.settle(g1.lease_id, usd=USD, tokens=1)  # a's fast path: already settled
+            g2 = await a.admit(chain, want_usd=3 * USD, want_tokens=1, min_usd=0,
+                               min_tokens=0, lease_ttl=60)  # fmt: skip
+            await a.settle(g2.lease_id, usd=2 * USD, tokens=1)  # fast path
+            await b.settle(g2.lease_id, usd=2 * USD, tokens=1)
+            await a.release(g2.lease_id)  # forgotten locally: slow path, still nothing
+            u = await a.usage(TEAM, budget)
+            assert (u.spent, u.reserved) == (3 * USD, 0)
+            # Both leases freed their concurrency slots: two more fit.
+            for _ in range(2):
+                await a.admit(chain, want_usd=1, want_tokens=1, min_usd=0, min_tokens=0,
+                              lease_ttl=60)  # fmt: skip
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    asyncio.run(body())
+
+
+def test_redis_local_lease_map_is_bounded(redis_server: RedisServer) -> None:
+    """Past ``max_local_leases`` the oldest lease is forgotten locally and settles through the
+    lease record instead; either way each lease is charged once."""
+    clock = ManualClock(start=1_795_860_000.0)
+    hourly = Budget("tokens", "hour", 10_000)
+    chain = [(Level("team", "bounded"), Limits((hourly,)))]
+
+    async def body() -> None:
+        q = RedisQuota(redis_server.url, clock, prefix="bound:", max_local_leases=2)
+        try:
+            grants = [
+                await q.admit(
+                    chain, want_usd=0, want_tokens=100, min_usd=0, min_tokens=0, lease_ttl=60
+                )
+                for _ in range(3)
+            ]
+            assert len(q._leases) == 2
+            assert grants[0].lease_id not in q._leases
+            for g in grants:
+                await q.settle(g.lease_id, usd=0, tokens=10)
+                await q.settle(g.lease_id, usd=0, tokens=10)
+            assert q._leases == {}
+            u = await q.usage(Level("team", "bounded"), hourly)
+            assert (u.spent, u.reserved) == (30, 0)
+        finally:
+            await q.aclose()
+
+    asyncio.run(body())
+
+
+def test_redis_local_settle_of_forgotten_record_is_ignored(
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A remembered lease whose record Redis dropped (past ``settle_grace``) is logged and
+    ignored, as on the read-first path: no spend is charged."""
+    clock = ManualClock(start=1_795_860_000.0)
+    chain = [(Level("team", "gone"), Limits((Budget("usd", "day", 50 * USD),)))]
+
+    async def body() -> None:
+        q = RedisQuota(redis_server.url, clock, prefix="gone:")
+        try:
+            g = await q.admit(chain, want_usd=USD, want_tokens=1, min_usd=0, min_tokens=0,
+                              lease_ttl=60)  # fmt: skip
+            await q._redis.delete(q._key(f"lease:{g.lease_id}"))  # as Redis expiry would
+            with caplog.at_level("WARNING", logger="corral.quota._redis"):
+                await q.settle(g.lease_id, usd=USD, tokens=1)
+            assert "forgotten lease" in caplog.text
+            u = await q.usage(Level("team", "gone"), chain[0][1].budgets[0])
+            assert u.spent == 0
+        finally:
+            await q.aclose()
+
+    asyncio.run(body())
+
+
+def test_redis_every_key_expires(redis_server: RedisServer) -> None:
+    """Expiry is set only when a counter is created; every key still ends up with one,
+    including after settles and a second admission in the same windows."""
+    clock = ManualClock(start=1_795_860_000.0)
+    limits = Limits(
+        (Budget("usd", "day", 50 * USD), Budget("tokens", "total", 10**6)),
+        rpm=100, tpm=10**6, concurrency=5,
+    )  # fmt: skip
+    chain = [(Level("team", "ttl"), limits)]
+
+    async def body() -> None:
+        q = RedisQuota(redis_server.url, clock, prefix="ttl:")
+        try:
+            for _ in range(2):
+                g = await q.admit(chain, want_usd=USD, want_tokens=10, min_usd=0, min_tokens=0,
+                                  lease_ttl=60)  # fmt: skip
+                await q.admit(chain, want_usd=USD, want_tokens=10, min_usd=0, min_tokens=0,
+                              lease_ttl=60)  # fmt: skip
+                await q.settle(g.lease_id, usd=USD // 2, tokens=5)
+            keys = [k async for k in q._redis.scan_iter(match="{ttl:}*")]
+            assert len(keys) >= 6
+            ttls = {k: await q._redis.pttl(k) for k in keys}
+            # A ``total`` budget never resets: its counter alone is kept without expiry.
+            forever = {k for k, t in ttls.items() if t < 0}
+            assert all(b":tokens:total" in k for k in forever), ttls
+        finally:
+            await q.aclose()
+
+    asyncio.run(body())

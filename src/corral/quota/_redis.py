@@ -103,17 +103,21 @@ for i, lv in ipairs(levels) do
     local rem = math.max(0, b.limit - s - r)
     if rem <= 0 or rem < need[b.res] then return {0, i, 4, j, rem} end
     if rem < grant[b.res] then grant[b.res] = rem end
+    b.r, b.new = r, not sr[2]
     out[#out + 1] = s
     out[#out + 1] = r
   end
 end
+-- Reserve. A counter's expiry is set when the call creates it (rate keys: INCR answers the
+-- increment; budget hashes: they always hold 'r' once they exist), since its window end does
+-- not move. 'r' was read after purging, in this same script, so it is written, not incremented
+-- (``held`` follows a counter that appears twice in the chain).
+local held = {}
 for _, lv in ipairs(levels) do
-  if lv.rpm >= 0 then
-    redis.call('INCR', lv.rk)
+  if lv.rpm >= 0 and redis.call('INCR', lv.rk) == 1 then
     redis.call('PEXPIRE', lv.rk, 120000)
   end
-  if lv.tpm >= 0 then
-    redis.call('INCRBY', lv.tk, want[2])
+  if lv.tpm >= 0 and redis.call('INCRBY', lv.tk, want[2]) == want[2] then
     redis.call('PEXPIRE', lv.tk, 120000)
   end
   if lv.conc >= 0 then
@@ -122,11 +126,12 @@ for _, lv in ipairs(levels) do
   end
   for _, b in ipairs(lv.b) do
     local amt = grant[b.res]
-    redis.call('HINCRBY', b.h, 'r', amt)
-    redis.call('HSET', b.h, 'l:' .. lease, amt)
+    local r = (held[b.h] or b.r) + amt
+    held[b.h] = r
+    redis.call('HSET', b.h, 'r', string.format('%.0f', r), 'l:' .. lease, amt)
     redis.call('ZADD', b.z, expiry, lease)
     if b.ttl > 0 then
-      redis.call('PEXPIRE', b.h, b.ttl)
+      if b.new then redis.call('PEXPIRE', b.h, b.ttl) end
       redis.call('PEXPIRE', b.z, b.ttl)
     end
   end
@@ -175,6 +180,9 @@ return {tonumber(redis.call('HGET', KEYS[1], 's') or '0'),
 
 _RES = {"usd": 1, "tokens": 2}
 
+_SettleCall = tuple[list[str], list[int]]
+"""A lease's settle-script KEYS and per-budget resources, known to the instance that admitted it."""
+
 
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
@@ -196,6 +204,7 @@ class RedisQuota:
         settle_grace: float = 3600.0,
         max_connections: int = 32,
         timeout: float = 2.0,
+        max_local_leases: int = 100_000,
     ) -> None:
         if isinstance(redis, str):
             # A blocking pool: a burst of admissions waits for a connection (up to ``timeout``)
@@ -212,6 +221,8 @@ class RedisQuota:
         self._clock = clock
         self._tag = "{" + prefix + "}"
         self._grace = settle_grace
+        self._leases: dict[str, _SettleCall] = {}  # insertion order = admission order
+        self._max_leases = max_local_leases
         self._admit = self._redis.register_script(_ADMIT)
         self._settle = self._redis.register_script(_SETTLE)
         self._read = self._redis.register_script(_READ)
@@ -238,10 +249,12 @@ class RedisQuota:
         now = self._clock.now()
         plan = make_plan(chain, now)
         lease_id = uuid.uuid4().hex
-        keys, args = self._admit_call(plan, lease_id, lease_ttl)
+        keys, args, settle_call = self._admit_call(plan, lease_id, lease_ttl)
         args[3:7] = [want_usd, want_tokens, min_usd, min_tokens]
         reply = await self._call(self._admit, keys, args)
-        if reply[0] == 0:
+        if reply[0] != 0:
+            self._remember(lease_id, settle_call)
+        else:
             _, level, check, budget, remaining = (int(x) for x in reply)
             slot_need = 0
             if check == 4:
@@ -252,7 +265,7 @@ class RedisQuota:
 
     def _admit_call(
         self, plan: Plan, lease_id: str, lease_ttl: float
-    ) -> tuple[list[str], list[Any]]:
+    ) -> tuple[list[str], list[Any], _SettleCall]:
         record = self._key(f"lease:{lease_id}")
         keys = [record]
         spec: list[Any] = []
@@ -286,12 +299,11 @@ class RedisQuota:
             settle_keys[1::2], settle_keys[2::2], resources, strict=True
         )], "o": occupancy}  # fmt: skip
         settle_keys += occupancy
-        self._pending = (settle_keys, resources)
         header: list[Any] = [
             _ms(plan.now), lease_id, _ms(plan.now + lease_ttl), 0, 0, 0, 0,
             _dumps(payload), _ms(lease_ttl + self._grace), _dumps(spec),
         ]  # fmt: skip
-        return keys, header
+        return keys, header, (settle_keys, resources)
 
     @staticmethod
     def _grant(plan: Plan, lease_id: str, expires_at: float, reply: list[int]) -> Grant:
@@ -315,28 +327,48 @@ class RedisQuota:
             levels=levels,
         )
 
+    def _remember(self, lease_id: str, call: _SettleCall) -> None:
+        leases = self._leases
+        if len(leases) >= self._max_leases:
+            del leases[next(iter(leases))]  # the oldest: most likely settled elsewhere or expired
+        leases[lease_id] = call
+
     async def settle(self, lease_id: str, *, usd: int, tokens: int) -> None:
         """Replace the lease's reservations with the actual spend, once; later calls do nothing.
 
         A lease that already expired still charges its spend (once). A lease
         record gone (``settle_grace`` after expiry) is logged and ignored.
+
+        A lease admitted by this instance is settled in one round trip: its keys are
+        remembered at admission (at most ``max_local_leases`` of them). Any other lease
+        (admitted by another process, forgotten, or admitted before a restart) costs one
+        more round trip to read its keys from the lease record. Either way the script
+        checks the record's state, so the spend is applied exactly once across processes.
         """
-        record = self._key(f"lease:{lease_id}")
-        try:
-            raw = await self._redis.hget(record, "p")
-        except RedisError as exc:
-            raise QuotaUnavailable(f"quota backend unreachable: {exc}") from exc
-        if raw is None:
+        known = self._leases.pop(lease_id, None)
+        if known is None:
+            record = self._key(f"lease:{lease_id}")
+            try:
+                raw = await self._redis.hget(record, "p")
+            except RedisError as exc:
+                raise QuotaUnavailable(f"quota backend unreachable: {exc}") from exc
+            if raw is None:
+                log.warning("settle of unknown or forgotten lease %s ignored", lease_id)
+                return
+            payload = json.loads(raw)
+            keys = [record]
+            resources = []
+            for h, z, res in payload["b"]:
+                keys += [h, z]
+                resources.append(res)
+            keys += payload["o"]
+            known = (keys, resources)
+        keys, resources = known
+        done = await self._call(
+            self._settle, keys, [lease_id, usd, tokens, len(resources), *resources]
+        )
+        if done == -1:
             log.warning("settle of unknown or forgotten lease %s ignored", lease_id)
-            return
-        payload = json.loads(raw)
-        keys = [record]
-        resources = []
-        for h, z, res in payload["b"]:
-            keys += [h, z]
-            resources.append(res)
-        keys += payload["o"]
-        await self._call(self._settle, keys, [lease_id, usd, tokens, len(resources), *resources])
 
     async def release(self, lease_id: str) -> None:
         """Settle with zero spend: the request never reached the provider."""
@@ -356,12 +388,16 @@ class RedisQuota:
         return BudgetUsage(budget, slot.window_id, int(spent), int(reserved), slot.reset_at)
 
     @staticmethod
-    async def _call(script: Any, keys: list[str], args: list[Any]) -> list[Any]:
+    async def _call(script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
-            reply: list[Any] = await script(keys=keys, args=args)
+            reply = await script(keys=keys, args=args)
         except RedisError as exc:
             raise QuotaUnavailable(f"quota backend unreachable: {exc}") from exc
         return reply
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _opt(value: int | None) -> int:
