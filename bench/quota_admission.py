@@ -34,6 +34,7 @@ from harness import (
     Processes,
     Section,
     free_port,
+    machine_facts,
     markdown_table,
 )
 
@@ -154,11 +155,14 @@ def _section(results: list[Result], options: Options) -> Section:
     table = markdown_table(headers, rows)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     quick = " (quick)" if options.quick else ""
+    facts = machine_facts()
+    machine = markdown_table(("machine", ""), [[k, v] for k, v in facts.items()])
     markdown = (
         f"## {TITLE}\n\nCommand: `.venv/bin/python bench/run.py --only {NAME}`{quick}, run {when}."
         f"\n\nOne request at a time, {options.cell_seconds} s per backend: admit over org, team,"
-        " user and key (two budgets per level, RPM/TPM and concurrency), then settle.\n\n"
-        f"{table}\n"
+        " user and key (two budgets per level, RPM/TPM and concurrency), then settle; the"
+        " benchmark process pinned to core 0, `redis-server` (no persistence) on loopback.\n\n"
+        f"{machine}\n\n{table}\n"
     )
     return Section(NAME, TITLE, table, markdown)
 
