@@ -9,6 +9,7 @@ wrk's human-oriented output.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections import Counter
 from dataclasses import dataclass
@@ -91,6 +92,9 @@ class Wrk:
     """
 
     def __init__(self, workdir: Path) -> None:
+        for tool in ("wrk", "taskset"):
+            if shutil.which(tool) is None:
+                raise BenchError(f"{tool} is not installed (apt-get install wrk util-linux)")
         self._script = workdir / "post.lua"
         self._script.write_text(LUA)
         self.completed: Counter[str] = Counter()
