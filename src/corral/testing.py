@@ -37,7 +37,6 @@ class ServerThread:
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="corral-test-server", daemon=True)
-        self.loop: asyncio.AbstractEventLoop | None = None
         self.error: BaseException | None = None
 
     @property
@@ -45,14 +44,14 @@ class ServerThread:
         return f"http://{self.host}:{self.port}"
 
     def _run(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self.loop)
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
         try:
-            self.loop.run_until_complete(self.server.serve(sockets=[self._sock]))
+            loop.run_until_complete(self.server.serve(sockets=[self._sock]))
         except BaseException as exc:  # surfaced to the test by start()
             self.error = exc
         finally:
-            self.loop.close()
+            loop.close()
 
     def start(self, timeout: float = 30.0) -> ServerThread:
         self._thread.start()

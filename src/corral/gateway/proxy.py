@@ -511,7 +511,7 @@ class Gateway:
         await send_bytes(send, exc.status, headers, wire.error_body(exc))
 
 
-WIRE_PATHS = {"chat": CHAT.path, "responses": RESPONSES.path, "messages": MESSAGES.path}
+WIRE_PATHS = {wire.name: path for path, wire in WIRES.items()}
 
 
 def _anthropic_model(name: str) -> dict[str, Any]:
