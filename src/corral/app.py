@@ -18,6 +18,9 @@ from corral.errors import ConfigError
 from corral.gateway import Gateway, Upstream
 from corral.gateway.http import Receive, Scope, Send
 from corral.identity import KeyCache
+from corral.quota import EmbeddedQuota, QuotaBackend, RedisQuota
+from corral.quota.gate import QuotaGate
+from corral.quota.rules import QuotaRules
 from corral.routing import Catalog
 from corral.settings import Settings
 from corral.sim import SimConfig, SimServer, bind_socket
@@ -50,6 +53,17 @@ class CorralApp:
             batch_size=settings.record_batch_size,
             flush_interval=settings.record_flush_interval,
         )
+        backend: QuotaBackend
+        if settings.redis_url:
+            backend = RedisQuota(
+                settings.redis_url, self.clock, settle_grace=settings.quota_settle_grace
+            )
+        else:
+            backend = EmbeddedQuota(self.clock, settle_grace=settings.quota_settle_grace)
+        self.quotas = QuotaGate(
+            QuotaRules(self.store, self.clock, settings), backend, self.clock, settings
+        )
+        self.recorder.on_replay = self.quotas.settle_replayed
         self.gateway = Gateway(
             self,
             upstream=Upstream(
@@ -100,7 +114,10 @@ class CorralApp:
         if not self.settings.providers and sim_url is None:
             sim_url = await self._start_sim()
         self._catalog = Catalog.from_settings(self.settings, sim_url=sim_url)
+        # Replay dead processes' journals first: the quota backends restore spend from spans.
+        self.quotas.bind(asyncio.get_running_loop())
         await self.recorder.start()
+        await self.quotas.start()
         await self.gateway.start()
         await self.keys.start()
         # Everything allocated so far lives as long as the process: move it out of the
@@ -114,6 +131,7 @@ class CorralApp:
     async def shutdown(self) -> None:
         await self.keys.stop()
         await self.gateway.stop()
+        await self.quotas.stop()
         await self.recorder.stop()
         if self._sim is not None:
             await self._sim.stop()

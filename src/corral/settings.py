@@ -78,6 +78,80 @@ class ModelConfig(BaseModel):
     reasoning_price: float | None = Field(
         default=None, ge=0, description="USD per 1M reasoning tokens; defaults to output."
     )
+    max_output_tokens: int | None = Field(
+        default=None,
+        gt=0,
+        description="Output cap Corral sets on a request that has none while a budget or TPM "
+        "limit applies; defaults to `quota_default_max_output_tokens`.",
+    )
+    degrade_to: str | None = Field(
+        default=None,
+        description="The next cheaper model: where requests go once a soft budget limit is "
+        "passed (see Budgets and limits).",
+    )
+
+
+ScopeKind = Literal["org", "team", "user", "key"]
+Window = Literal["hour", "day", "month", "total"]
+
+
+class _ScopedConfig(BaseModel):
+    """Exactly one of ``org``, ``team``, ``user``, ``key`` names who a rule applies to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    org: bool = Field(default=False, description="`true`: the whole organisation.")
+    team: str | None = Field(default=None, description="A team, by name or id.")
+    user: str | None = Field(
+        default=None, description="A user or service account, by id or unique name."
+    )
+    key: str | None = Field(default=None, description="A key, by id (`key_...`).")
+
+    @property
+    def scope(self) -> tuple[ScopeKind, str]:
+        named: tuple[tuple[ScopeKind, str | None], ...] = (
+            ("team", self.team),
+            ("user", self.user),
+            ("key", self.key),
+        )
+        given = [(kind, value) for kind, value in named if value is not None]
+        if self.org:
+            given.append(("org", ""))
+        if len(given) != 1:
+            raise ValueError("name exactly one of org = true, team, user or key")
+        return given[0]
+
+    def model_post_init(self, context: Any, /) -> None:
+        self.scope  # noqa: B018 - validates
+
+
+class BudgetConfig(_ScopedConfig):
+    """A budget set in the config file (read-only through the API and CLI)."""
+
+    usd: float | None = Field(default=None, ge=0, description="USD per window.")
+    tokens: int | None = Field(default=None, ge=0, description="Tokens per window (all kinds).")
+    window: Window = Field(default="day", description="`hour`, `day`, `month` (UTC) or `total`.")
+    soft_fraction: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Past this fraction of the budget, requests go to the model's `degrade_to`.",
+    )
+
+    def model_post_init(self, context: Any, /) -> None:
+        super().model_post_init(context)
+        if self.usd is None and self.tokens is None:
+            raise ValueError("a budget needs usd or tokens")
+
+
+class LimitConfig(_ScopedConfig):
+    """Rate and concurrency limits set in the config file."""
+
+    rpm: int | None = Field(default=None, ge=0, description="Requests per minute.")
+    tpm: int | None = Field(
+        default=None, ge=0, description="Tokens per minute (counted as reserved at admission)."
+    )
+    concurrency: int | None = Field(default=None, ge=0, description="Requests in flight.")
 
 
 class Settings(BaseSettings):
@@ -134,6 +208,52 @@ class Settings(BaseSettings):
         le=1.0,
         description="Seconds between checks for revoked or changed keys; revocation takes effect "
         "on every process within this interval.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL (`redis://host:6379/0`) for budgets and limits shared by several "
+        "`corral serve` processes. Unset: the embedded backend (exact within one process).",
+    )
+    quota_fail_open: bool = Field(
+        default=False,
+        description="When the quota backend is unreachable, admit requests unchecked (and record "
+        "that) instead of refusing them with 503.",
+    )
+    quota_lease_ttl: float = Field(
+        default=900.0,
+        gt=0,
+        description="Seconds a request's reservation lives before it is returned unsettled; keep "
+        "it above your longest request (a longer one's spend is charged, late, on settlement).",
+    )
+    quota_settle_grace: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Seconds after a lease expires during which its settlement is still charged.",
+    )
+    quota_default_max_output_tokens: int = Field(
+        default=8192,
+        gt=0,
+        description="Output cap set on requests that have none when a budget or TPM limit "
+        "applies, so the reservation bounds the spend.",
+    )
+    quota_input_bytes_per_token: float = Field(
+        default=2.0,
+        gt=0,
+        description="Input is estimated offline as request bytes divided by this; lower is more "
+        "conservative (1.0 bounds any byte-level BPE tokenizer).",
+    )
+    quota_refresh_interval: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Seconds between reloads of budgets and limits from the store; a change "
+        "takes effect on every process within this interval.",
+    )
+    budgets: list[BudgetConfig] = Field(
+        default_factory=list, description="Budgets; see the Budgets section."
+    )
+    limits: list[LimitConfig] = Field(
+        default_factory=list, description="Rate and concurrency limits; see the Limits section."
     )
     access_log: bool = Field(default=False, description="Log every HTTP request (never keys).")
     providers: list[ProviderConfig] = Field(

@@ -12,10 +12,13 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import Coroutine
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
+
+T = TypeVar("T")
 
 
 class ServerThread:
@@ -38,13 +41,14 @@ class ServerThread:
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="corral-test-server", daemon=True)
         self.error: BaseException | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     def _run(self) -> None:
-        loop = asyncio.new_event_loop()
+        loop = self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
             loop.run_until_complete(self.server.serve(sockets=[self._sock]))
@@ -63,6 +67,11 @@ class ServerThread:
                 raise TimeoutError("server did not start in time")
             time.sleep(0.01)
         return self
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        """Run ``coro`` on the server's event loop (where the app's state lives); its result."""
+        assert self.loop is not None, "the server is not running"
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self) -> None:
         self.server.should_exit = True

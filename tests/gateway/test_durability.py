@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,38 +16,15 @@ from corral.identity.service import IdentityService
 from corral.settings import load_settings
 from corral.store import Store
 from corral.store.schema import spans
-from tests.gateway.conftest import ADMIN_KEY
+from tests.gateway.serve import start_server as start_gateway
 from tests.services import free_port
 
 
 def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "CORRAL_HOME": str(home),
-        "CORRAL_ADMIN_KEY": ADMIN_KEY,
-        # keep records in the journal only: the store sees them only after a replay
-        "CORRAL_RECORD_FLUSH_INTERVAL": "30",
-        "CORRAL_RECORD_BATCH_SIZE": "100000",
-    }
-    home.mkdir(parents=True, exist_ok=True)
-    log = home / f"serve-{port}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "corral", "serve", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.head(f"http://127.0.0.1:{port}/", timeout=1)
-            return proc
-        except httpx.TransportError:
-            assert proc.poll() is None, log.read_text()
-            time.sleep(0.1)
-    proc.kill()
-    raise TimeoutError("corral serve did not start")
+    # keep records in the journal only: the store sees them only after a replay
+    return start_gateway(
+        home, port, CORRAL_RECORD_FLUSH_INTERVAL="30", CORRAL_RECORD_BATCH_SIZE="100000"
+    )
 
 
 def drive(url: str, key: str, completed: list[str], stop: threading.Event, n: int) -> None:

@@ -53,13 +53,13 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def local_redis() -> Iterator[RedisServer]:
+def local_redis(port: int | None = None) -> Iterator[RedisServer]:
     """Start ``redis-server`` with no persistence in a temp dir; stop it afterwards."""
     binary = shutil.which("redis-server")
     if binary is None:
         _missing_redis("no redis-server on PATH (apt-get install redis-server)")
     root = Path(tempfile.mkdtemp(prefix="corral-redis-"))
-    port = free_port()
+    port = port or free_port()
     argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
     proc = subprocess.Popen(
         [*argv, "no", "--dir", str(root)],

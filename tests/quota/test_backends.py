@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 
@@ -19,6 +20,7 @@ from corral.quota import (
     RedisQuota,
     window_bounds,
 )
+from corral.quota._model import make_plan
 from tests.quota.conftest import RedisServer, local_redis
 
 USD = 1_000_000_000
@@ -263,3 +265,26 @@ def test_redis_every_key_expires(redis_server: RedisServer) -> None:
             await q.aclose()
 
     asyncio.run(body())
+
+
+def test_redis_admission_retried_with_the_same_lease_answers_the_first_grant(
+    redis_server: RedisServer,
+) -> None:
+    """A retry after a lost reply must not reserve twice (it would leak until never)."""
+    clock = ManualClock(start=1_795_860_000.0)
+    q = RedisQuota(redis_server.url, clock, prefix=f"t{uuid.uuid4().hex[:8]}:")
+    team = Level("team", "t1")
+    chain = [(team, Limits(budgets=(Budget("usd", "day", 5 * 10**15),)))]
+
+    async def go() -> None:
+        plan = make_plan(chain, clock.now())
+        keys, args, _ = q._admit_call(plan, "lease-1", 60)
+        args[3:7] = [4 * 10**15, 10, 1, 1]
+        first = await q._call(q._admit, keys, args)
+        again = await q._call(q._admit, keys, args)
+        assert again == first
+        u = await q.usage(team, chain[0][1].budgets[0])
+        assert u.reserved == 4 * 10**15, "the retry reserved a second time"
+        await q.aclose()
+
+    asyncio.run(go())

@@ -12,20 +12,21 @@ from typing import Any
 from fastapi import FastAPI
 
 from corral import __version__
-from corral.api import catalog, identity
+from corral.api import catalog, identity, quotas
 from corral.api.context import ApiState, Host
 from corral.api.errors import install_error_handlers
 from corral.api.models import ErrorBody
 from corral.identity.service import IdentityService
 
 _DESCRIPTION = """\
-Manage Corral's organisation: teams, users and service accounts, keys; read the
-providers and models it serves and the usage it has metered.
+Manage Corral's organisation: teams, users and service accounts, keys, budgets
+and rate limits; read the providers and models it serves and the usage it has
+metered.
 
 Authenticate with `Authorization: Bearer <key>` or `x-api-key: <key>`. The
 organisation admin key manages everything; a team admin key manages its own
-team; any other key may read `/api/v1/me` and its own usage. Errors are
-`{"error": {"type": ..., "message": ...}}`.
+team; any other key may read `/api/v1/me`, its own usage and its own budgets.
+Errors are `{"error": {"type": ..., "message": ...}}`.
 """
 
 # Declaring 422 here also stops FastAPI from documenting its own validation error shape.
@@ -34,8 +35,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing, unknown, expired or revoked key"},
     403: {"model": ErrorBody, "description": "The key may not do this"},
     404: {"model": ErrorBody, "description": "No such resource"},
-    409: {"model": ErrorBody, "description": "Name already taken, or ambiguous"},
+    409: {
+        "model": ErrorBody,
+        "description": "Name already taken, ambiguous, or set in the config file",
+    },
     422: {"model": ErrorBody, "description": "A field failed validation"},
+    503: {"model": ErrorBody, "description": "The store or the quota backend is unreachable"},
 }
 
 
@@ -54,4 +59,5 @@ def create_api(host: Host) -> FastAPI:
     install_error_handlers(api)
     api.include_router(identity.router())
     api.include_router(catalog.router())
+    api.include_router(quotas.router())
     return api

@@ -5,8 +5,10 @@ service and the caller's ``KeyInfo``, resolved from ``Authorization: Bearer``
 or ``x-api-key`` through the app's key cache. Roles:
 
 * ``admin`` (the organisation admin key) manages everything;
-* ``team_admin`` manages its own team: its users, keys and usage;
-* ``virtual`` may read only itself (``/api/v1/me``) and its own usage.
+* ``team_admin`` manages its own team: its users, keys and usage, and reads its
+  budgets;
+* ``virtual`` may read only itself (``/api/v1/me``), its own usage and the
+  budgets of its own chain.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from corral.clock import Clock
 from corral.errors import PermissionDenied
 from corral.identity.keys import KeyCache, KeyInfo
 from corral.identity.service import IdentityService
+from corral.quota.gate import QuotaGate
 from corral.routing import Catalog
 from corral.settings import Settings
 from corral.store import Store
@@ -39,6 +42,8 @@ class Host(Protocol):
     def keys(self) -> KeyCache: ...
     @property
     def catalog(self) -> Catalog: ...
+    @property
+    def quotas(self) -> QuotaGate: ...
 
 
 @dataclass(frozen=True, slots=True)

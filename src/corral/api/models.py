@@ -169,3 +169,101 @@ class Usage(BaseModel):
     by: Literal["team", "user", "key", "model"]
     since: datetime
     rows: list[UsageRow]
+
+
+# -- budgets and limits ----------------------------------------------------------
+
+ScopeKind = Literal["org", "team", "user", "key"]
+Resource = Literal["usd", "tokens"]
+Window = Literal["hour", "day", "month", "total"]
+Amount = int | float
+"""USD (a number with up to 9 decimals) for ``usd``, an integer for ``tokens``."""
+MAX_RATE = 2**31 - 1
+
+
+class ScopeIn(_In):
+    """Who a budget or limit applies to, named as a person would."""
+
+    kind: ScopeKind
+    ref: Ref | None = Field(
+        default=None,
+        description="The team (id or name), user (id or unique name) or key (id); "
+        "absent for `org`.",
+    )
+    team: Ref | None = Field(
+        default=None, description="For `user` only: the user's team, when the name is not unique."
+    )
+
+
+class BudgetIn(_In):
+    scope: ScopeIn
+    resource: Resource
+    window: Window = Field(
+        default="day", description="Calendar window in UTC; `total` never resets."
+    )
+    limit: float = Field(
+        ge=0,
+        strict=True,
+        allow_inf_nan=False,
+        description="USD per window for `usd` (up to 9 decimals), tokens per window for `tokens`.",
+        examples=[50],
+    )
+    soft_fraction: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Past this fraction of the budget, requests go to the model's `degrade_to`.",
+    )
+
+
+class LimitsIn(_In):
+    """Only the limits present in the body change; `null` clears one."""
+
+    scope: ScopeIn
+    rpm: int | None = Field(default=None, ge=0, le=MAX_RATE, description="Requests per minute.")
+    tpm: int | None = Field(
+        default=None, ge=0, le=2**53 - 1, description="Tokens per minute (reserved at admission)."
+    )
+    concurrency: int | None = Field(
+        default=None, ge=0, le=MAX_RATE, description="Requests in flight."
+    )
+
+
+class QuotaScope(BaseModel):
+    kind: str = Field(description="`org`, `team`, `user`, `key` or `run`.")
+    id: str
+    name: str | None
+
+
+class BudgetStatus(BaseModel):
+    """A budget and its current window's counter; amounts in USD for `usd`, tokens for `tokens`."""
+
+    id: str
+    scope: QuotaScope
+    resource: Resource
+    window: Window
+    limit: Amount
+    soft_fraction: float | None
+    spent: Amount
+    reserved: Amount = Field(description="Held by requests in flight.")
+    remaining: Amount = Field(description="`limit - spent - reserved`, at least 0.")
+    window_id: str = Field(examples=["day:2026-11-28"])
+    resets_at: datetime | None = Field(description="When the window ends; null for `total`.")
+    source: Literal["config", "store"] = Field(
+        description="`config`: set in corral.toml, read-only here; `store`: set through the API."
+    )
+    updated_at: datetime | None
+
+
+class LimitStatus(BaseModel):
+    scope: QuotaScope
+    rpm: int | None
+    tpm: int | None
+    concurrency: int | None
+    source: Literal["config", "store"]
+    updated_at: datetime | None
+
+
+class Budgets(BaseModel):
+    budgets: list[BudgetStatus]
+    limits: list[LimitStatus] = Field(description="Rate and concurrency limits of the same scopes.")

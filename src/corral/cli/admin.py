@@ -25,6 +25,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _DURATION = re.compile(r"^\d{1,9}[smhdw]$")
 _TOKENS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens")
+_NUMERIC = {"requests", "input", "cached", "cache write", "output", "reasoning"}
+_NUMERIC |= {"limit", "spent", "reserved", "remaining", "rpm", "tpm", "concurrency"}
 
 
 def json_option(func: F) -> F:
@@ -52,7 +54,7 @@ def _table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) ->
         return
     table = Table(title=title, box=box.SIMPLE, title_justify="left")
     for name in columns:
-        numeric = name in {"requests", "input", "cached", "cache write", "output", "reasoning"}
+        numeric = name in _NUMERIC
         table.add_column(name, justify="right" if numeric or name.startswith("cost") else "left")
     for row in rows:
         table.add_row(*("-" if cell is None else str(cell) for cell in row))
@@ -66,6 +68,35 @@ def _when(iso: str | None) -> str | None:
 
 def _usd(value: float) -> str:
     return f"${value:,.4f}" if value >= 0.01 or value == 0 else f"${value:.6f}"
+
+
+def scope_label(scope: dict[str, Any]) -> str:
+    """``team payments``, ``user alice``, ``key key_…`` or ``organisation``."""
+    if scope["kind"] == "org":
+        return "organisation"
+    return f"{scope['kind']} {scope['name'] or scope['id']}"
+
+
+def amount_text(resource: str, value: float) -> str:
+    return _usd(value) if resource == "usd" else f"{int(value):,}"
+
+
+def budget_table(budgets: Iterable[dict[str, Any]], title: str = "Budgets") -> None:
+    """Budgets as ``GET /api/v1/budgets`` lists them, with what is left of each."""
+    columns = ["scope", "resource", "window", "limit", "spent", "reserved", "remaining"]
+    columns += ["resets at", "soft", "source"]
+    amounts = ("limit", "spent", "reserved", "remaining")
+    rows = (
+        [scope_label(b["scope"]), b["resource"], b["window"]]
+        + [amount_text(b["resource"], b[f]) for f in amounts]
+        + [
+            _when(b["resets_at"]) or "never",
+            None if b["soft_fraction"] is None else f"{b['soft_fraction']:.0%}",
+            b["source"],
+        ]
+        for b in budgets
+    )
+    _table(title, columns, rows)
 
 
 # -- teams -----------------------------------------------------------------------
@@ -289,9 +320,12 @@ def keys_revoke(key_id: str, as_json: bool) -> None:
 @click.option("--team", help="Only this team (name or id).")
 @json_option
 def usage(by: str, since: str, team: str | None, as_json: bool) -> None:
-    """Requests, tokens and cost of model calls, grouped by team, user, key or model."""
+    """Requests, tokens and cost of model calls, grouped by team, user, key or model;
+    then the budgets (of the team, with --team) and what is left of them."""
     with _client() as api:
         report = api.get("/usage", {"by": by, "since": since, "team": team})
+        if not as_json:
+            budgets = api.get("/budgets", {"team": team})["budgets"]
     rows: list[dict[str, Any]] = report["rows"]
     if as_json:
         _print_json(rows)
@@ -305,6 +339,7 @@ def usage(by: str, since: str, team: str | None, as_json: bool) -> None:
         totals = [sum(r[f] for r in rows) for f in ("requests", *_TOKENS, "reasoning_tokens")]
         lines.append(["total", *totals, _usd(sum(r["cost_usd"] for r in rows))])
     _table(f"Usage by {by} since {_when(report['since'])}", columns, lines)
+    budget_table(budgets)
 
 
 @click.group()

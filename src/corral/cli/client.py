@@ -54,8 +54,16 @@ class CorralClient:
     def post(self, path: str, body: Mapping[str, Any] | None = None) -> Any:
         return self.request("POST", path, json=body)
 
+    def put(self, path: str, body: Mapping[str, Any]) -> Any:
+        return self.request("PUT", path, json=body)
+
+    def delete(self, path: str, params: Mapping[str, str | None] | None = None) -> Any:
+        clean = {k: v for k, v in (params or {}).items() if v is not None}
+        return self.request("DELETE", path, params=clean)
+
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """Call ``/api/v1{path}`` and return the decoded JSON answer, or raise ``CLIError``."""
+        """Call ``/api/v1{path}`` and return the decoded JSON answer (None for 204), or raise
+        ``CLIError``."""
         try:
             response = self._http.request(method, f"/api/v1{path}", **kwargs)
         except httpx.ConnectError as exc:
@@ -67,6 +75,8 @@ class CorralClient:
             raise CLIError(f"request to Corral at {self.url} failed: {exc}") from exc
         if response.is_error:
             raise CLIError(self._describe(response))
+        if response.status_code == 204:
+            return None
         try:
             return response.json()
         except ValueError as exc:

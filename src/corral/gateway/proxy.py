@@ -52,6 +52,9 @@ from corral.gateway.upstream import (
 )
 from corral.gateway.wire import CHAT, MESSAGES, RESPONSES, Outcome, Usage, Wire
 from corral.identity import KeyInfo
+from corral.quota import LimitExceeded, QuotaUnavailable
+from corral.quota.gate import Admission, refusal_attributes
+from corral.quota.rules import Chain
 from corral.routing import Deployment
 from corral.routing.catalog import PROTOCOL_NAMES
 from corral.tokens import count_tokens
@@ -71,6 +74,7 @@ class Call:
     """Everything known about one model call, filled in as it proceeds."""
 
     __slots__ = (
+        "admission",
         "attempt_span_id",
         "deployment",
         "key",
@@ -107,16 +111,23 @@ class Call:
         self.t_up = 0.0
         self.t_up_end = 0.0
         self.ttft_ms: float | None = None
+        self.admission: Admission | None = None
 
     def overhead_ms(self, now: float) -> float:
         upstream = (self.t_up_end or now) - self.t_up if self.t_up else 0.0
         return max(0.0, (now - self.t0 - upstream) * 1000)
 
     def corral_headers(self, now: float) -> Headers:
-        return [
+        headers = [
             (b"x-corral-request-id", self.request_id.encode()),
             (b"x-corral-overhead-ms", f"{self.overhead_ms(now):.3f}".encode()),
         ]
+        adm = self.admission
+        if adm is not None and adm.soft_reason is not None:
+            if adm.degraded_from is not None and self.deployment is not None:
+                headers.append((b"x-corral-degraded-to", self.deployment.name.encode()))
+            headers.append((b"x-corral-soft-limit", adm.soft_reason.encode("ascii", "replace")))
+        return headers
 
 
 class Gateway:
@@ -161,10 +172,40 @@ class Gateway:
         call = Call(wire, scope)
         try:
             data, body = await self._admit(call, scope, receive)
-            upstream_body, strip_usage = self._prepare(call, data, body)
         except ClientError as exc:
             await self._reject(send, wire, exc, call)
             return
+        assert call.key is not None
+        chain = self.app.quotas.chain(call.key)
+        rewrite = False
+        if chain:
+            try:
+                rewrite = await self._admit_quota(call, chain, data, len(body), scope)
+            except (LimitExceeded, QuotaUnavailable) as exc:
+                error = (exc.code, exc.message)
+                audit = {"admission": refusal_attributes(exc)}
+                self._record(call, status="refused", http=exc.status, error=error, attributes=audit)
+                await self._reject(send, wire, exc, call)
+                return
+        try:
+            await self._forward(call, scope, receive, send, data, body, rewrite)
+        finally:
+            if call.admission is not None and not call.admission.done:
+                # Never reached the record path (a bug, or the task was cancelled).
+                self.app.quotas.release(call.admission)
+
+    async def _forward(
+        self,
+        call: Call,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        data: dict[str, Any],
+        body: bytes,
+        rewrite: bool,
+    ) -> None:
+        wire = call.wire
+        upstream_body, strip_usage = self._prepare(call, data, body, rewrite)
         deployment = call.deployment
         assert deployment is not None
         url = upstream_url(deployment, wire.path, scope["query_string"])
@@ -211,11 +252,64 @@ class Gateway:
         call.deployment = deployment
         return data, body
 
-    def _prepare(self, call: Call, data: dict[str, Any], body: bytes) -> tuple[bytes, bool]:
+    async def _admit_quota(
+        self, call: Call, chain: Chain, data: dict[str, Any], body_bytes: int, scope: Scope
+    ) -> bool:
+        """Reserve the call's worst case; cap its output to the grant; maybe degrade it.
+
+        Returns whether ``data`` was changed (the output cap was set or lowered).
+        """
+        deployment = call.deployment
+        assert deployment is not None
+        requested = call.wire.max_tokens(data)
+        default = deployment.max_output_tokens or self.app.settings.quota_default_max_output_tokens
+        adm = await self.app.quotas.admit(
+            chain,
+            prices=deployment.prices,
+            body_bytes=body_bytes,
+            requested_max=requested,
+            default_max=default,
+        )
+        call.admission = adm
+        changed = False
+        if adm.max_output is not None and adm.max_output != requested:
+            call.wire.set_max_tokens(data, adm.max_output, deployment.provider.kind)
+            changed = True
+        if adm.soft_reason is not None:
+            target = self._degrade_target(call, scope)
+            if target is not None:
+                adm.decision = "degraded"
+                adm.degraded_from = deployment.name
+                call.deployment = target
+        return changed
+
+    def _degrade_target(self, call: Call, scope: Scope) -> Deployment | None:
+        """The next cheaper model, if the request allows it and it is no dearer."""
+        deployment, key = call.deployment, call.key
+        assert deployment is not None
+        assert key is not None
+        name = deployment.degrade_to
+        if name is None:
+            return None
+        if (header(scope, b"x-corral-degrade") or "").strip().lower() in ("never", "false", "no"):
+            return None
+        target = self.app.catalog.models.get(name)
+        if target is None or not target.speaks(call.wire.name):
+            return None
+        if key.allowed_models is not None and name not in key.allowed_models:
+            return None
+        old, new = deployment.prices, target.prices
+        if new.worst_input > old.worst_input or new.worst_output > old.worst_output:
+            return None  # the reservation was priced for the first model
+        return target
+
+    def _prepare(
+        self, call: Call, data: dict[str, Any], body: bytes, rewrite: bool = False
+    ) -> tuple[bytes, bool]:
         """The body to send upstream; rewritten only when Corral has to change it."""
         deployment = call.deployment
         assert deployment is not None
-        changed = False
+        changed = rewrite
         strip_usage = False
         if deployment.upstream_model != call.model:
             data["model"] = deployment.upstream_model
@@ -335,6 +429,10 @@ class Gateway:
         # input, on Anthropic streams) and count what was delivered: about a token an event.
         usage = outcome.usage or Usage()
         usage.output = max(usage.output, events)
+        adm = call.admission
+        if adm is not None and adm.max_output is not None:
+            # The estimate counts events, not tokens: never above the cap the provider obeyed.
+            usage.output = min(usage.output, max(0, adm.max_output - usage.reasoning))
         outcome.usage = usage
         if abandoned:
             error = ("client_disconnected", "the client closed the stream")
@@ -359,6 +457,7 @@ class Gateway:
         outcome: Outcome | None = None,
         error: tuple[str, str] | None = None,
         estimated: bool = False,
+        attributes: dict[str, Any] | None = None,
     ) -> None:
         key, deployment = call.key, call.deployment
         if key is None or deployment is None:
@@ -411,6 +510,11 @@ class Gateway:
             cost_source="estimated" if estimated else "computed",
             price_version=self.app.catalog.price_version,
         )
+        adm = call.admission
+        if adm is not None:
+            row["attributes"] = {"admission": adm.attributes()}
+        elif attributes is not None:
+            row["attributes"] = attributes
         attempt = row.copy()
         attempt.update(
             span_id=call.attempt_span_id,
@@ -422,8 +526,21 @@ class Gateway:
             if call.t_up
             else call.start_ns,
             overhead_ms=None,
+            attributes=None,
         )
-        self.app.recorder.record(row, attempt)
+        if status == "refused":  # never went upstream: no attempt
+            self.app.recorder.record(row)
+        else:
+            self.app.recorder.record(row, attempt)
+        if adm is not None:
+            tokens = (
+                usage.input
+                + usage.cached_input
+                + usage.cache_write
+                + usage.output
+                + usage.reasoning
+            )
+            self.app.quotas.settle(adm, usd=cost, tokens=tokens)
 
     # -- other endpoints ----------------------------------------------------------
 

@@ -93,6 +93,12 @@ class Wire(ABC):
     def max_tokens(self, body: dict[str, Any]) -> int | None:
         """The request's cap on output tokens, if it sets one."""
 
+    def set_max_tokens(self, body: dict[str, Any], value: int, provider_kind: str) -> None:
+        """Cap the request's output at ``value`` tokens, in the field this protocol uses."""
+        body[self.max_field] = value
+
+    max_field = "max_tokens"
+
     @abstractmethod
     def outcome(self, body: dict[str, Any]) -> Outcome:
         """Usage, ids and finish reason of a complete (non-streamed) response."""
@@ -132,6 +138,20 @@ class ChatWire(Wire):
     name = "chat"
     path = "/v1/chat/completions"
 
+    def set_max_tokens(self, body: dict[str, Any], value: int, provider_kind: str) -> None:
+        """Rewrite whichever cap the request carries; add the one the provider reads.
+
+        OpenAI's reasoning models refuse ``max_tokens``; servers that speak only the
+        older chat API (``openai-compatible``: vLLM, llama.cpp) read ``max_tokens``.
+        """
+        present = [f for f in ("max_completion_tokens", "max_tokens") if body.get(f) is not None]
+        if not present:
+            present = [
+                "max_tokens" if provider_kind == "openai-compatible" else "max_completion_tokens"
+            ]
+        for name in present:
+            body[name] = value
+
     def max_tokens(self, body: dict[str, Any]) -> int | None:
         return _max_field(body, "max_completion_tokens", "max_tokens")
 
@@ -164,6 +184,7 @@ class ChatWire(Wire):
 class ResponsesWire(Wire):
     name = "responses"
     path = "/v1/responses"
+    max_field = "max_output_tokens"
 
     def max_tokens(self, body: dict[str, Any]) -> int | None:
         return _max_field(body, "max_output_tokens")

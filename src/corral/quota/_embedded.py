@@ -67,9 +67,22 @@ class EmbeddedQuota:
         self._leases: dict[str, _Lease] = {}
         self._timers: list[tuple[float, int, str]] = []  # (when, _EXPIRE|_FORGET, lease id)
 
+    shared = False
+
     def seed_spend(self, level: Level, resource: Resource, window_id: str, amount: int) -> None:
         """Add persisted spend to a window's counter (call before serving)."""
         self._counter(budget_counter(level.key, resource, window_id), None).spent += amount
+
+    async def seed(self, level: Level, budget: Budget, window_id: str, spent: int) -> bool:
+        """Start a window's counter at ``spent`` unless it exists already; True if it did not."""
+        slot = budget_slot(level, budget, self._clock.now())
+        if slot.window_id != window_id or slot.counter in self._counters:
+            return False
+        self._counter(slot.counter, slot.reset_at).spent = spent
+        return True
+
+    async def aclose(self) -> None:
+        """Nothing to close: the state is this process's memory."""
 
     async def admit(
         self,

@@ -33,7 +33,7 @@ NANO_PER_USD = 1_000_000_000
 BUDGET_STATUS = 402
 """Budgets refuse with 402: retrying will not help until the window resets (see docs/quotas.md)."""
 
-_WINDOW_WORDS: dict[Window, str] = {
+WINDOW_WORDS: dict[Window, str] = {
     "hour": "hourly",
     "day": "daily",
     "month": "monthly",
@@ -184,28 +184,45 @@ class QuotaBackend(Protocol):
 
     async def usage(self, level: Level, budget: Budget) -> BudgetUsage: ...
 
+    async def seed(self, level: Level, budget: Budget, window_id: str, spent: int) -> bool: ...
+
+    async def aclose(self) -> None: ...
+
+    @property
+    def shared(self) -> bool:
+        """True when other processes share this state (settle replayed records' leases)."""
+        ...
+
 
 # --- windows ----------------------------------------------------------------------------------
 
 
 def window_bounds(window: Window, now: float) -> tuple[str, float | None]:
     """The id of the calendar window (UTC) holding ``now`` and when it ends (None: never)."""
+    window_id, _start, end = window_range(window, now)
+    return window_id, end
+
+
+def window_range(window: Window, now: float) -> tuple[str, float | None, float | None]:
+    """The id, start and end of the calendar window (UTC) holding ``now`` (None: unbounded)."""
     if window == "total":
-        return "total", None
+        return "total", None, None
     t = datetime.fromtimestamp(now, UTC)
     if window == "hour":
         start = t.replace(minute=0, second=0, microsecond=0)
-        return f"hour:{start:%Y-%m-%dT%H}", (start + timedelta(hours=1)).timestamp()
+        end = start + timedelta(hours=1)
+        return f"hour:{start:%Y-%m-%dT%H}", start.timestamp(), end.timestamp()
     if window == "day":
         start = t.replace(hour=0, minute=0, second=0, microsecond=0)
-        return f"day:{start:%Y-%m-%d}", (start + timedelta(days=1)).timestamp()
+        end = start + timedelta(days=1)
+        return f"day:{start:%Y-%m-%d}", start.timestamp(), end.timestamp()
     start = t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     end = (
         start.replace(year=start.year + 1, month=1)
         if start.month == 12
         else start.replace(month=start.month + 1)
     )
-    return f"month:{start:%Y-%m}", end.timestamp()
+    return f"month:{start:%Y-%m}", start.timestamp(), end.timestamp()
 
 
 def minute_of(now: float) -> int:
@@ -297,8 +314,11 @@ def _iso(ts: float) -> str:
 
 
 def format_amount(resource: Resource, amount: int) -> str:
+    """Tokens as they are; USD with cents, and with more decimals only when it has them."""
     if resource == "usd":
-        return f"{amount / NANO_PER_USD:.2f}"
+        whole, frac = divmod(amount, NANO_PER_USD)
+        decimals = f"{frac:09d}".rstrip("0").ljust(2, "0")
+        return f"{whole}.{decimals}"
     return str(amount)
 
 
@@ -321,7 +341,7 @@ def refusal(
     slot = lp.budgets[budget_index]
     b = slot.budget
     unit = "USD" if b.resource == "usd" else "token"
-    msg = f"{who}: {_WINDOW_WORDS[b.window]} {unit} budget {format_amount(b.resource, b.limit)}"
+    msg = f"{who}: {WINDOW_WORDS[b.window]} {unit} budget {format_amount(b.resource, b.limit)}"
     if remaining <= 0:
         msg += " exhausted"
     else:

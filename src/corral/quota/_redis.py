@@ -18,6 +18,9 @@ import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from corral.clock import Clock
@@ -68,6 +71,13 @@ end
 _ADMIT = (
     _PURGE
     + """
+-- A retried call (its reply was lost with its connection) answers what the first one granted.
+local done = redis.call('HGET', KEYS[1], 'a')
+if done then
+  local again = {}
+  for n in string.gmatch(done, '[^,]+') do again[#again + 1] = tonumber(n) end
+  return again
+end
 local now, lease, expiry = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local want = {tonumber(ARGV[4]), tonumber(ARGV[5])}
 local need = {tonumber(ARGV[6]), tonumber(ARGV[7])}
@@ -136,9 +146,11 @@ for _, lv in ipairs(levels) do
     end
   end
 end
-redis.call('HSET', KEYS[1], 'state', 'open', 'p', ARGV[8])
-redis.call('PEXPIRE', KEYS[1], ARGV[9])
 out[2], out[3] = grant[1], grant[2]
+local text = {}
+for i, n in ipairs(out) do text[i] = string.format('%.0f', n) end
+redis.call('HSET', KEYS[1], 'state', 'open', 'p', ARGV[8], 'a', table.concat(text, ','))
+redis.call('PEXPIRE', KEYS[1], ARGV[9])
 return out
 """
 )
@@ -178,6 +190,15 @@ return {tonumber(redis.call('HGET', KEYS[1], 's') or '0'),
 """
 )
 
+# KEYS: hash. ARGV: spent, ttl_ms (0 = none). Starts a counter no admission or settlement has
+# touched yet at the spend read from the store; a counter that exists already is left alone.
+_SEED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 's', ARGV[1], 'r', 0)
+if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""
+
 _RES = {"usd": 1, "tokens": 2}
 
 _SettleCall = tuple[list[str], list[int]]
@@ -209,12 +230,18 @@ class RedisQuota:
         if isinstance(redis, str):
             # A blocking pool: a burst of admissions waits for a connection (up to ``timeout``)
             # instead of failing or opening one socket per request.
+            # A pooled connection left over from before a Redis restart fails on its next use:
+            # retry once, on a fresh connection, when the connection broke. Both scripts are
+            # idempotent per lease (admit answers its first grant again, settle is once), so a
+            # retry whose first try did run changes nothing. Timeouts are not retried.
             pool = aioredis.BlockingConnectionPool.from_url(
                 redis,
                 max_connections=max_connections,
                 timeout=timeout,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+                health_check_interval=5,
             )
             redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
         self._redis: aioredis.Redis = redis
@@ -226,6 +253,9 @@ class RedisQuota:
         self._admit = self._redis.register_script(_ADMIT)
         self._settle = self._redis.register_script(_SETTLE)
         self._read = self._redis.register_script(_READ)
+        self._seed = self._redis.register_script(_SEED)
+
+    shared = True
 
     async def aclose(self) -> None:
         """Close the connection pool (a client passed in is closed too)."""
@@ -351,7 +381,7 @@ class RedisQuota:
             try:
                 raw = await self._redis.hget(record, "p")
             except RedisError as exc:
-                raise QuotaUnavailable(f"quota backend unreachable: {exc}") from exc
+                raise QuotaUnavailable(_unreachable(exc)) from exc
             if raw is None:
                 log.warning("settle of unknown or forgotten lease %s ignored", lease_id)
                 return
@@ -387,13 +417,35 @@ class RedisQuota:
         spent, reserved = await self._call(self._read, [h, h + ":z"], [_ms(now)])
         return BudgetUsage(budget, slot.window_id, int(spent), int(reserved), slot.reset_at)
 
+    async def seed(self, level: Level, budget: Budget, window_id: str, spent: int) -> bool:
+        """Start a window's counter at ``spent`` unless it exists already; True if it did not.
+
+        Safe to race: whichever process seeds first wins, and an admission or settlement
+        that created the counter earlier means its spend is already being counted.
+        """
+        now = self._clock.now()
+        slot = budget_slot(level, budget, now)
+        if slot.window_id != window_id:
+            return False  # the window rolled over while the spend was being read
+        ttl = 0 if slot.reset_at is None else _ms(slot.reset_at - now + self._grace)
+        done = await self._call(self._seed, [self._key(slot.counter)], [spent, ttl])
+        return bool(done)
+
     @staticmethod
     async def _call(script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
             reply = await script(keys=keys, args=args)
         except RedisError as exc:
-            raise QuotaUnavailable(f"quota backend unreachable: {exc}") from exc
+            raise QuotaUnavailable(_unreachable(exc)) from exc
         return reply
+
+
+def _unreachable(exc: RedisError) -> str:
+    return (
+        f"budgets and limits cannot be checked: the quota backend (Redis) is unreachable "
+        f"({exc.__class__.__name__}: {exc}); requests are refused until it is back "
+        "(quota_fail_open = true admits them unchecked)"
+    )
 
 
 def _dumps(value: Any) -> str:

@@ -42,6 +42,7 @@ SIM_MODELS: tuple[ModelConfig, ...] = (
         cached_input_price=0.5,
         cache_write_price=6.25,
         output_price=25.0,
+        degrade_to="sim-standard",
     ),
     ModelConfig(
         name="sim-standard",
@@ -51,6 +52,7 @@ SIM_MODELS: tuple[ModelConfig, ...] = (
         cached_input_price=0.3,
         cache_write_price=3.75,
         output_price=15.0,
+        degrade_to="sim-economy",
     ),
     ModelConfig(
         name="sim-economy",
@@ -68,6 +70,7 @@ SIM_MODELS: tuple[ModelConfig, ...] = (
         cached_input_price=0.125,
         output_price=10.0,
         reasoning_price=10.0,
+        degrade_to="sim-economy",
     ),
     ModelConfig(
         name="sim-local",
@@ -110,6 +113,21 @@ class Prices:
             reasoning=per_token(m.reasoning_price, m.output_price),
         )
 
+    @property
+    def worst_input(self) -> int:
+        """The dearest price an input token can be billed at (uncached, cached or cache write)."""
+        return max(self.input, self.cached_input, self.cache_write)
+
+    @property
+    def worst_output(self) -> int:
+        """The dearest price an output token can be billed at (visible or reasoning)."""
+        return max(self.output, self.reasoning)
+
+    def worst_cost_nusd(self, input_tokens: int, output_tokens: int) -> int:
+        """An upper bound of the cost of a call of this many input and output tokens."""
+        total = self.worst_input * input_tokens + self.worst_output * output_tokens
+        return -(-total // _FUSD_PER_NUSD)
+
     def usd_per_million(self) -> dict[str, float]:
         """The prices as configured: USD per 1M tokens for each column."""
         return {
@@ -150,6 +168,8 @@ class Deployment:
     upstream_model: str
     context_window: int
     prices: Prices
+    max_output_tokens: int | None = None
+    degrade_to: str | None = None
 
     @property
     def id(self) -> str:
@@ -196,7 +216,14 @@ class Catalog:
                 upstream_model=m.upstream_model or m.name,
                 context_window=m.context_window,
                 prices=Prices.from_config(m),
+                max_output_tokens=m.max_output_tokens,
+                degrade_to=m.degrade_to,
             )
+        for name, d in self.models.items():
+            if d.degrade_to is not None and d.degrade_to not in self.models:
+                raise ConfigError(
+                    f"model {name!r} degrades to {d.degrade_to!r}, which is not in the catalog"
+                )
         self.price_version = _price_version(providers, models)
 
     @classmethod

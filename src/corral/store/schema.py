@@ -151,6 +151,38 @@ spans = Table(
     Index("ix_spans_request", "request_id"),
 )
 
+# Budgets and rate limits set through the API/CLI (the config file's live in memory only).
+# ``scope_kind`` is org | team | user | key | run; ``amount`` is nano-USD or tokens.
+budgets = Table(
+    "budgets",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("org_id", String(40), ForeignKey("orgs.id"), nullable=False),
+    Column("scope_kind", String(8), nullable=False),
+    Column("scope_id", String(40), nullable=False),
+    Column("resource", String(8), nullable=False),
+    Column("window", String(8), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("soft_fraction", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("updated_by", String(40), nullable=True),
+    UniqueConstraint("scope_kind", "scope_id", "resource", "window", name="uq_budgets_scope"),
+)
+
+rate_limits = Table(
+    "rate_limits",
+    metadata,
+    Column("scope_kind", String(8), primary_key=True),
+    Column("scope_id", String(40), primary_key=True),
+    Column("org_id", String(40), ForeignKey("orgs.id"), nullable=False),
+    Column("rpm", Integer, nullable=True),
+    Column("tpm", BigInteger, nullable=True),
+    Column("concurrency", Integer, nullable=True),
+    Column("updated_at", Float, nullable=False),
+    Column("updated_by", String(40), nullable=True),
+)
+
 # Settings the store keeps for itself (the generated admin key's hash, ...).
 meta_kv = Table(
     "meta_kv",

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,8 @@ class Recorder:
         self.replayed = 0
         self.failures = 0
         self.last_lag_s = 0.0
+        # Called (from a worker thread) with each batch of replayed rows, once stored.
+        self.on_replay: Callable[[list[dict[str, Any]]], None] | None = None
 
     # -- request path ---------------------------------------------------------
 
@@ -142,7 +145,10 @@ class Recorder:
         count = 0
         for path, records in self._journal.orphans():
             for start in range(0, len(records), self._batch_size):
-                self._insert(records[start : start + self._batch_size])
+                batch = records[start : start + self._batch_size]
+                self._insert(batch)
+                if self.on_replay is not None:
+                    self.on_replay(batch)
             count += len(records)
             log.info("replayed %d spans from %s", len(records), path.name)
         self.replayed += count
