@@ -473,7 +473,11 @@ class IdentityService:
         since_ns = min(max(int(since * 1e9), 0), _MAX_NS)
         query = (
             select(column.label("group_id"), func.count().label("requests"), *_SUMS)
-            .where(spans.c.kind == "llm_request", spans.c.start_ns >= since_ns)
+            .where(
+                spans.c.kind == "llm_request",
+                spans.c.start_ns >= since_ns,
+                spans.c.status != "refused",  # never went upstream; audited, not usage
+            )
             .group_by(column)
         )
         if team_id is not None:
