@@ -39,6 +39,7 @@ def test_abandoned_stream_is_recorded_and_upstream_cancelled(corral: Running) ->
     assert row.error_class == "client_disconnected"
     assert row.stream is True
     assert row.output_tokens >= 1, "what was delivered is recorded"
+    assert row.input_tokens > 0, "the prompt was billed: it is estimated offline"
     assert row.cost_source == "estimated"
     assert row.cost_nusd > 0
 

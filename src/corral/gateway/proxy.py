@@ -76,6 +76,7 @@ class Call:
     __slots__ = (
         "admission",
         "attempt_span_id",
+        "body",
         "deployment",
         "key",
         "model",
@@ -112,6 +113,7 @@ class Call:
         self.t_up_end = 0.0
         self.ttft_ms: float | None = None
         self.admission: Admission | None = None
+        self.body = b""
 
     def overhead_ms(self, now: float) -> float:
         upstream = (self.t_up_end or now) - self.t_up if self.t_up else 0.0
@@ -250,6 +252,7 @@ class Gateway:
                 + " or ".join(WIRE_PATHS[p] for p in sorted(deployment.provider.protocols))
             )
         call.deployment = deployment
+        call.body = body
         return data, body
 
     async def _admit_quota(
@@ -429,6 +432,9 @@ class Gateway:
         # input, on Anthropic streams) and count what was delivered: about a token an event.
         usage = outcome.usage or Usage()
         usage.output = max(usage.output, events)
+        if events and not (usage.input or usage.cached_input or usage.cache_write):
+            # The provider started answering, so it billed the prompt: estimate it offline.
+            usage.input = _estimate_input(call)
         adm = call.admission
         if adm is not None and adm.max_output is not None:
             # The estimate counts events, not tokens: never above the cap the provider obeyed.
@@ -656,6 +662,16 @@ def _response_headers(
         ):
             out.append((lowered.encode("latin-1"), value.encode("latin-1")))
     return out
+
+
+def _estimate_input(call: Call) -> int:
+    """The prompt's tokens, counted offline over the request body (JSON syntax included, so
+    rather more than the provider counts); never above what admission reserved for it."""
+    estimate = count_tokens(call.body.decode("utf-8", "replace"))
+    adm = call.admission
+    if adm is not None and adm.grant is not None and adm.input_estimate:
+        estimate = min(estimate, adm.input_estimate)
+    return estimate
 
 
 def _upstream_failure(exc: BaseException, doing: str) -> UpstreamError:
