@@ -236,3 +236,40 @@ def test_rpm_and_concurrency_refuse_with_retry_after(tmp_path: Path, store_url: 
         codes = asyncio.run(burst())
         assert codes.count(200) == 2, codes
         assert codes.count(429) == 4, codes
+
+
+def test_a_stream_longer_than_its_lease_keeps_its_reservation(
+    tmp_path: Path, store_url: str
+) -> None:
+    budgets = [{"team": "payments", "usd": 1.0, "window": "day"}]
+    with limited(tmp_path, store_url, budgets=budgets, quota_lease_ttl=1.0) as running:
+        server, quotas = running.corral.server, running.app.quotas
+        headers = {"authorization": f"Bearer {running.key}", "x-sim-tps": "15"}
+        body = {
+            "model": "sim-economy",
+            "max_tokens": 45,
+            "stream": True,
+            "messages": [{"role": "user", "content": "Write a long story about leases."}],
+        }
+        started = time.monotonic()
+        held: list[float] = []
+        with (
+            httpx.Client(base_url=running.url, timeout=30) as client,
+            client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r,
+        ):
+            assert r.status_code == 200
+            for _ in r.iter_raw():
+                if time.monotonic() - started > 2.0 and not held:
+                    (status,) = server.call(quotas.budget_status())
+                    held.append(status["reserved"])
+        assert time.monotonic() - started > 2.0, "the stream was too short to outlive its lease"
+        assert held, "the stream ended before its lease would have"
+        assert held[0] > 0, "the reservation lapsed while the stream was running"
+        (row,) = running.records()
+        deadline = time.monotonic() + 5
+        (status,) = server.call(quotas.budget_status())
+        while status["reserved"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+            (status,) = server.call(quotas.budget_status())
+        assert status["reserved"] == 0
+        assert round(status["spent"] * 1e9) == row.cost_nusd

@@ -130,6 +130,32 @@ def test_expired_lease_returns_its_reservation(quota: Backend) -> None:
     quota.run(body)
 
 
+def test_renewed_lease_keeps_holding_until_settled(quota: Backend) -> None:
+    """A long request renews its lease: budget and slot stay held past the first expiry."""
+
+    async def body(q: QuotaBackend) -> None:
+        total = Budget("usd", "total", 2 * USD)
+        c = chain(team=Limits((Budget("usd", "day", 2 * USD), total), concurrency=1))
+        grant = await _admit(q, c, usd=2 * USD)
+        for _ in range(3):  # 150 s in all, 60 s leases
+            quota.clock.advance(50)
+            assert await q.renew(grant.lease_id, 60.0)
+        assert (await q.usage(TEAM, total)).reserved == 2 * USD
+        with pytest.raises(LimitExceeded):
+            await _admit(q, c)
+        await q.settle(grant.lease_id, usd=USD, tokens=10)
+        assert not await q.renew(grant.lease_id, 60.0), "a settled lease is not renewed"
+        u = await q.usage(TEAM, total)
+        assert (u.spent, u.reserved) == (USD, 0)
+        quota.clock.advance(61)
+        expired = await _admit(q, c, usd=USD)
+        quota.clock.advance(61)
+        assert not await q.renew(expired.lease_id, 60.0), "an expired lease is not renewed"
+        assert (await q.usage(TEAM, total)).reserved == 0
+
+    quota.run(body)
+
+
 def test_settle_after_expiry_charges_once(quota: Backend) -> None:
     """A late settlement still records the spend, once, without returning anything twice."""
 

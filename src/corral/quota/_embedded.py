@@ -219,6 +219,17 @@ class EmbeddedQuota:
         for name, resource in lease.budgets:
             self._counter(name, None).spent += amounts[resource]
 
+    async def renew(self, lease_id: str, lease_ttl: float) -> bool:
+        """Extend an open lease to ``lease_ttl`` from now; False if it expired or was settled."""
+        now = self._clock.now()
+        self._expire(now)
+        lease = self._leases.get(lease_id)
+        if lease is None or lease.settled or lease.expires_at <= now:
+            return False
+        lease.expires_at = now + lease_ttl
+        heapq.heappush(self._timers, (lease.expires_at, _EXPIRE, lease_id))
+        return True
+
     async def release(self, lease_id: str) -> None:
         """Settle with zero spend: the request never reached the provider."""
         await self.settle(lease_id, usd=0, tokens=0)
@@ -246,6 +257,8 @@ class EmbeddedQuota:
             if phase == _FORGET:
                 del self._leases[lease_id]
                 continue
+            if lease.expires_at > when:
+                continue  # renewed: a later timer stands for it
             self._drop_holds(lease_id, lease)
             heapq.heappush(timers, (when + self._grace, _FORGET, lease_id))
 

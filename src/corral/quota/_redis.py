@@ -190,6 +190,26 @@ return {tonumber(redis.call('HGET', KEYS[1], 's') or '0'),
 """
 )
 
+# KEYS: lease record, then the lease's budget zsets and occupancy zsets.
+# ARGV: lease, now_ms, new expiry_ms, record_ttl_ms. Moves an open, unexpired lease's expiry
+# everywhere it holds something; returns 0 (and changes nothing) if it is settled, forgotten,
+# or already expired in any counter (its holds are being returned).
+_RENEW = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'open' then return 0 end
+local now = tonumber(ARGV[2])
+for k = 2, #KEYS do
+  local score = redis.call('ZSCORE', KEYS[k], ARGV[1])
+  if not score or tonumber(score) <= now then return 0 end
+end
+for k = 2, #KEYS do
+  redis.call('ZADD', KEYS[k], 'XX', ARGV[3], ARGV[1])
+  local ttl = redis.call('PTTL', KEYS[k])  -- -1: no expiry (a total budget): leave it so
+  if ttl >= 0 and ttl < tonumber(ARGV[4]) then redis.call('PEXPIRE', KEYS[k], ARGV[4]) end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
 # KEYS: hash. ARGV: spent, ttl_ms (0 = none). Starts a counter no admission or settlement has
 # touched yet at the spend read from the store; a counter that exists already is left alone.
 _SEED = """
@@ -254,6 +274,7 @@ class RedisQuota:
         self._settle = self._redis.register_script(_SETTLE)
         self._read = self._redis.register_script(_READ)
         self._seed = self._redis.register_script(_SEED)
+        self._renew = self._redis.register_script(_RENEW)
 
     shared = True
 
@@ -399,6 +420,20 @@ class RedisQuota:
         )
         if done == -1:
             log.warning("settle of unknown or forgotten lease %s ignored", lease_id)
+
+    async def renew(self, lease_id: str, lease_ttl: float) -> bool:
+        """Extend an open lease to ``lease_ttl`` from now; False if it expired or was settled.
+
+        Only the instance that admitted a lease renews it (it knows the lease's keys).
+        """
+        known = self._leases.get(lease_id)
+        if known is None:
+            return False
+        keys, resources = known
+        zsets = [keys[0], *keys[2 : 2 * len(resources) + 1 : 2], *keys[2 * len(resources) + 1 :]]
+        now = self._clock.now()
+        args = [lease_id, _ms(now), _ms(now + lease_ttl), _ms(lease_ttl + self._grace)]
+        return bool(await self._call(self._renew, zsets, args))
 
     async def release(self, lease_id: str) -> None:
         """Settle with zero spend: the request never reached the provider."""

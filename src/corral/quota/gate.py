@@ -53,6 +53,7 @@ class Admission:
     soft_reason: str | None = None  # why the chain is past a soft limit
     degraded_from: str | None = None
     done: bool = False
+    expires_at: float = 0.0  # of the lease, moved by renewals
 
     def attributes(self) -> dict[str, Any]:
         """The decision as recorded on the request's span (``attributes.admission``)."""
@@ -114,6 +115,7 @@ class QuotaGate:
         self._tasks: set[asyncio.Task[None]] = set()
         self._retry: collections.deque[tuple[str, int, int, float]] = collections.deque()
         self._seeded: set[tuple[str, str, str]] = set()
+        self._open: dict[str, Admission] = {}  # leases this process holds, to renew
         self._loop: asyncio.AbstractEventLoop | None = None
         self._refresher: asyncio.Task[None] | None = None
         # One reload at a time: a slow periodic reload finishing after an API write's reload
@@ -175,6 +177,7 @@ class QuotaGate:
             await asyncio.sleep(interval)
             ticks += 1
             try:
+                await self.renew_leases()
                 await self.reload()
                 await self._retry_settles()
                 if ticks * interval >= 60:
@@ -225,7 +228,8 @@ class QuotaGate:
                 raise
             log.warning("quota backend unreachable: admitting unchecked (quota_fail_open)")
             return Admission("fail_open", None)
-        adm = Admission("admitted", grant, input_est)
+        adm = Admission("admitted", grant, input_est, expires_at=grant.expires_at)
+        self._open[grant.lease_id] = adm
         if reserves:
             allowed = min(want_out, grant.granted_tokens - input_est)
             if prices.worst_output > 0:
@@ -245,7 +249,30 @@ class QuotaGate:
         adm.done = True
         if adm.grant is None:
             return
-        self._spawn(adm.grant.lease_id, usd, tokens, adm.grant.expires_at)
+        self._open.pop(adm.grant.lease_id, None)
+        self._spawn(adm.grant.lease_id, usd, tokens, adm.expires_at)
+
+    async def renew_leases(self) -> None:
+        """Extend the leases of requests still running once half their time is gone.
+
+        A request may outlive ``quota_lease_ttl`` (a long stream): its reservation must
+        hold until it settles. A process that dies stops renewing, so its leases expire.
+        """
+        ttl = self._s.quota_lease_ttl
+        due = self.clock.now() + ttl / 2
+        for lease_id, adm in list(self._open.items()):
+            if adm.expires_at > due or adm.done:
+                continue
+            try:
+                renewed = await self.backend.renew(lease_id, ttl)
+            except QuotaUnavailable as exc:
+                log.warning("renewing lease %s failed: %s", lease_id, exc)
+                continue
+            if renewed:
+                adm.expires_at = self.clock.now() + ttl
+            else:
+                self._open.pop(lease_id, None)
+                log.warning("lease %s expired before its request ended", lease_id)
 
     def release(self, adm: Admission) -> None:
         """Return the whole reservation: nothing was spent."""

@@ -177,15 +177,27 @@ class QuotaRules:
             return Level("key", k.id, k.name or k.prefix + "…")
         raise InvalidRequest(f"scope must be one of org, team, user, key; not {kind!r}")
 
-    def _names(self) -> dict[tuple[str, str], str]:
-        with self._store.connect() as conn:
-            names: dict[tuple[str, str], str] = {("org", DEFAULT_ORG_ID): "organisation"}
-            for r in conn.execute(select(teams.c.id, teams.c.name)):
-                names["team", r.id] = r.name
-            for r in conn.execute(select(users.c.id, users.c.name)):
-                names["user", r.id] = r.name
-            key_rows = conn.execute(select(keys_table.c.id, keys_table.c.name, keys_table.c.prefix))
-            for k in key_rows:
+    def _names(self, conn: Any, refs: dict[str, set[str]]) -> dict[tuple[str, str], str]:
+        """Names of the scopes ``refs`` mentions (by id, or by name for teams and users).
+
+        Only rows the rules name are read, so a reload costs the same with 10 keys or 1M.
+        """
+        names: dict[tuple[str, str], str] = {("org", DEFAULT_ORG_ID): "organisation"}
+        for kind, table in (("team", teams), ("user", users)):
+            wanted = sorted(refs.get(kind, ()))
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                query = select(table.c.id, table.c.name).where(
+                    table.c.id.in_(chunk) | table.c.name.in_(chunk)
+                )
+                for r in conn.execute(query):
+                    names[kind, r.id] = r.name
+        wanted = sorted(refs.get("key", ()))
+        for start in range(0, len(wanted), 500):
+            query = select(keys_table.c.id, keys_table.c.name, keys_table.c.prefix).where(
+                keys_table.c.id.in_(wanted[start : start + 500])
+            )
+            for k in conn.execute(query):
                 names["key", k.id] = k.name or k.prefix + "…"
         return names
 
@@ -193,7 +205,16 @@ class QuotaRules:
 
     def load(self) -> RuleSet:
         """Every rule, config and store, with scope names for messages."""
-        names = self._names()
+        with self._store.connect() as conn:
+            budget_rows = conn.execute(select(budgets_table)).fetchall()
+            rate_rows = conn.execute(select(rate_limits)).fetchall()
+            refs: dict[str, set[str]] = {}
+            for r in (*budget_rows, *rate_rows):
+                refs.setdefault(r.scope_kind, set()).add(r.scope_id)
+            for rule in (*self._config_budgets, *self._config_limits):
+                kind, ref = rule.scope
+                refs.setdefault(kind, set()).add(ref)
+            names = self._names(conn, refs)
 
         def level(kind: str, scope_id: str) -> Level:
             return Level(kind, scope_id, names.get((kind, scope_id)))  # type: ignore[arg-type]
@@ -211,32 +232,31 @@ class QuotaRules:
         configured = {
             (b.level.kind, b.level.id, b.budget.resource, b.budget.window) for b in budgets
         }
-        with self._store.connect() as conn:
-            for r in conn.execute(select(budgets_table)):
-                if (r.scope_kind, r.scope_id, r.resource, r.window) in configured:
-                    continue  # the config file wins; the API refuses to create such a row now
-                budgets.append(
-                    BudgetRule(
-                        level(r.scope_kind, r.scope_id),
-                        Budget(r.resource, r.window, int(r.amount), r.soft_fraction),
-                        "store",
-                        r.id,
-                        r.updated_at,
-                        r.updated_by,
-                    )
+        for r in budget_rows:
+            if (r.scope_kind, r.scope_id, r.resource, r.window) in configured:
+                continue  # the config file wins; the API refuses to create such a row now
+            budgets.append(
+                BudgetRule(
+                    level(r.scope_kind, r.scope_id),
+                    Budget(r.resource, r.window, int(r.amount), r.soft_fraction),
+                    "store",
+                    r.id,
+                    r.updated_at,
+                    r.updated_by,
                 )
-            for r in conn.execute(select(rate_limits)):
-                rates.append(
-                    RateRule(
-                        level(r.scope_kind, r.scope_id),
-                        r.rpm,
-                        None if r.tpm is None else int(r.tpm),
-                        r.concurrency,
-                        "store",
-                        r.updated_at,
-                        r.updated_by,
-                    )
+            )
+        for r in rate_rows:
+            rates.append(
+                RateRule(
+                    level(r.scope_kind, r.scope_id),
+                    r.rpm,
+                    None if r.tpm is None else int(r.tpm),
+                    r.concurrency,
+                    "store",
+                    r.updated_at,
+                    r.updated_by,
                 )
+            )
         return RuleSet.build(budgets, rates)
 
     def _config_level(
