@@ -222,8 +222,9 @@ class Settings(BaseSettings):
     quota_lease_ttl: float = Field(
         default=900.0,
         gt=0,
-        description="Seconds a request's reservation lives before it is returned unsettled; keep "
-        "it above your longest request (a longer one's spend is charged, late, on settlement).",
+        description="Seconds a reservation lives unless renewed. The process running a request "
+        "renews its lease at half-life, so this bounds how long a dead process's reservations "
+        "and concurrency slots linger.",
     )
     quota_settle_grace: float = Field(
         default=3600.0,
