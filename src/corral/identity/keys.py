@@ -33,6 +33,7 @@ PREFIX_SHOWN = len(KEY_PREFIX) + 4
 _NEGATIVE_TTL = 1.0
 _REFRESH_OVERLAP = 5.0  # seconds of updated_at re-read each poll; tolerates commit delay and skew
 _REVALIDATE_AFTER = 60.0  # a cached key is re-read at least this often, whatever else happens
+_MAX_LOOKUPS = 4  # concurrent store reads for keys not in memory
 _MAX_ENTRIES = 100_000  # a flood of made-up keys must not grow the cache without bound
 
 ROLES = ("virtual", "team_admin", "admin")
@@ -123,6 +124,9 @@ class KeyCache:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._last_poll: float | None = None
+        # Store lookups of keys not in memory, at once: a flood of made-up keys queues here
+        # instead of taking every database connection (cached keys never wait).
+        self._lookups = asyncio.Semaphore(_MAX_LOOKUPS)
 
     async def authenticate(self, raw: str | None) -> KeyInfo:
         """Return the key's identity, or raise ``AuthenticationFailed`` naming why."""
@@ -136,12 +140,16 @@ class KeyCache:
         if entry is None or (
             now - entry.loaded_at > (_NEGATIVE_TTL if entry.info is None else _REVALIDATE_AFTER)
         ):
-            info = await asyncio.to_thread(self._load, digest)
+            info = await self._lookup(digest)
             entry = _Entry(info, now)
             if len(self._entries) >= _MAX_ENTRIES:
                 self._entries = {d: e for d, e in self._entries.items() if e.info is not None}
             self._entries[digest] = entry
         return self._check(entry.info, raw, now)
+
+    async def _lookup(self, digest: str) -> KeyInfo | None:
+        async with self._lookups:
+            return await asyncio.to_thread(self._load, digest)
 
     def _check(self, info: KeyInfo | None, raw: str, now: float) -> KeyInfo:
         if info is None:
