@@ -19,24 +19,35 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
+from cells import (
+    ATTEMPTS,
+    NOISY,
+    NON_STREAM,
+    STREAM,
+    Bench,
+    Cell,
+    Mode,
+    command,
+    facts_table,
+    failed,
+    failure_line,
+    measure,
+    noise_line,
+    others,
+)
 from harness import (
-    GATEWAY_CORE,
-    LOAD_CORE,
     BenchError,
-    CpuSample,
-    CpuUsage,
     Options,
     Processes,
     Section,
     free_port,
     machine_facts,
     markdown_table,
-    wait_idle,
 )
 from targets import (
     Corral,
@@ -48,38 +59,14 @@ from targets import (
     start_litellm,
     start_sim,
 )
-from wrk import Wrk, WrkResult
+from wrk import Wrk
 
 NAME = "gateway_overhead"
 TITLE = "Gateway overhead: simulator direct, through Corral, through LiteLLM"
 CONCURRENCY = (1, 16, 64)
+MODES = (NON_STREAM, STREAM)
 STREAM_MODES = (False, True)
 DIRECT, CORRAL, LITELLM = "sim direct", "Corral", "LiteLLM"
-NOISY = 10.0
-"""Outside load (% of a core) above which a cell is redone."""
-ATTEMPTS = 3
-
-
-@dataclass(frozen=True, slots=True)
-class Cell:
-    """One measured combination of target, mode and concurrency."""
-
-    target: str
-    stream: bool
-    connections: int
-    result: WrkResult
-    cpu: CpuUsage
-    attempts: int = 1
-    """How many runs were made of this cell (the quietest is kept)."""
-
-    @property
-    def mode(self) -> str:
-        return "stream" if self.stream else "non-stream"
-
-    @property
-    def cpu_us_per_request(self) -> float:
-        """Gateway CPU time per completed request, in microseconds."""
-        return 1e4 * self.cpu.gateway / self.result.rps if self.result.rps else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,18 +100,6 @@ class Run:
         return next((c for c in self.cells if (c.target, c.stream, c.connections) == key), None)
 
 
-@dataclass(frozen=True, slots=True)
-class Bench:
-    """What every cell needs: the load generator, the run length and the running targets."""
-
-    wrk: Wrk
-    options: Options
-    targets: list[Target]
-
-    def pgids(self, core: int) -> list[int]:
-        return [t.service.pid for t in self.targets if t.core == core]
-
-
 # --- measuring ------------------------------------------------------------------------------
 
 
@@ -139,7 +114,7 @@ def run(options: Options) -> Section:
         peer, litellm = _try_litellm(procs, sim.base_url, workdir)
         targets = [sim, corral.target, *([peer] if peer else [])]
         bench = Bench(Wrk(workdir), options, targets)
-        cells = [_measure(bench, t, s, c) for s, c, t in _schedule(targets)]
+        cells = [measure(bench, t, m, c) for m, c, t in _schedule(targets)]
         metering = _metering(corral, bench.wrk)
         self_reported = _self_reported_overhead(corral)
     facts["LiteLLM"] = litellm if peer else "not measured"
@@ -158,47 +133,11 @@ def _try_litellm(procs: Processes, sim_url: str, workdir: Path) -> tuple[Target 
         return None, f"LiteLLM {litellm_version} did not start: {exc}"
 
 
-def _schedule(targets: list[Target]) -> Iterator[tuple[bool, int, Target]]:
-    for stream in STREAM_MODES:
+def _schedule(targets: list[Target]) -> Iterator[tuple[Mode, int, Target]]:
+    for mode in MODES:
         for connections in CONCURRENCY:
             for target in targets:
-                yield stream, connections, target
-
-
-def _measure(bench: Bench, target: Target, stream: bool, connections: int) -> Cell:
-    """The quietest of up to ``ATTEMPTS`` runs: a run disturbed by outside load is redone."""
-    best = _measure_once(bench, target, stream, connections, attempt=1)
-    attempt = 1
-    while _noise(best) > NOISY and attempt < ATTEMPTS:
-        attempt += 1
-        best = min(best, _measure_once(bench, target, stream, connections, attempt), key=_noise)
-    return replace(best, attempts=attempt)
-
-
-def _measure_once(
-    bench: Bench, target: Target, stream: bool, connections: int, attempt: int
-) -> Cell:
-    load, o = target.load(stream=stream), bench.options
-    wait_idle([t.service.pid for t in bench.targets])
-    bench.wrk.run(load, connections=connections, seconds=o.warmup_seconds)
-    gateway = [target.service.pid] if target.core == GATEWAY_CORE else []
-    loaders = bench.pgids(LOAD_CORE)
-    before = CpuSample.take(gateway, loaders)
-    result = bench.wrk.run(load, connections=connections, seconds=o.cell_seconds)
-    cpu = CpuUsage.between(before, CpuSample.take(gateway, loaders))
-    target.service.check_alive()
-    cell = Cell(target.name, stream, connections, result, cpu)
-    print(f"  {_progress(cell)} (attempt {attempt})", file=sys.stderr, flush=True)
-    return cell
-
-
-def _progress(cell: Cell) -> str:
-    r = cell.result
-    return (
-        f"{cell.target:<10} {cell.mode:<10} c={cell.connections:<3} {r.rps:9.1f} req/s  "
-        f"p50 {r.p50_ms:8.2f} ms  p99 {r.p99_ms:8.2f} ms  failures {r.failures}  "
-        f"outside load {_noise(cell):3.0f} %"
-    )
+                yield mode, connections, target
 
 
 def _metering(corral: Corral, wrk: Wrk) -> str:
@@ -259,11 +198,8 @@ def _row(run: Run, cell: Cell) -> list[str]:
     direct = cell.target == DIRECT
     gateway_cpu = "–" if direct else f"{cell.cpu.gateway:.0f} %"
     per_request = "–" if direct else f"{cell.cpu_us_per_request:.0f}"
-    # The direct call does not use core 0, so what ran there does not matter to it.
-    core0 = "–" if direct else f"{cell.cpu.other_gateway_core:.0f}"
-    others = f"{core0} / {cell.cpu.other_load_core:.0f} %"
     return [
-        cell.mode,
+        cell.mode.name,
         str(cell.connections),
         cell.target,
         f"{r.rps:,.0f}",
@@ -273,8 +209,8 @@ def _row(run: Run, cell: Cell) -> list[str]:
         f"{over[1]:+.2f}" if over else "–",
         gateway_cpu,
         per_request,
-        others,
-        f"{r.failures} of {r.requests:,}" if r.failures else "0",
+        others(cell),
+        failed(cell),
     ]
 
 
@@ -365,51 +301,11 @@ def _litellm_line(run: Run) -> str:
     return f"LiteLLM {run.litellm} at concurrency 64: " + ", ".join(parts) + "."
 
 
-def _noise(cell: Cell) -> float:
-    """The most any outside load took of a core this cell depends on."""
-    if cell.target == DIRECT:  # the direct call does not touch the gateway core
-        return cell.cpu.other_load_core
-    return max(cell.cpu.other_gateway_core, cell.cpu.other_load_core)
-
-
-def _noise_line(run: Run) -> str:
-    worst = max(run.cells, key=_noise)
-    text = (
-        "Load from outside the benchmark on the cores a cell depends on: median "
-        f"{statistics.median(_noise(c) for c in run.cells):.0f} %, worst {_noise(worst):.0f} % "
-        f"({worst.target}, {worst.mode}, c={worst.connections})."
-    )
-    redone = sum(1 for c in run.cells if c.attempts > 1)
-    disturbed = sum(1 for c in run.cells if _noise(c) > NOISY)
-    if redone:
-        text += f" {redone} cells were redone because of it."
-    if disturbed:
-        text += (
-            f" {disturbed} of {len(run.cells)} cells kept more than {NOISY:.0f} % after "
-            f"{ATTEMPTS} attempts: their latencies carry the shared machine's noise."
-        )
-    return text
-
-
-def _failure_line(run: Run) -> str:
-    failed = [c for c in run.cells if c.result.failures]
-    if not failed:
-        return "No request failed (no socket error, no non-2xx answer) in any cell."
-    names = ", ".join(f"{c.target} {c.mode} c={c.connections}" for c in failed)
-    return f"Cells with failed requests (see the table): {names}."
-
-
 def _reading(run: Run) -> list[str]:
     lines = [_capacity_line(run, s) for s in STREAM_MODES]
-    lines += [_litellm_line(run), run.self_reported, run.metering, _noise_line(run)]
-    lines.append(_failure_line(run))
+    lines += [_litellm_line(run), run.self_reported, run.metering, noise_line(run.cells)]
+    lines.append(failure_line(run.cells))
     return [line for line in lines if line]
-
-
-def _command(run: Run) -> str:
-    if run.options.quick:
-        return f"`.venv/bin/python bench/run.py --only {NAME} --quick` (a smoke run)"
-    return f"`make bench` (`.venv/bin/python bench/run.py`; alone: `--only {NAME}`)"
 
 
 def _setup(run: Run) -> str:
@@ -434,11 +330,11 @@ def _setup(run: Run) -> str:
 
 
 def _markdown(run: Run) -> str:
-    facts = markdown_table(("machine", ""), [[k, v] for k, v in run.facts.items()])
+    facts = facts_table(run.facts)
     reading = "\n".join(f"- {line}" for line in _reading(run))
     when = run.started.strftime("%Y-%m-%d %H:%M UTC")
     return (
-        f"## {TITLE}\n\nCommand: {_command(run)}, run {when}.\n\n"
+        f"## {TITLE}\n\nCommand: {command(NAME, run.options)}, run {when}.\n\n"
         f"{facts}\n\n{_setup(run)}\n\n{_figures(run)}\n\n{_checks_table(run)}\n\n"
         f"Reading (computed from this run):\n\n{reading}\n"
     )

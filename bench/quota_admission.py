@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -28,15 +26,14 @@ from corral.clock import SystemClock
 from corral.quota import Budget, EmbeddedQuota, Level, Limits, QuotaBackend, RedisQuota
 from harness import (
     GATEWAY_CORE,
-    LOAD_CORE,
     BenchError,
     Options,
     Processes,
     Section,
-    free_port,
     machine_facts,
     markdown_table,
 )
+from targets import start_redis
 
 NAME = "quota_admission"
 TITLE = "Quota admission: admit + settle per request, 4-level chain"
@@ -91,25 +88,6 @@ async def _one(quota: QuotaBackend, chain: list[tuple[Level, Limits]]) -> None:
     await quota.settle(g.lease_id, usd=USD // 200, tokens=1500)
 
 
-def _start_redis(procs: Processes, workdir: Path) -> str:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise BenchError("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
-    service = procs.start("redis", [*argv, "no", "--dir", str(workdir)], core=LOAD_CORE)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        service.check_alive()
-        try:
-            socket.create_connection(("127.0.0.1", port)).close()
-        except OSError:
-            time.sleep(0.02)
-            continue
-        return f"redis://127.0.0.1:{port}/0"
-    raise BenchError("redis-server did not accept connections within 10 s")
-
-
 async def _redis(url: str, seconds: float) -> Result:
     quota = RedisQuota(url, SystemClock(), prefix="bench:")
     try:
@@ -125,7 +103,7 @@ def run(options: Options) -> Section:
         tempfile.TemporaryDirectory(prefix="corral-bench-quota-") as tmp,
         Processes(Path(tmp)) as procs,
     ):
-        url = _start_redis(procs, Path(tmp))
+        url = start_redis(procs, Path(tmp)).url
         embedded = asyncio.run(_measure("embedded", EmbeddedQuota(SystemClock()), seconds))
         redis = asyncio.run(_redis(url, seconds))
     return _section([embedded, redis], options)

@@ -20,11 +20,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
+import gateway_budgets
 import gateway_overhead
 import quota_admission
 from harness import REPO, BenchError, Options, Section, raise_on_sigterm
 
-BENCHMARKS: tuple[ModuleType, ...] = (gateway_overhead, quota_admission)
+BENCHMARKS: tuple[ModuleType, ...] = (gateway_overhead, gateway_budgets, quota_admission)
 DOC = REPO / "docs" / "benchmarks.md"
 DOC_HEADER = """\
 # Benchmarks

@@ -1,4 +1,4 @@
-"""The servers a benchmark talks to: ``corral sim``, ``corral serve`` and the LiteLLM proxy.
+"""The servers a benchmark talks to: ``corral sim``, ``corral serve``, Redis and LiteLLM.
 
 Each ``start_*`` function starts one pinned process, waits until it answers a
 real chat completion and returns a :class:`Target`. LiteLLM is installed on
@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import secrets
+import shutil
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import redis
 
 from harness import (
     GATEWAY_CORE,
@@ -26,6 +33,7 @@ from harness import (
     BenchError,
     Processes,
     Service,
+    free_port,
     wait_until,
 )
 from wrk import Load
@@ -36,13 +44,19 @@ LITELLM_VENV = WORK / "litellm-venv"
 LITELLM_INSTALL_LOG = WORK / "litellm-install.log"
 
 
-def chat_body(*, stream: bool) -> bytes:
-    """The small request every target gets: one short user message, at most 64 tokens back."""
+def chat_body(*, stream: bool, capped: bool = True) -> bytes:
+    """The small request every target gets: one short user message, at most 64 tokens back.
+
+    Uncapped (no ``max_tokens``), the simulator's answer is a little longer (its
+    length comes from a hash of the messages) and a gateway enforcing a budget
+    has to set a cap itself.
+    """
     body: dict[str, object] = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
-        "max_tokens": 64,
     }
+    if capped:
+        body["max_tokens"] = 64
     if stream:
         body["stream"] = True
     return json.dumps(body, separators=(",", ":")).encode()
@@ -58,15 +72,20 @@ class Target:
     core: int
     authorization: str = ""
 
-    def load(self, *, stream: bool) -> Load:
-        return Load(self.base_url + CHAT_PATH, chat_body(stream=stream), self.authorization)
+    def load(self, *, stream: bool, capped: bool = True) -> Load:
+        body = chat_body(stream=stream, capped=capped)
+        return Load(self.base_url + CHAT_PATH, body, self.authorization)
 
 
 @dataclass(frozen=True, slots=True)
 class Corral:
-    """A running Corral, its admin credentials and a virtual key on the target."""
+    """A running Corral, its admin credentials and a virtual key on the target.
+
+    The key belongs to user ``bench`` of team ``bench``; ``key_id`` is its id.
+    """
 
     target: Target
+    key_id: str
     admin_env: dict[str, str] = field(repr=False)
 
     def cli(self, *args: str) -> str:
@@ -145,27 +164,80 @@ def corral_cli(args: tuple[str, ...] | list[str], env: dict[str, str]) -> str:
     return done.stdout
 
 
-def start_corral(procs: Processes, port: int, sim_url: str, home: Path) -> Corral:
-    """One ``corral serve`` process on the gateway core, with a team, a user and a virtual key."""
+def start_corral(
+    procs: Processes,
+    port: int,
+    sim_url: str,
+    home: Path,
+    *,
+    name: str = "Corral",
+    env: Mapping[str, str] | None = None,
+) -> Corral:
+    """One ``corral serve`` process on the gateway core, with a team, a user and a virtual key.
+
+    ``name`` names the target (and, made a slug, its log file); ``env`` is added
+    to the server's environment.
+    """
     url = f"http://127.0.0.1:{port}"
     admin_env = {"CORRAL_URL": url, "CORRAL_ADMIN_KEY": "sk-admin-" + secrets.token_urlsafe(24)}
     argv = [str(VENV_BIN / "corral"), "serve", "--port", str(port), "--sim-url", sim_url]
-    env = {**admin_env, "CORRAL_HOME": str(home)}
-    service = procs.start("corral", argv, core=GATEWAY_CORE, env=env)
-    wait_until(lambda: listen_problem(url + "/"), service=service, timeout=60, what="corral serve")
-    key = _create_key(admin_env)
-    target = Target("Corral", url, service, GATEWAY_CORE, f"Bearer {key}")
-    return Corral(wait_answering(target, timeout=30), admin_env)
+    server_env = {**(env or {}), **admin_env, "CORRAL_HOME": str(home)}
+    log_name = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    service = procs.start(log_name, argv, core=GATEWAY_CORE, env=server_env)
+    wait_until(lambda: listen_problem(url + "/"), service=service, timeout=60, what=name)
+    key_id, key = _create_key(admin_env)
+    target = Target(name, url, service, GATEWAY_CORE, f"Bearer {key}")
+    return Corral(wait_answering(target, timeout=30), key_id, admin_env)
 
 
-def _create_key(admin_env: dict[str, str]) -> str:
+def _create_key(admin_env: dict[str, str]) -> tuple[str, str]:
+    """Team ``bench``, its user ``bench`` and a virtual key of theirs: (key id, key)."""
     corral_cli(["teams", "create", "bench"], admin_env)
     corral_cli(["users", "create", "bench", "--team", "bench"], admin_env)
-    created = corral_cli(
-        ["keys", "create", "--team", "bench", "--user", "bench", "--json"], admin_env
+    created = json.loads(
+        corral_cli(["keys", "create", "--team", "bench", "--user", "bench", "--json"], admin_env)
     )
-    key: str = json.loads(created)["key"]
-    return key
+    return str(created["id"]), str(created["key"])
+
+
+# --- Redis ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Redis:
+    """A ``redis-server`` of the benchmark's own, without persistence."""
+
+    service: Service
+    url: str
+
+    def footprint(self) -> tuple[int, str]:
+        """How many keys it holds (Corral's quota counters and leases, once used), in how much."""
+        client = redis.Redis.from_url(self.url)
+        try:
+            memory = client.info("memory")["used_memory_human"]
+            return int(client.dbsize()), f"{memory}B"
+        finally:
+            client.close()
+
+
+def start_redis(procs: Processes, workdir: Path) -> Redis:
+    """``redis-server`` on a free loopback port, on the load core."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise BenchError("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
+    service = procs.start("redis", [*argv, "no", "--dir", str(workdir)], core=LOAD_CORE)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        service.check_alive()
+        try:
+            socket.create_connection(("127.0.0.1", port)).close()
+        except OSError:
+            time.sleep(0.02)
+            continue
+        return Redis(service, f"redis://127.0.0.1:{port}/0")
+    raise BenchError("redis-server did not accept connections within 10 s")
 
 
 # --- LiteLLM --------------------------------------------------------------------------------
