@@ -210,12 +210,10 @@ def test_redis_local_lease_map_is_bounded(redis_server: RedisServer) -> None:
     asyncio.run(body())
 
 
-def test_redis_local_settle_of_forgotten_record_is_ignored(
-    redis_server: RedisServer,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """A remembered lease whose record Redis dropped (past ``settle_grace``) is logged and
-    ignored, as on the read-first path: no spend is charged."""
+def test_redis_local_settle_of_forgotten_record_is_ignored(redis_server: RedisServer) -> None:
+    """A remembered lease whose record Redis dropped (past ``settle_grace``) is ignored, as
+    on the read-first path: no spend is charged. A settled lease's record is gone at once,
+    so Redis holds records of open leases only."""
     clock = ManualClock(start=1_795_860_000.0)
     chain = [(Level("team", "gone"), Limits((Budget("usd", "day", 50 * USD),)))]
 
@@ -225,11 +223,16 @@ def test_redis_local_settle_of_forgotten_record_is_ignored(
             g = await q.admit(chain, want_usd=USD, want_tokens=1, min_usd=0, min_tokens=0,
                               lease_ttl=60)  # fmt: skip
             await q._redis.delete(q._key(f"lease:{g.lease_id}"))  # as Redis expiry would
-            with caplog.at_level("WARNING", logger="corral.quota._redis"):
-                await q.settle(g.lease_id, usd=USD, tokens=1)
-            assert "forgotten lease" in caplog.text
+            assert not await q.settle(g.lease_id, usd=USD, tokens=1)
             u = await q.usage(Level("team", "gone"), chain[0][1].budgets[0])
             assert u.spent == 0
+            g = await q.admit(chain, want_usd=USD, want_tokens=1, min_usd=0, min_tokens=0,
+                              lease_ttl=60)  # fmt: skip
+            assert await q._redis.exists(q._key(f"lease:{g.lease_id}"))
+            assert await q.settle(g.lease_id, usd=USD, tokens=1)
+            assert not await q._redis.exists(q._key(f"lease:{g.lease_id}"))
+            assert not await q.settle(g.lease_id, usd=USD, tokens=1)
+            assert (await q.usage(Level("team", "gone"), chain[0][1].budgets[0])).spent == USD
         finally:
             await q.aclose()
 
@@ -286,5 +289,24 @@ def test_redis_admission_retried_with_the_same_lease_answers_the_first_grant(
         u = await q.usage(team, chain[0][1].budgets[0])
         assert u.reserved == 4 * 10**15, "the retry reserved a second time"
         await q.aclose()
+
+    asyncio.run(go())
+
+
+def test_embedded_forgets_settled_leases_and_their_timers() -> None:
+    """Memory holds open leases only: settled ones go at once, their timers in bulk."""
+    clock = ManualClock(start=1_795_860_000.0)
+    q = EmbeddedQuota(clock)
+    chain = [(Level("team", "t"), Limits((Budget("usd", "day", 10**6 * USD),)))]
+
+    async def go() -> None:
+        for _ in range(5000):
+            g = await q.admit(chain, want_usd=1, want_tokens=1, min_usd=0, min_tokens=0,
+                              lease_ttl=900)  # fmt: skip
+            assert await q.settle(g.lease_id, usd=1, tokens=1)
+        assert not q._leases
+        assert len(q._timers) <= 1024 + 1
+        u = await q.usage(Level("team", "t"), chain[0][1].budgets[0])
+        assert (u.spent, u.reserved) == (5000, 0)
 
     asyncio.run(go())

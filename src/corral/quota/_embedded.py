@@ -45,7 +45,6 @@ class _Lease:
     expires_at: float
     budgets: list[tuple[str, Resource]]
     occupancy: list[str]
-    settled: bool = False
 
 
 class EmbeddedQuota:
@@ -199,40 +198,56 @@ class EmbeddedQuota:
             c = self._counters[name] = _Counter(ends_at=ends_at)
         return c
 
-    async def settle(self, lease_id: str, *, usd: int, tokens: int) -> None:
+    async def settle(self, lease_id: str, *, usd: int, tokens: int) -> bool:
+        """Replace the lease's reservations with the actual spend, once (``settle_now``)."""
+        return self.settle_now(lease_id, usd=usd, tokens=tokens)
+
+    def settle_now(self, lease_id: str, *, usd: int, tokens: int) -> bool:
         """Replace the lease's reservations with the actual spend, once; later calls do nothing.
 
-        A lease that already expired still charges its spend (once). A lease
-        forgotten (``settle_grace`` after expiry) or unknown is logged and ignored.
+        Returns whether this call settled it. A lease that already expired still charges
+        its spend (once). A settled lease is forgotten at once (a second settle finds
+        nothing and does nothing); an unsettled one ``settle_grace`` after its expiry.
         """
         now = self._clock.now()
         self._expire(now)
-        lease = self._leases.get(lease_id)
+        lease = self._leases.pop(lease_id, None)
         if lease is None:
-            log.warning("settle of unknown or forgotten lease %s ignored", lease_id)
-            return
-        if lease.settled:
-            return
-        lease.settled = True
+            log.debug("settle of unknown, settled or forgotten lease %s ignored", lease_id)
+            return False
         self._drop_holds(lease_id, lease)
         amounts = {"usd": usd, "tokens": tokens}
         for name, resource in lease.budgets:
             self._counter(name, None).spent += amounts[resource]
+        if len(self._timers) > 2 * len(self._leases) + 1024:
+            self._compact(now)
+        return True
+
+    def _compact(self, now: float) -> None:
+        """Rebuild the timer heap from live leases (settled ones leave their timers behind)."""
+        timers = []
+        for lease_id, lease in self._leases.items():
+            if lease.expires_at > now:
+                timers.append((lease.expires_at, _EXPIRE, lease_id))
+            else:  # expired, holds returned: kept only for a late settlement
+                timers.append((lease.expires_at + self._grace, _FORGET, lease_id))
+        heapq.heapify(timers)
+        self._timers = timers
 
     async def renew(self, lease_id: str, lease_ttl: float) -> bool:
         """Extend an open lease to ``lease_ttl`` from now; False if it expired or was settled."""
         now = self._clock.now()
         self._expire(now)
         lease = self._leases.get(lease_id)
-        if lease is None or lease.settled or lease.expires_at <= now:
+        if lease is None or lease.expires_at <= now:
             return False
         lease.expires_at = now + lease_ttl
         heapq.heappush(self._timers, (lease.expires_at, _EXPIRE, lease_id))
         return True
 
-    async def release(self, lease_id: str) -> None:
+    async def release(self, lease_id: str) -> bool:
         """Settle with zero spend: the request never reached the provider."""
-        await self.settle(lease_id, usd=0, tokens=0)
+        return await self.settle(lease_id, usd=0, tokens=0)
 
     def _drop_holds(self, lease_id: str, lease: _Lease) -> None:
         for name, _resource in lease.budgets:

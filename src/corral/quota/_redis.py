@@ -157,13 +157,12 @@ return out
 
 # KEYS: lease record, then per budget: hash, zset, then occupancy keys.
 # ARGV: lease, usd, tokens, nbudgets, then per budget its resource (1 usd, 2 tokens).
-# Returns 1 settled now, 0 already settled, -1 no lease record (unknown, or forgotten after
-# settle_grace). The record's state makes it exactly once whoever calls it.
+# Returns 1 settled now, -1 no lease record: already settled (the record goes with its
+# settlement, so memory holds only open leases), or unknown, or forgotten after settle_grace.
+# The record makes it exactly once whoever calls it.
 _SETTLE = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return -1 end
-if state ~= 'open' then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'settled')
+if redis.call('HGET', KEYS[1], 'state') ~= 'open' then return -1 end
+redis.call('DEL', KEYS[1])
 local lease, nb = ARGV[1], tonumber(ARGV[4])
 local spend = {ARGV[2], ARGV[3]}
 for j = 1, nb do
@@ -384,11 +383,12 @@ class RedisQuota:
             del leases[next(iter(leases))]  # the oldest: most likely settled elsewhere or expired
         leases[lease_id] = call
 
-    async def settle(self, lease_id: str, *, usd: int, tokens: int) -> None:
+    async def settle(self, lease_id: str, *, usd: int, tokens: int) -> bool:
         """Replace the lease's reservations with the actual spend, once; later calls do nothing.
 
-        A lease that already expired still charges its spend (once). A lease
-        record gone (``settle_grace`` after expiry) is logged and ignored.
+        Returns whether this call settled it. A lease that already expired still charges
+        its spend (once). A lease record gone (settled, or ``settle_grace`` after expiry)
+        means nothing to do.
 
         A lease admitted by this instance is settled in one round trip: its keys are
         remembered at admission (at most ``max_local_leases`` of them). Any other lease
@@ -404,8 +404,8 @@ class RedisQuota:
             except RedisError as exc:
                 raise QuotaUnavailable(_unreachable(exc)) from exc
             if raw is None:
-                log.warning("settle of unknown or forgotten lease %s ignored", lease_id)
-                return
+                log.debug("settle of unknown, settled or forgotten lease %s ignored", lease_id)
+                return False
             payload = json.loads(raw)
             keys = [record]
             resources = []
@@ -419,7 +419,8 @@ class RedisQuota:
             self._settle, keys, [lease_id, usd, tokens, len(resources), *resources]
         )
         if done == -1:
-            log.warning("settle of unknown or forgotten lease %s ignored", lease_id)
+            log.debug("settle of unknown, settled or forgotten lease %s ignored", lease_id)
+        return bool(done == 1)
 
     async def renew(self, lease_id: str, lease_ttl: float) -> bool:
         """Extend an open lease to ``lease_ttl`` from now; False if it expired or was settled.
@@ -435,9 +436,9 @@ class RedisQuota:
         args = [lease_id, _ms(now), _ms(now + lease_ttl), _ms(lease_ttl + self._grace)]
         return bool(await self._call(self._renew, zsets, args))
 
-    async def release(self, lease_id: str) -> None:
+    async def release(self, lease_id: str) -> bool:
         """Settle with zero spend: the request never reached the provider."""
-        await self.settle(lease_id, usd=0, tokens=0)
+        return await self.settle(lease_id, usd=0, tokens=0)
 
     async def sweep(self) -> int:
         """Nothing to do: expired holds are purged by every admission that reads their counter,

@@ -22,6 +22,7 @@ from typing import Any
 
 from corral.clock import Clock
 from corral.identity import KeyInfo
+from corral.quota._embedded import EmbeddedQuota
 from corral.quota._model import (
     NANO_PER_USD,
     WINDOW_WORDS,
@@ -66,22 +67,6 @@ class Admission:
                 reserved_tokens=g.granted_tokens,
                 input_estimate=self.input_estimate,
                 max_output=self.max_output,
-                levels=[
-                    {
-                        "level": lu.level.key,
-                        "budgets": [
-                            {
-                                "resource": b.budget.resource,
-                                "window": b.window_id,
-                                "limit": b.budget.limit,
-                                "spent": b.spent,
-                                "reserved": b.reserved,
-                            }
-                            for b in lu.budgets
-                        ],
-                    }
-                    for lu in g.levels
-                ],
             )
         if self.soft_reason:
             out["soft_limit"] = self.soft_reason
@@ -279,6 +264,9 @@ class QuotaGate:
         self.settle(adm, usd=0, tokens=0)
 
     def _spawn(self, lease_id: str, usd: int, tokens: int, expires_at: float) -> None:
+        if isinstance(self.backend, EmbeddedQuota):
+            self.backend.settle_now(lease_id, usd=usd, tokens=tokens)  # in memory: no task
+            return
         task = asyncio.get_running_loop().create_task(
             self._settle(lease_id, usd, tokens, expires_at)
         )
