@@ -20,7 +20,6 @@ from corral.quota import (
     RedisQuota,
     window_bounds,
 )
-from corral.quota._model import make_plan
 from tests.quota.conftest import RedisServer, local_redis
 
 USD = 1_000_000_000
@@ -280,11 +279,10 @@ def test_redis_admission_retried_with_the_same_lease_answers_the_first_grant(
     chain = [(team, Limits(budgets=(Budget("usd", "day", 5 * 10**15),)))]
 
     async def go() -> None:
-        plan = make_plan(chain, clock.now())
-        keys, args, _ = q._admit_call(plan, "lease-1", 60)
-        args[3:7] = [4 * 10**15, 10, 1, 1]
-        first = await q._call(q._admit, keys, args)
-        again = await q._call(q._admit, keys, args)
+        t = q._template(chain, clock.now())
+        command = q._admit_command(t, "lease-1", clock.now(), 60, (4 * 10**15, 10, 1, 1))
+        first = await q._exec(q._admit, command)
+        again = await q._exec(q._admit, command)
         assert again == first
         u = await q.usage(team, chain[0][1].budgets[0])
         assert u.reserved == 4 * 10**15, "the retry reserved a second time"

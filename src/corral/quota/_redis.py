@@ -12,16 +12,18 @@ only garbage-collects keys, with generous margins.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from corral.clock import Clock
 from corral.quota._model import (
@@ -31,12 +33,14 @@ from corral.quota._model import (
     Check,
     Grant,
     Level,
+    LevelPlan,
     LevelUsage,
     Plan,
     QuotaUnavailable,
     budget_slot,
     check_amounts,
     make_plan,
+    minute_of,
     refusal,
 )
 
@@ -63,9 +67,11 @@ end
 
 # KEYS: lease record, then per level only the keys its limits use: rpm (if an RPM limit),
 #       tpm (if a TPM limit), occupancy (if a concurrency limit), then per budget: hash, zset.
-# ARGV: now_ms, lease, expiry_ms, want_usd, want_tokens, min_usd, min_tokens, payload,
-#       record_ttl_ms, spec: JSON [[rpm, tpm, conc, [[resource (1 usd, 2 tokens), limit,
-#       soft, key_ttl_ms], ...]], ...] per level, -1 = no such limit, key_ttl_ms 0 = none.
+# ARGV: now_ms, lease, expiry_ms, want_usd, want_tokens, min_usd, min_tokens, record_ttl_ms,
+#       payload (the settle keys, JSON, for other processes), spec: JSON [[rpm, tpm, conc,
+#       [[resource (1 usd, 2 tokens), limit, soft, key_ttl_ms], ...]], ...] per level,
+#       -1 = no such limit, key_ttl_ms 0 = none. Variable arguments first, so the last two
+#       (constant for a chain within a minute) are encoded once per minute.
 # One JSON argument instead of four numbers per level and budget: the client packs, and the
 # server parses, far fewer arguments per call (cjson decodes in C).
 _ADMIT = (
@@ -132,7 +138,7 @@ for _, lv in ipairs(levels) do
   end
   if lv.conc >= 0 then
     redis.call('ZADD', lv.ok, expiry, lease)
-    redis.call('PEXPIRE', lv.ok, ARGV[9])
+    redis.call('PEXPIRE', lv.ok, ARGV[8])
   end
   for _, b in ipairs(lv.b) do
     local amt = grant[b.res]
@@ -149,8 +155,8 @@ end
 out[2], out[3] = grant[1], grant[2]
 local text = {}
 for i, n in ipairs(out) do text[i] = string.format('%.0f', n) end
-redis.call('HSET', KEYS[1], 'state', 'open', 'p', ARGV[8], 'a', table.concat(text, ','))
-redis.call('PEXPIRE', KEYS[1], ARGV[9])
+redis.call('HSET', KEYS[1], 'state', 'open', 'p', ARGV[9], 'a', table.concat(text, ','))
+redis.call('PEXPIRE', KEYS[1], ARGV[8])
 return out
 """
 )
@@ -220,8 +226,46 @@ return 1
 
 _RES = {"usd": 1, "tokens": 2}
 
-_SettleCall = tuple[list[str], list[int]]
-"""A lease's settle-script KEYS and per-budget resources, known to the instance that admitted it."""
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    """Everything about an admission over one chain that holds for a calendar minute.
+
+    Window ids only change on minute boundaries, so within a minute every admission over
+    the same chain has the same counters: their names, the script's spec and the settle
+    script's keys are built and RESP-encoded once, and each request encodes only its own
+    lease, time and amounts.
+    """
+
+    levels: tuple[LevelPlan, ...]
+    minute: int
+    admit_keys: bytes  # KEYS[2..], encoded
+    admit_nkeys: int
+    admit_tail: bytes  # ARGV[8..10] (settle payload, record ttl, spec), encoded
+    settle_keys: bytes  # KEYS[2..] of the settle script, encoded
+    settle_nkeys: int
+    settle_tail: bytes  # ARGV[4..] (budget count, resources), encoded
+    settle_nargs: int
+    zsets: tuple[str, ...]  # the budget and occupancy sets holding a lease (for renew)
+
+
+class _Script:
+    """A Lua script called by its SHA over a pooled connection (``SCRIPT LOAD`` on NOSCRIPT)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = _bulk(hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
+
+
+def _bulk(value: object) -> bytes:
+    """One RESP bulk string: ``bytes`` as they are, anything else as its ``str``."""
+    data = value if isinstance(value, bytes) else str(value).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def _evalsha(script: _Script, nkeys: int, parts: list[bytes], nargs: int) -> bytes:
+    """``EVALSHA`` in RESP; ``parts`` are encoded keys then arguments, ``nargs`` their count."""
+    return b"".join([b"*%d\r\n$7\r\nEVALSHA\r\n" % (nargs + 3), script.sha, _bulk(nkeys), *parts])
 
 
 def _ms(seconds: float) -> int:
@@ -267,10 +311,13 @@ class RedisQuota:
         self._clock = clock
         self._tag = "{" + prefix + "}"
         self._grace = settle_grace
-        self._leases: dict[str, _SettleCall] = {}  # insertion order = admission order
+        self._pool = redis.connection_pool
+        self._leases: dict[str, _Template] = {}  # insertion order = admission order
         self._max_leases = max_local_leases
-        self._admit = self._redis.register_script(_ADMIT)
-        self._settle = self._redis.register_script(_SETTLE)
+        self._templates: dict[Any, _Template] = {}
+        self._templates_minute = -1
+        self._admit = _Script(_ADMIT)
+        self._settle = _Script(_SETTLE)
         self._read = self._redis.register_script(_READ)
         self._seed = self._redis.register_script(_SEED)
         self._renew = self._redis.register_script(_RENEW)
@@ -297,13 +344,14 @@ class RedisQuota:
         """Check and reserve over the whole chain in one Lua script, or raise ``LimitExceeded``."""
         check_amounts(want_usd, want_tokens, min_usd, min_tokens)
         now = self._clock.now()
-        plan = make_plan(chain, now)
+        t = self._template(chain, now)
+        plan = Plan(now, t.minute, t.levels)
         lease_id = uuid.uuid4().hex
-        keys, args, settle_call = self._admit_call(plan, lease_id, lease_ttl)
-        args[3:7] = [want_usd, want_tokens, min_usd, min_tokens]
-        reply = await self._call(self._admit, keys, args)
+        amounts = (want_usd, want_tokens, min_usd, min_tokens)
+        command = self._admit_command(t, lease_id, now, lease_ttl, amounts)
+        reply = await self._exec(self._admit, command)
         if reply[0] != 0:
-            self._remember(lease_id, settle_call)
+            self._remember(lease_id, t)
         else:
             _, level, check, budget, remaining = (int(x) for x in reply)
             slot_need = 0
@@ -313,13 +361,33 @@ class RedisQuota:
             raise refusal(plan, level - 1, _CHECKS[check], budget - 1, remaining, slot_need)
         return self._grant(plan, lease_id, now + lease_ttl, [int(x) for x in reply])
 
-    def _admit_call(
-        self, plan: Plan, lease_id: str, lease_ttl: float
-    ) -> tuple[list[str], list[Any], _SettleCall]:
-        record = self._key(f"lease:{lease_id}")
-        keys = [record]
+    def _admit_command(
+        self, t: _Template, lease_id: str, now: float, lease_ttl: float, amounts: tuple[int, ...]
+    ) -> bytes:
+        parts = [
+            _bulk(self._key("lease:" + lease_id)),
+            t.admit_keys,
+            *map(_bulk, (_ms(now), lease_id, _ms(now + lease_ttl), *amounts)),
+            _bulk(_ms(lease_ttl + self._grace)),
+            t.admit_tail,
+        ]
+        return _evalsha(self._admit, t.admit_nkeys, parts, t.admit_nkeys + 10)
+
+    def _template(self, chain: Chain, now: float) -> _Template:
+        minute = minute_of(now)
+        if minute != self._templates_minute:
+            self._templates.clear()
+            self._templates_minute = minute
+        key = tuple(chain)
+        t = self._templates.get(key)
+        if t is None:
+            t = self._templates[key] = self._build_template(make_plan(chain, now))
+        return t
+
+    def _build_template(self, plan: Plan) -> _Template:
+        keys: list[str] = []
         spec: list[Any] = []
-        settle_keys = [record]
+        budget_keys: list[str] = []
         resources: list[int] = []
         occupancy: list[str] = []
         for lp in plan.levels:
@@ -337,7 +405,7 @@ class RedisQuota:
                 h = self._key(slot.counter)
                 z = h + ":z"
                 keys += (h, z)
-                settle_keys += (h, z)
+                budget_keys += (h, z)
                 b = slot.budget
                 res = _RES[b.resource]
                 resources.append(res)
@@ -346,14 +414,21 @@ class RedisQuota:
                 budgets.append((res, b.limit, soft, ttl))
             spec.append((_opt(lim.rpm), _opt(lim.tpm), _opt(lim.concurrency), budgets))
         payload = {"b": [[h, z, r] for h, z, r in zip(
-            settle_keys[1::2], settle_keys[2::2], resources, strict=True
+            budget_keys[0::2], budget_keys[1::2], resources, strict=True
         )], "o": occupancy}  # fmt: skip
-        settle_keys += occupancy
-        header: list[Any] = [
-            _ms(plan.now), lease_id, _ms(plan.now + lease_ttl), 0, 0, 0, 0,
-            _dumps(payload), _ms(lease_ttl + self._grace), _dumps(spec),
-        ]  # fmt: skip
-        return keys, header, (settle_keys, resources)
+        settle_keys = budget_keys + occupancy
+        return _Template(
+            levels=plan.levels,
+            minute=plan.minute,
+            admit_keys=b"".join(map(_bulk, keys)),
+            admit_nkeys=len(keys) + 1,
+            admit_tail=b"".join(map(_bulk, (_dumps(payload), _dumps(spec)))),
+            settle_keys=b"".join(map(_bulk, settle_keys)),
+            settle_nkeys=len(settle_keys) + 1,
+            settle_tail=b"".join(map(_bulk, (len(resources), *resources))),
+            settle_nargs=4 + len(resources),
+            zsets=tuple(budget_keys[1::2]) + tuple(occupancy),
+        )
 
     @staticmethod
     def _grant(plan: Plan, lease_id: str, expires_at: float, reply: list[int]) -> Grant:
@@ -377,11 +452,11 @@ class RedisQuota:
             levels=levels,
         )
 
-    def _remember(self, lease_id: str, call: _SettleCall) -> None:
+    def _remember(self, lease_id: str, template: _Template) -> None:
         leases = self._leases
         if len(leases) >= self._max_leases:
             del leases[next(iter(leases))]  # the oldest: most likely settled elsewhere or expired
-        leases[lease_id] = call
+        leases[lease_id] = template
 
     async def settle(self, lease_id: str, *, usd: int, tokens: int) -> bool:
         """Replace the lease's reservations with the actual spend, once; later calls do nothing.
@@ -396,9 +471,11 @@ class RedisQuota:
         more round trip to read its keys from the lease record. Either way the script
         checks the record's state, so the spend is applied exactly once across processes.
         """
-        known = self._leases.pop(lease_id, None)
-        if known is None:
-            record = self._key(f"lease:{lease_id}")
+        record = self._key("lease:" + lease_id)
+        t = self._leases.pop(lease_id, None)
+        if t is not None:
+            nkeys, keys, tail, nargs = t.settle_nkeys, t.settle_keys, t.settle_tail, t.settle_nargs
+        else:
             try:
                 raw = await self._redis.hget(record, "p")
             except RedisError as exc:
@@ -407,17 +484,13 @@ class RedisQuota:
                 log.debug("settle of unknown, settled or forgotten lease %s ignored", lease_id)
                 return False
             payload = json.loads(raw)
-            keys = [record]
-            resources = []
-            for h, z, res in payload["b"]:
-                keys += [h, z]
-                resources.append(res)
-            keys += payload["o"]
-            known = (keys, resources)
-        keys, resources = known
-        done = await self._call(
-            self._settle, keys, [lease_id, usd, tokens, len(resources), *resources]
-        )
+            names = [name for h, z, _res in payload["b"] for name in (h, z)] + payload["o"]
+            resources = [res for _h, _z, res in payload["b"]]
+            nkeys, keys = len(names) + 1, b"".join(map(_bulk, names))
+            tail = b"".join(map(_bulk, (len(resources), *resources)))
+            nargs = 4 + len(resources)
+        parts = [_bulk(record), keys, *map(_bulk, (lease_id, usd, tokens)), tail]
+        done = await self._exec(self._settle, _evalsha(self._settle, nkeys, parts, nkeys + nargs))
         if done == -1:
             log.debug("settle of unknown, settled or forgotten lease %s ignored", lease_id)
         return bool(done == 1)
@@ -427,14 +500,46 @@ class RedisQuota:
 
         Only the instance that admitted a lease renews it (it knows the lease's keys).
         """
-        known = self._leases.get(lease_id)
-        if known is None:
+        t = self._leases.get(lease_id)
+        if t is None:
             return False
-        keys, resources = known
-        zsets = [keys[0], *keys[2 : 2 * len(resources) + 1 : 2], *keys[2 * len(resources) + 1 :]]
         now = self._clock.now()
         args = [lease_id, _ms(now), _ms(now + lease_ttl), _ms(lease_ttl + self._grace)]
-        return bool(await self._call(self._renew, zsets, args))
+        keys = [self._key("lease:" + lease_id), *t.zsets]
+        return bool(await self._call(self._renew, keys, args))
+
+    async def _exec(self, script: _Script, command: bytes) -> Any:
+        """Send one encoded ``EVALSHA`` on a pooled connection and read its reply.
+
+        Straight on the connection: redis-py's command layer cost more than the round trip
+        itself. A connection broken since its last use (Redis restarted) is retried once on
+        a fresh one; both scripts are idempotent per lease, so a retry whose first try did
+        run changes nothing. A server that lost its scripts gets them loaded again.
+        """
+        pool = self._pool
+        for attempt in (1, 2):
+            try:
+                conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+            except RedisError as exc:
+                raise QuotaUnavailable(_unreachable(exc)) from exc
+            try:
+                await conn.send_packed_command(command)
+                try:
+                    return await conn.read_response()
+                except NoScriptError:
+                    await conn.send_command("SCRIPT", "LOAD", script.source)
+                    await conn.read_response()
+                    await conn.send_packed_command(command)
+                    return await conn.read_response()
+            except RedisConnectionError as exc:
+                await conn.disconnect()
+                if attempt == 2:
+                    raise QuotaUnavailable(_unreachable(exc)) from exc
+            except RedisError as exc:
+                raise QuotaUnavailable(_unreachable(exc)) from exc
+            finally:
+                await pool.release(conn)
+        raise AssertionError("unreachable")
 
     async def release(self, lease_id: str) -> bool:
         """Settle with zero spend: the request never reached the provider."""
