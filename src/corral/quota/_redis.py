@@ -48,25 +48,33 @@ log = logging.getLogger(__name__)
 
 _CHECKS: dict[int, Check] = {1: "rpm", 2: "tpm", 3: "concurrency", 4: "budget"}
 
-# A budget counter is a hash (s = spent, r = reserved, l:<lease> = that lease's hold) plus a
-# sorted set of the leases holding it, scored by expiry in ms. Occupancy is a sorted set of
-# leases scored by expiry. RPM/TPM are plain counters per calendar minute.
+# A budget counter is a hash: s = spent, r = reserved, l:<lease> = that lease's hold. Each
+# level with budgets or a concurrency limit has one sorted set of the leases admitted through
+# it, scored by expiry in ms: its size is the level's occupancy, and its expired members are
+# the holds to return. RPM/TPM are plain counters per calendar minute.
+#
+# purge(lz, hashes, now): return the holds of the level's expired leases in the level's
+# current budget hashes and drop them from the set. (A hold in a hash of an ended window stays
+# counted there; nothing reads an ended window's reservations.)
 _PURGE = """
-local function purge(h, z, now)
-  local ids = redis.call('ZRANGEBYSCORE', z, '-inf', now)
+local function purge(lz, hs, now)
+  local ids = redis.call('ZRANGEBYSCORE', lz, '-inf', now)
+  if #ids == 0 then return end
   for _, id in ipairs(ids) do
-    local amt = redis.call('HGET', h, 'l:' .. id)
-    if amt then
-      redis.call('HINCRBY', h, 'r', -tonumber(amt))
-      redis.call('HDEL', h, 'l:' .. id)
+    for _, h in ipairs(hs) do
+      local amt = redis.call('HGET', h, 'l:' .. id)
+      if amt then
+        redis.call('HINCRBY', h, 'r', -tonumber(amt))
+        redis.call('HDEL', h, 'l:' .. id)
+      end
     end
   end
-  if #ids > 0 then redis.call('ZREMRANGEBYSCORE', z, '-inf', now) end
+  redis.call('ZREMRANGEBYSCORE', lz, '-inf', now)
 end
 """
 
-# KEYS: lease record, then per level only the keys its limits use: rpm (if an RPM limit),
-#       tpm (if a TPM limit), occupancy (if a concurrency limit), then per budget: hash, zset.
+# KEYS: lease record, then per level only the keys it uses: rpm (if an RPM limit), tpm (if a
+#       TPM limit), its lease set (if budgets or a concurrency limit), then its budget hashes.
 # ARGV: now_ms, lease, expiry_ms, want_usd, want_tokens, min_usd, min_tokens, record_ttl_ms,
 #       payload (the settle keys, JSON, for other processes), spec: JSON [[rpm, tpm, conc,
 #       [[resource (1 usd, 2 tokens), limit, soft, key_ttl_ms], ...]], ...] per level,
@@ -89,13 +97,14 @@ local want = {tonumber(ARGV[4]), tonumber(ARGV[5])}
 local need = {tonumber(ARGV[6]), tonumber(ARGV[7])}
 local levels, k = {}, 2
 for i, sp in ipairs(cjson.decode(ARGV[10])) do
-  local lv = {rpm = sp[1], tpm = sp[2], conc = sp[3], b = {}}
+  local lv = {rpm = sp[1], tpm = sp[2], conc = sp[3], b = {}, hs = {}}
   if lv.rpm >= 0 then lv.rk = KEYS[k]; k = k + 1 end
   if lv.tpm >= 0 then lv.tk = KEYS[k]; k = k + 1 end
-  if lv.conc >= 0 then lv.ok = KEYS[k]; k = k + 1 end
+  if lv.conc >= 0 or #sp[4] > 0 then lv.lz = KEYS[k]; k = k + 1 end
   for j, bs in ipairs(sp[4]) do
-    lv.b[j] = {h = KEYS[k], z = KEYS[k + 1], res = bs[1], limit = bs[2], soft = bs[3], ttl = bs[4]}
-    k = k + 2
+    lv.b[j] = {h = KEYS[k], res = bs[1], limit = bs[2], soft = bs[3], ttl = bs[4]}
+    lv.hs[j] = KEYS[k]
+    k = k + 1
   end
   levels[i] = lv
 end
@@ -108,12 +117,9 @@ for i, lv in ipairs(levels) do
   if lv.tpm >= 0 and tonumber(redis.call('GET', lv.tk) or '0') + want[2] > lv.tpm then
     return {0, i, 2, 0, 0}
   end
-  if lv.conc >= 0 then
-    redis.call('ZREMRANGEBYSCORE', lv.ok, '-inf', now)
-    if redis.call('ZCARD', lv.ok) >= lv.conc then return {0, i, 3, 0, 0} end
-  end
+  if lv.lz then purge(lv.lz, lv.hs, now) end
+  if lv.conc >= 0 and redis.call('ZCARD', lv.lz) >= lv.conc then return {0, i, 3, 0, 0} end
   for j, b in ipairs(lv.b) do
-    purge(b.h, b.z, now)
     local sr = redis.call('HMGET', b.h, 's', 'r')
     local s, r = tonumber(sr[1] or '0'), tonumber(sr[2] or '0')
     local rem = math.max(0, b.limit - s - r)
@@ -126,8 +132,8 @@ for i, lv in ipairs(levels) do
 end
 -- Reserve. A counter's expiry is set when the call creates it (rate keys: INCR answers the
 -- increment; budget hashes: they always hold 'r' once they exist), since its window end does
--- not move. 'r' was read after purging, in this same script, so it is written, not incremented
--- (``held`` follows a counter that appears twice in the chain).
+-- not move; a lease set outlives its newest lease. 'r' was read after purging, in this same
+-- script, so it is written, not incremented (``held`` follows a counter that appears twice).
 local held = {}
 for _, lv in ipairs(levels) do
   if lv.rpm >= 0 and redis.call('INCR', lv.rk) == 1 then
@@ -136,20 +142,16 @@ for _, lv in ipairs(levels) do
   if lv.tpm >= 0 and redis.call('INCRBY', lv.tk, want[2]) == want[2] then
     redis.call('PEXPIRE', lv.tk, 120000)
   end
-  if lv.conc >= 0 then
-    redis.call('ZADD', lv.ok, expiry, lease)
-    redis.call('PEXPIRE', lv.ok, ARGV[8])
+  if lv.lz then
+    redis.call('ZADD', lv.lz, expiry, lease)
+    redis.call('PEXPIRE', lv.lz, ARGV[8])
   end
   for _, b in ipairs(lv.b) do
     local amt = grant[b.res]
     local r = (held[b.h] or b.r) + amt
     held[b.h] = r
     redis.call('HSET', b.h, 'r', string.format('%.0f', r), 'l:' .. lease, amt)
-    redis.call('ZADD', b.z, expiry, lease)
-    if b.ttl > 0 then
-      if b.new then redis.call('PEXPIRE', b.h, b.ttl) end
-      redis.call('PEXPIRE', b.z, b.ttl)
-    end
+    if b.new and b.ttl > 0 then redis.call('PEXPIRE', b.h, b.ttl) end
   end
 end
 out[2], out[3] = grant[1], grant[2]
@@ -161,7 +163,7 @@ return out
 """
 )
 
-# KEYS: lease record, then per budget: hash, zset, then occupancy keys.
+# KEYS: lease record, then the lease's budget hashes, then its lease sets.
 # ARGV: lease, usd, tokens, nbudgets, then per budget its resource (1 usd, 2 tokens).
 # Returns 1 settled now, -1 no lease record: already settled (the record goes with its
 # settlement, so memory holds only open leases), or unknown, or forgotten after settle_grace.
@@ -172,33 +174,33 @@ redis.call('DEL', KEYS[1])
 local lease, nb = ARGV[1], tonumber(ARGV[4])
 local spend = {ARGV[2], ARGV[3]}
 for j = 1, nb do
-  local h, z = KEYS[2 * j], KEYS[2 * j + 1]
+  local h = KEYS[1 + j]
   local amt = redis.call('HGET', h, 'l:' .. lease)
   if amt then
     redis.call('HINCRBY', h, 'r', -tonumber(amt))
     redis.call('HDEL', h, 'l:' .. lease)
-    redis.call('ZREM', z, lease)
   end
   redis.call('HINCRBY', h, 's', spend[tonumber(ARGV[4 + j])])
 end
-for k = 2 * nb + 2, #KEYS do redis.call('ZREM', KEYS[k], lease) end
+for k = nb + 2, #KEYS do redis.call('ZREM', KEYS[k], lease) end
 return 1
 """
 
-# KEYS: hash, zset. ARGV: now_ms. Purges expired holds; returns {spent, reserved}.
-_READ = (
-    _PURGE
-    + """
-purge(KEYS[1], KEYS[2], tonumber(ARGV[1]))
-return {tonumber(redis.call('HGET', KEYS[1], 's') or '0'),
-        tonumber(redis.call('HGET', KEYS[1], 'r') or '0')}
+# KEYS: hash, its level's lease set. ARGV: now_ms. Returns {spent, reserved}, not counting the
+# holds of expired leases (read only: returning them is the next admission's work, which
+# knows every hash of the level).
+_READ = """
+local r = tonumber(redis.call('HGET', KEYS[1], 'r') or '0')
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])) do
+  r = r - tonumber(redis.call('HGET', KEYS[1], 'l:' .. id) or '0')
+end
+return {tonumber(redis.call('HGET', KEYS[1], 's') or '0'), r}
 """
-)
 
-# KEYS: lease record, then the lease's budget zsets and occupancy zsets.
+# KEYS: lease record, then the lease sets holding it.
 # ARGV: lease, now_ms, new expiry_ms, record_ttl_ms. Moves an open, unexpired lease's expiry
-# everywhere it holds something; returns 0 (and changes nothing) if it is settled, forgotten,
-# or already expired in any counter (its holds are being returned).
+# in every set; returns 0 (and changes nothing) if it is settled, forgotten, or already
+# expired in any set (its holds are being returned).
 _RENEW = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'open' then return 0 end
 local now = tonumber(ARGV[2])
@@ -208,7 +210,7 @@ for k = 2, #KEYS do
 end
 for k = 2, #KEYS do
   redis.call('ZADD', KEYS[k], 'XX', ARGV[3], ARGV[1])
-  local ttl = redis.call('PTTL', KEYS[k])  -- -1: no expiry (a total budget): leave it so
+  local ttl = redis.call('PTTL', KEYS[k])  -- lease sets always expire; -1 would mean no TTL
   if ttl >= 0 and ttl < tonumber(ARGV[4]) then redis.call('PEXPIRE', KEYS[k], ARGV[4]) end
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -387,25 +389,24 @@ class RedisQuota:
     def _build_template(self, plan: Plan) -> _Template:
         keys: list[str] = []
         spec: list[Any] = []
-        budget_keys: list[str] = []
+        hashes: list[str] = []
         resources: list[int] = []
-        occupancy: list[str] = []
+        sets: list[str] = []
         for lp in plan.levels:
             lim = lp.limits
             if lim.rpm is not None:
                 keys.append(self._key(lp.rpm_key))
             if lim.tpm is not None:
                 keys.append(self._key(lp.tpm_key))
-            if lim.concurrency is not None:
-                occ = self._key(lp.occupancy_key)
-                keys.append(occ)
-                occupancy.append(occ)
+            if lim.concurrency is not None or lp.budgets:
+                lz = self._key(lp.occupancy_key)
+                keys.append(lz)
+                sets.append(lz)
             budgets = []
             for slot in lp.budgets:
                 h = self._key(slot.counter)
-                z = h + ":z"
-                keys += (h, z)
-                budget_keys += (h, z)
+                keys.append(h)
+                hashes.append(h)
                 b = slot.budget
                 res = _RES[b.resource]
                 resources.append(res)
@@ -413,10 +414,8 @@ class RedisQuota:
                 ttl = 0 if slot.reset_at is None else _ms(slot.reset_at - plan.now + self._grace)
                 budgets.append((res, b.limit, soft, ttl))
             spec.append((_opt(lim.rpm), _opt(lim.tpm), _opt(lim.concurrency), budgets))
-        payload = {"b": [[h, z, r] for h, z, r in zip(
-            budget_keys[0::2], budget_keys[1::2], resources, strict=True
-        )], "o": occupancy}  # fmt: skip
-        settle_keys = budget_keys + occupancy
+        payload = {"b": [[h, r] for h, r in zip(hashes, resources, strict=True)], "z": sets}
+        settle_keys = hashes + sets
         return _Template(
             levels=plan.levels,
             minute=plan.minute,
@@ -427,7 +426,7 @@ class RedisQuota:
             settle_nkeys=len(settle_keys) + 1,
             settle_tail=b"".join(map(_bulk, (len(resources), *resources))),
             settle_nargs=4 + len(resources),
-            zsets=tuple(budget_keys[1::2]) + tuple(occupancy),
+            zsets=tuple(sets),
         )
 
     @staticmethod
@@ -484,8 +483,8 @@ class RedisQuota:
                 log.debug("settle of unknown, settled or forgotten lease %s ignored", lease_id)
                 return False
             payload = json.loads(raw)
-            names = [name for h, z, _res in payload["b"] for name in (h, z)] + payload["o"]
-            resources = [res for _h, _z, res in payload["b"]]
+            names = [h for h, _res in payload["b"]] + payload["z"]
+            resources = [res for _h, res in payload["b"]]
             nkeys, keys = len(names) + 1, b"".join(map(_bulk, names))
             tail = b"".join(map(_bulk, (len(resources), *resources)))
             nargs = 4 + len(resources)
@@ -554,8 +553,8 @@ class RedisQuota:
         """The budget's current window: spent and live (unexpired) reservations."""
         now = self._clock.now()
         slot = budget_slot(level, budget, now)
-        h = self._key(slot.counter)
-        spent, reserved = await self._call(self._read, [h, h + ":z"], [_ms(now)])
+        h, lz = self._key(slot.counter), self._key(f"occ:{level.key}")
+        spent, reserved = await self._call(self._read, [h, lz], [_ms(now)])
         return BudgetUsage(budget, slot.window_id, int(spent), int(reserved), slot.reset_at)
 
     async def seed(self, level: Level, budget: Budget, window_id: str, spent: int) -> bool:
