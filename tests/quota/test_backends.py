@@ -308,3 +308,38 @@ def test_embedded_forgets_settled_leases_and_their_timers() -> None:
         assert (u.spent, u.reserved) == (5000, 0)
 
     asyncio.run(go())
+
+
+def test_redis_pipelines_concurrent_calls_into_one_write(redis_server: RedisServer) -> None:
+    """Admissions issued in the same loop turn share one write; each gets its own answer."""
+    clock = ManualClock(start=1_795_860_000.0)
+    q = RedisQuota(redis_server.url, clock, prefix=f"t{uuid.uuid4().hex[:8]}:")
+    team = Level("team", "t1")
+    chain = [(team, Limits(budgets=(Budget("usd", "day", 30 * USD),), concurrency=40))]
+
+    async def go() -> None:
+        await q.admit(
+            chain, want_usd=USD, want_tokens=1, min_usd=USD, min_tokens=0, lease_ttl=60
+        )  # fmt: skip  (connects and loads the script)
+        before = q.batches
+        results = await asyncio.gather(
+            *(
+                q.admit(chain, want_usd=USD, want_tokens=1, min_usd=USD, min_tokens=0, lease_ttl=60)
+                for _ in range(50)
+            ),
+            return_exceptions=True,
+        )
+        assert q.batches - before <= 2, "concurrent admissions were not pipelined"
+        granted = [r for r in results if not isinstance(r, BaseException)]
+        refused = [r for r in results if isinstance(r, LimitExceeded)]
+        assert len(granted) == 29  # 30 USD, one already held
+        assert len(refused) == 21
+        assert len({g.lease_id for g in granted}) == 29
+        u = await q.usage(team, chain[0][1].budgets[0])
+        assert u.reserved == 30 * USD
+        settled = await asyncio.gather(*(q.settle(g.lease_id, usd=1, tokens=1) for g in granted))
+        assert all(settled)
+        assert (await q.usage(team, chain[0][1].budgets[0])).spent == 29
+        await q.aclose()
+
+    asyncio.run(go())
