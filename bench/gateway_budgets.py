@@ -195,8 +195,8 @@ def _enforcement(
     keys, memory = redis.footprint()
     used = "the Redis process used it" if keys else "the Redis process did NOT use it"
     lines.append(
-        f"Redis held {keys:,} keys in {memory} after the run ({used}; each request's lease "
-        "record lives `quota_lease_ttl` + `quota_settle_grace` after admission, settled or not)."
+        f"Redis held {keys:,} keys in {memory} after the run ({used}; a lease record lives "
+        "only until its request settles, so what stays is one counter per budget and window)."
     )
     return lines
 
