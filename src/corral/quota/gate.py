@@ -139,10 +139,12 @@ class QuotaGate:
     async def _reload(self) -> None:
         ruleset = await asyncio.to_thread(self.rules.load)
         now = self.clock.now()
+        seeded: set[tuple[str, str, str]] = set()  # only current windows: ended ones go
         for rule in ruleset.budgets:
             window_id, _ = window_bounds(rule.budget.window, now)
             mark = (rule.level.key, rule.budget.resource, window_id)
             if mark in self._seeded:
+                seeded.add(mark)
                 continue
             spent = await asyncio.to_thread(
                 self.rules.spent, rule.level, rule.budget.resource, rule.budget.window, now
@@ -152,7 +154,8 @@ class QuotaGate:
             except QuotaUnavailable as exc:
                 log.warning("could not restore the spend of %s: %s", rule.level.label, exc)
                 continue
-            self._seeded.add(mark)
+            seeded.add(mark)
+        self._seeded = seeded
         self.ruleset = ruleset
 
     async def _refresh(self) -> None:
