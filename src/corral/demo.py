@@ -83,10 +83,16 @@ async def _run(console: Console, admin_key: str, port: int, sim_port: int) -> No
         await asyncio.sleep(0.05)
     base = f"http://127.0.0.1:{port}"
     keys = await asyncio.to_thread(_demo_keys, app)
+    await asyncio.to_thread(_demo_limits, app)
+    await app.quotas.reload()
     console.print(f"[bold]Corral[/] {base}  status page {base}/  admin API {base}/api/v1/docs")
     console.print(f"simulator http://127.0.0.1:{sim_port}  store {app.store.describe()}")
     console.print(f"admin key (this run): {admin_key}")
     console.print(f"demo fleet: {sum(len(u) for u in TEAMS.values())} agents, three protocols …")
+    console.print(
+        "budgets: payments USD 5.00/day (degrades past 80 %), search 2M tokens/day, "
+        "linus 120 requests/min; see `corral budgets show`"
+    )
     await _fleet(base, keys)
     await app.recorder.flush()
     _usage_table(console, app)
@@ -109,6 +115,14 @@ def _demo_keys(app: CorralApp) -> dict[str, str]:
             _, raw = service.create_key(team, user, name=f"demo-{user}")
             keys[f"{team}/{user}"] = raw
     return keys
+
+
+def _demo_limits(app: CorralApp) -> None:
+    """Budgets and limits on the demo teams, so `corral budgets show` has something to show."""
+    rules = app.quotas.rules
+    rules.set_budget(rules.level("team", "payments"), "usd", "day", 5 * 10**9, soft_fraction=0.8)
+    rules.set_budget(rules.level("team", "search"), "tokens", "day", 2_000_000)
+    rules.set_limits(rules.level("user", "linus", team="search"), {"rpm": 120})
 
 
 async def _fleet(base: str, keys: dict[str, str]) -> None:
