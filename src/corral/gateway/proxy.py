@@ -274,17 +274,17 @@ class Gateway:
             default_max=default,
         )
         call.admission = adm
-        changed = False
-        if adm.max_output is not None and adm.max_output != requested:
-            call.wire.set_max_tokens(data, adm.max_output, deployment.provider.kind)
-            changed = True
         if adm.soft_reason is not None:
             target = self._degrade_target(call, scope)
             if target is not None:
                 adm.decision = "degraded"
                 adm.degraded_from = deployment.name
-                call.deployment = target
-        return changed
+                call.deployment = deployment = target
+        if adm.max_output is not None and adm.max_output != requested:
+            # In the field the deployment that will serve it reads (after any degrade).
+            call.wire.set_max_tokens(data, adm.max_output, deployment.provider.kind)
+            return True
+        return False
 
     def _degrade_target(self, call: Call, scope: Scope) -> Deployment | None:
         """The next cheaper model, if the request allows it and it is no dearer."""
