@@ -213,6 +213,21 @@ def test_config_budgets_are_shown_and_read_only(
         assert sorted(sources) == [("config", "day"), ("store", "day"), ("store", "month")]
 
 
+def test_an_ambiguous_config_name_applies_to_nobody_and_blocks_nobody(
+    store_url: str, tmp_path: Path, start_corral: StartCorral
+) -> None:
+    config = [{"user": "alice", "usd": 5}]
+    with (
+        start_corral(tmp_path / "home", store_url, sim_url=NO_SIM, budgets=config) as corral,
+        corral.client() as c,
+    ):
+        _people(c)
+        _ok(c.post("/api/v1/users", json={"name": "alice", "team": "search"}), 201)
+        for team in ("payments", "search"):
+            scope = {"kind": "user", "ref": "alice", "team": team}
+            assert _ok(_budget(c, scope, "usd", 7))["source"] == "store"
+
+
 def test_who_may_read_and_write_budgets(corral: Corral) -> None:
     with corral.client() as admin:
         people = _people(admin)

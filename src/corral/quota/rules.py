@@ -393,9 +393,14 @@ class QuotaRules:
 
     def _refuse_config(self, level: Level, resource: str, window: str) -> None:
         for bc in self._config_budgets:
-            kind, ref = bc.scope
-            same_scope = kind == level.kind and (kind == "org" or ref in (level.id, level.name))
-            if same_scope and bc.window == window and getattr(bc, resource) is not None:
+            if bc.scope[0] != level.kind or bc.window != window or getattr(bc, resource) is None:
+                continue
+            # The config names its scope as load() resolves it: an ambiguous name applies to
+            # nobody, so it blocks nobody either.
+            with self._store.connect() as conn:
+                names = self._names(conn, {bc.scope[0]: {bc.scope[1]}})
+            configured = self._config_level(bc, names)
+            if configured is not None and configured.id == level.id:
                 raise Conflict(
                     f"the {_budget_words(resource, window)} of {level.label} is set in the config "
                     "file; change it there"
