@@ -89,6 +89,22 @@ class ModelConfig(BaseModel):
         description="The next cheaper model: where requests go once a soft budget limit is "
         "passed (see Budgets and limits).",
     )
+    tier: str | None = Field(
+        default=None,
+        description="Tier this model belongs to (`frontier`, `standard`, `economy`, `local`, "
+        "…). Clients may ask for the tier by name: its models, in config order, are tried.",
+    )
+    weight: float = Field(
+        default=1.0,
+        gt=0,
+        description="Share of traffic among deployments of the same `name` (list the name once "
+        "per deployment).",
+    )
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        description="Models (or tiers) tried, in order, when every deployment of this one fails "
+        "with a fallback error class (see docs/routing.md).",
+    )
 
 
 ScopeKind = Literal["org", "team", "user", "key"]
@@ -213,6 +229,43 @@ class Settings(BaseSettings):
         default=None,
         description="Redis URL (`redis://host:6379/0`) for budgets and limits shared by several "
         "`corral serve` processes. Unset: the embedded backend (exact within one process).",
+    )
+    route_max_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=20,
+        description="Upstream attempts per request across retries and fallbacks, in all.",
+    )
+    route_deadline: float = Field(
+        default=900.0,
+        gt=0,
+        description="Seconds a request may take across all its attempts before the gateway "
+        "answers with a timeout.",
+    )
+    upstream_first_byte_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        description="Seconds to wait for a provider's response to start (headers) before the "
+        "attempt counts as timed out and the next deployment is tried.",
+    )
+    breaker_failure_rate: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="A deployment's circuit opens when this fraction of its recent attempts "
+        "failed (with at least `breaker_min_attempts` in `breaker_window`).",
+    )
+    breaker_min_attempts: int = Field(
+        default=5, ge=1, description="Attempts in the window before a circuit may open."
+    )
+    breaker_window: float = Field(
+        default=30.0, gt=0, description="Seconds of attempts a circuit breaker looks back on."
+    )
+    breaker_cooldown: float = Field(
+        default=15.0,
+        gt=0,
+        description="Seconds an open circuit skips its deployment before letting one probe "
+        "through (half-open).",
     )
     quota_fail_open: bool = Field(
         default=False,

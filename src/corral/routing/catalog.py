@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
+from random import Random
 
 import orjson
 
@@ -43,6 +44,8 @@ SIM_MODELS: tuple[ModelConfig, ...] = (
         cache_write_price=6.25,
         output_price=25.0,
         degrade_to="sim-standard",
+        tier="frontier",
+        fallbacks=["sim-standard"],
     ),
     ModelConfig(
         name="sim-standard",
@@ -53,6 +56,8 @@ SIM_MODELS: tuple[ModelConfig, ...] = (
         cache_write_price=3.75,
         output_price=15.0,
         degrade_to="sim-economy",
+        tier="standard",
+        fallbacks=["sim-economy"],
     ),
     ModelConfig(
         name="sim-economy",
@@ -61,6 +66,7 @@ SIM_MODELS: tuple[ModelConfig, ...] = (
         input_price=0.25,
         cached_input_price=0.025,
         output_price=2.0,
+        tier="economy",
     ),
     ModelConfig(
         name="sim-reasoning",
@@ -78,6 +84,7 @@ SIM_MODELS: tuple[ModelConfig, ...] = (
         context_window=32_768,
         input_price=0.0,
         output_price=0.0,
+        tier="local",
     ),
 )
 
@@ -170,6 +177,9 @@ class Deployment:
     prices: Prices
     max_output_tokens: int | None = None
     degrade_to: str | None = None
+    tier: str | None = None
+    weight: float = 1.0
+    fallbacks: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
@@ -203,14 +213,14 @@ class Catalog:
                 protocols=frozenset(p.protocols or DEFAULT_PROTOCOLS[p.kind]),
                 headers=tuple(p.headers.items()),
             )
-        self.models: dict[str, Deployment] = {}
+        # A public name may have several deployments (weighted); ``models`` maps each name
+        # to its first, ``deployments`` to all of them.
+        self.deployments: dict[str, tuple[Deployment, ...]] = {}
         for m in models:
             provider = self.providers.get(m.provider)
             if provider is None:
                 raise ConfigError(f"model {m.name!r} names unknown provider {m.provider!r}")
-            if m.name in self.models:
-                raise ConfigError(f"model {m.name!r} is configured twice")
-            self.models[m.name] = Deployment(
+            d = Deployment(
                 name=m.name,
                 provider=provider,
                 upstream_model=m.upstream_model or m.name,
@@ -218,12 +228,34 @@ class Catalog:
                 prices=Prices.from_config(m),
                 max_output_tokens=m.max_output_tokens,
                 degrade_to=m.degrade_to,
+                tier=m.tier,
+                weight=m.weight,
+                fallbacks=tuple(m.fallbacks),
             )
+            same = self.deployments.get(m.name, ())
+            if any(x.id == d.id for x in same):
+                raise ConfigError(f"model {m.name!r} has deployment {d.id!r} configured twice")
+            self.deployments[m.name] = (*same, d)
+        self.models: dict[str, Deployment] = {n: ds[0] for n, ds in self.deployments.items()}
+        self.tiers: dict[str, tuple[str, ...]] = {}
         for name, d in self.models.items():
-            if d.degrade_to is not None and d.degrade_to not in self.models:
-                raise ConfigError(
-                    f"model {name!r} degrades to {d.degrade_to!r}, which is not in the catalog"
-                )
+            if d.tier is not None:
+                self.tiers[d.tier] = (*self.tiers.get(d.tier, ()), name)
+        for tier in self.tiers:
+            if tier in self.models:
+                raise ConfigError(f"{tier!r} is both a tier and a model name; rename one")
+        for name, ds in self.deployments.items():
+            for d in ds:
+                if d.degrade_to is not None and d.degrade_to not in self.models:
+                    raise ConfigError(
+                        f"model {name!r} degrades to {d.degrade_to!r}, which is not in the catalog"
+                    )
+                for f in d.fallbacks:
+                    if f not in self.models and f not in self.tiers:
+                        raise ConfigError(
+                            f"model {name!r} falls back to {f!r}, which is neither a model nor "
+                            "a tier in the catalog"
+                        )
         self.price_version = _price_version(providers, models)
 
     @classmethod
@@ -231,13 +263,56 @@ class Catalog:
         return cls(list(settings.providers), list(settings.models), sim_url=sim_url)
 
     def resolve(self, model: str) -> Deployment:
-        deployment = self.models.get(model)
-        if deployment is None:
-            raise UnknownModel(
-                f"model {model!r} is not in this gateway's catalog; GET /v1/models lists the "
-                "models your key may use"
-            )
-        return deployment
+        """The first deployment of a model, or of a tier's first model."""
+        names = self.names_for(model)
+        return self.models[names[0]]
+
+    def names_for(self, model: str) -> tuple[str, ...]:
+        """The models a requested name stands for: itself, or a tier's models in order."""
+        if model in self.models:
+            return (model,)
+        tier = self.tiers.get(model)
+        if tier:
+            return tier
+        raise UnknownModel(
+            f"model {model!r} is not in this gateway's catalog; GET /v1/models lists the "
+            "models (and tiers) your key may use"
+        )
+
+    def chain(self, model: str, rng: Random) -> list[Deployment]:
+        """Every deployment a request for ``model`` may try, in order.
+
+        The model's deployments come first, ordered by a weighted draw (so traffic splits by
+        ``weight``), then those of its ``fallbacks`` (models or tiers), depth first; each
+        deployment appears once.
+        """
+        out: list[Deployment] = []
+        seen_models: set[str] = set()
+        seen: set[str] = set()
+
+        def add(name: str) -> None:
+            if name in seen_models:
+                return
+            seen_models.add(name)
+            for d in _weighted_order(self.deployments[name], rng):
+                if d.id + "|" + d.name not in seen:
+                    seen.add(d.id + "|" + d.name)
+                    out.append(d)
+            for f in self.deployments[name][0].fallbacks:
+                for n in self.names_for(f):
+                    add(n)
+
+        for name in self.names_for(model):
+            add(name)
+        return out
+
+
+def _weighted_order(deployments: tuple[Deployment, ...], rng: Random) -> list[Deployment]:
+    """A weighted random order without replacement (Efraimidis-Spirakis keys)."""
+    if len(deployments) == 1:
+        return [deployments[0]]
+    keyed = [(rng.random() ** (1.0 / d.weight), i) for i, d in enumerate(deployments)]
+    return [deployments[i] for _, i in sorted(keyed, reverse=True)]
 
 
 def _price_version(providers: list[ProviderConfig], models: list[ModelConfig]) -> str:
