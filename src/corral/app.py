@@ -22,6 +22,7 @@ from corral.quota import EmbeddedQuota, QuotaBackend, RedisQuota
 from corral.quota.gate import QuotaGate
 from corral.quota.rules import QuotaRules
 from corral.routing import Catalog
+from corral.routing.breaker import Breakers
 from corral.settings import Settings
 from corral.sim import SimConfig, SimServer, bind_socket
 from corral.store import Store
@@ -64,6 +65,13 @@ class CorralApp:
             QuotaRules(self.store, self.clock, settings), backend, self.clock, settings
         )
         self.recorder.on_replay = self.quotas.settle_replayed
+        self.breakers = Breakers(
+            self.clock,
+            failure_rate=settings.breaker_failure_rate,
+            min_attempts=settings.breaker_min_attempts,
+            window=settings.breaker_window,
+            cooldown=settings.breaker_cooldown,
+        )
         self.gateway = Gateway(
             self,
             upstream=Upstream(

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import logging
+import math
 import os
+import random
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -57,7 +61,7 @@ from corral.quota import LimitExceeded, QuotaUnavailable
 from corral.quota.gate import Admission, refusal_attributes
 from corral.quota.rules import Chain
 from corral.routing import Deployment
-from corral.routing.catalog import PROTOCOL_NAMES
+from corral.routing.catalog import PROTOCOL_NAMES, Prices
 from corral.tokens import count_tokens
 from corral.traces.spans import parse_traceparent
 
@@ -78,14 +82,18 @@ class Call:
         "admission",
         "attempt_span_id",
         "body",
+        "chain",
         "deployment",
+        "failed",
         "key",
         "model",
         "parent_span_id",
         "request_id",
+        "skipped",
         "span_id",
         "start_ns",
         "stream",
+        "strip_usage",
         "t0",
         "t_up",
         "t_up_end",
@@ -115,6 +123,10 @@ class Call:
         self.ttft_ms: float | None = None
         self.admission: Admission | None = None
         self.body = b""
+        self.chain: list[Deployment] = []  # the deployments this call may try, in order
+        self.failed: list[dict[str, Any]] = []  # attempt rows of tries that failed
+        self.skipped: list[tuple[str, str]] = []  # (deployment id, why) passed over
+        self.strip_usage = False  # a chat stream's usage chunk: asked for upstream, not shown
 
     def overhead_ms(self, now: float) -> float:
         upstream = (self.t_up_end or now) - self.t_up if self.t_up else 0.0
@@ -125,6 +137,12 @@ class Call:
             (b"x-corral-request-id", self.request_id.encode()),
             (b"x-corral-overhead-ms", f"{self.overhead_ms(now):.3f}".encode()),
         ]
+        if self.deployment is not None and self.t_up:
+            headers.append((b"x-corral-route", self.deployment.id.encode()))
+            if self.failed:
+                tried = ", ".join(f"{a['deployment']} ({a['error_class']})" for a in self.failed)
+                headers.append((b"x-corral-attempts", str(len(self.failed) + 1).encode()))
+                headers.append((b"x-corral-fallback-from", tried.encode("ascii", "replace")))
         adm = self.admission
         if adm is not None and adm.soft_reason is not None:
             if adm.degraded_from is not None and self.deployment is not None:
@@ -140,6 +158,7 @@ class Gateway(Records):
         self.app = app
         self.upstream = upstream
         self.max_body = app.settings.max_body_bytes
+        self.rng = random.Random()  # weighted choice among a model's deployments
 
     async def start(self) -> None:
         await self.upstream.start()
@@ -207,28 +226,167 @@ class Gateway(Records):
         body: bytes,
         rewrite: bool,
     ) -> None:
-        wire = call.wire
-        upstream_body, strip_usage = self._prepare(call, data, body, rewrite)
-        deployment = call.deployment
+        """Try the call's deployments in order until one answers (see docs/routing.md).
+
+        A deployment is skipped when its context window is smaller than the request or its
+        circuit is open. An attempt that fails with a fallback error class (rate limited,
+        overloaded, server error, timeout, connection error, context window exceeded,
+        content policy) before anything reached the client is recorded and the next
+        deployment is tried, within ``route_max_attempts`` and ``route_deadline``; any other
+        answer (a success, or an error that is the request's own) goes to the client.
+        """
+        settings = self.app.settings
+        breakers = self.app.breakers
+        deadline = call.t0 + settings.route_deadline
+        needed = math.ceil(len(body) / settings.quota_input_bytes_per_token)
+        candidates = []
+        for d in call.chain:
+            if d.context_window < needed:
+                call.skipped.append((d.id, f"context window {d.context_window} < ~{needed}"))
+            else:
+                candidates.append(d)
+        if not candidates:
+            largest = max(d.context_window for d in call.chain)
+            too_big = InvalidRequest(
+                f"the request (~{needed} tokens estimated) is larger than the context window of "
+                f"every deployment that could serve {call.model!r} (largest: {largest})",
+                code="context_window_exceeded",
+            )
+            self._record(call, status="error", http=400, error=(too_big.code, too_big.message))
+            await self._reject(send, call.wire, too_big, call)
+            return
+        last: CorralError | None = None
+        for i, deployment in enumerate(candidates):
+            remaining = deadline - time.perf_counter()
+            if len(call.failed) >= settings.route_max_attempts or remaining <= 0:
+                break
+            if not breakers.allow(deployment.id):
+                call.skipped.append((deployment.id, "circuit open or cooling down"))
+                continue
+            call.deployment = deployment
+            is_last = (
+                i == len(candidates) - 1 or len(call.failed) + 1 >= settings.route_max_attempts
+            )
+            outcome = await self._attempt(call, scope, receive, send, data, body, rewrite, is_last)
+            if outcome is None:
+                return  # answered
+            last = outcome
+        error: CorralError = last or UpstreamError(
+            f"no deployment could take the request for {call.model!r}: "
+            + "; ".join(f"{d} ({why})" for d, why in call.skipped[-5:])
+        )
+        if time.perf_counter() >= deadline and last is None:
+            error = UpstreamTimeout(
+                f"the request's deadline ({settings.route_deadline:g} s) passed"
+            )
+        call.deployment = call.deployment or candidates[0]
+        self._record(
+            call, status="error", http=error.status, error=(class_of(error), error.message)
+        )
+        await self._reject(send, call.wire, error, call)
+
+    async def _attempt(
+        self,
+        call: Call,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        data: dict[str, Any],
+        body: bytes,
+        rewrite: bool,
+        is_last: bool,
+    ) -> CorralError | None:
+        """One upstream try. None: the client got its answer. An error: try the next one."""
+        wire, deployment, breakers = call.wire, call.deployment, self.app.breakers
         assert deployment is not None
+        upstream_body, strip_usage = self._prepare(call, data, body, rewrite)
         url = upstream_url(deployment, wire.path, scope["query_string"])
         extra = {"traceparent": f"00-{call.trace_id}-{call.attempt_span_id}-01"}
+        remaining = call.t0 + self.app.settings.route_deadline - time.perf_counter()
+        first_byte = min(self.app.settings.upstream_first_byte_timeout, remaining)
         call.t_up = time.perf_counter()
         try:
             headers = self.upstream.headers(deployment, scope["headers"], extra)
-            response = await self.upstream.post(url, upstream_body, headers)
+            try:
+                response = await asyncio.wait_for(
+                    self.upstream.post(url, upstream_body, headers), first_byte
+                )
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"{deployment.id} did not start answering within {first_byte:.3g} s"
+                ) from None
         except CorralError as exc:
-            call.t_up_end = time.perf_counter()
-            self._record(call, status="error", http=exc.status, error=(class_of(exc), exc.message))
-            await self._reject(send, wire, exc, call)
-            return
+            return self._attempt_failed(call, exc.status, class_of(exc), exc.message, exc)
         try:
-            if call.stream and response.status == 200 and _is_sse(response):
-                await self._relay(call, response, receive, send, strip_usage)
+            if not 200 <= response.status < 300:
+                payload = await response.read()
+                error_class = classify(response.status, payload)
+                breakers.record(deployment.id, error_class)
+                if is_last or error_class not in FALLBACK_CLASSES:
+                    call.t_up_end = time.perf_counter()
+                    await self._complete(call, response, send, payload)
+                    return None
+                retry_after = _retry_after(response)
+                if retry_after:
+                    breakers.cool(deployment.id, retry_after)
+                message = error_message(payload) or f"HTTP {response.status}"
+                error = UpstreamError(
+                    f"{deployment.id}: {message}", status=response.status, code=error_class
+                )
+                self._fail_attempt(call, response.status, error_class, message)
+                return error
+            if call.stream and _is_sse(response):
+                first = await self._first_chunk(call, response, first_byte)
+                if isinstance(first, CorralError):
+                    return self._attempt_failed(call, 502, class_of(first), first.message, first)
+                breakers.record(deployment.id, None)
+                await self._relay(call, response, receive, send, strip_usage, first)
             else:
-                await self._complete(call, response, send)
+                try:
+                    payload = await asyncio.wait_for(response.read(), remaining)
+                except (ClientConnectionError, TimeoutError) as exc:
+                    if is_last:
+                        raise
+                    failure = _upstream_failure(exc, "reading the response")
+                    return self._attempt_failed(
+                        call, 502, class_of(failure), failure.message, failure
+                    )
+                breakers.record(deployment.id, None)
+                await self._complete(call, response, send, payload)
+            return None
+        except (ClientConnectionError, TimeoutError) as exc:
+            error = _upstream_failure(exc, "reading the response")
+            breakers.record(deployment.id, class_of(error))
+            call.t_up_end = time.perf_counter()
+            self._record(
+                call, status="error", http=error.status, error=(class_of(error), error.message)
+            )
+            await self._reject(send, wire, error, call)
+            return None
         finally:
             response.release()
+
+    def _attempt_failed(
+        self, call: Call, http: int, error_class: str, message: str, error: CorralError
+    ) -> CorralError:
+        assert call.deployment is not None
+        self.app.breakers.record(call.deployment.id, error_class)
+        self._fail_attempt(call, http, error_class, message)
+        return error
+
+    async def _first_chunk(
+        self, call: Call, response: Response, limit: float
+    ) -> bytes | CorralError:
+        """A stream's first bytes, before anything is sent to the client (so it can still
+        fall back); an error when the stream fails or stays silent first."""
+        try:
+            return await asyncio.wait_for(anext(response.content.iter_any()), limit)
+        except StopAsyncIteration:
+            return UpstreamError("the provider ended the stream before sending anything")
+        except TimeoutError:
+            return UpstreamTimeout(f"no first token within {limit:.3g} s")
+        except ClientConnectionError as exc:
+            return _upstream_failure(exc, "starting the stream")
 
     async def _admit(
         self, call: Call, scope: Scope, receive: Receive, *, counting: bool = False
@@ -245,15 +403,28 @@ class Gateway(Records):
         check = MESSAGES.check_count if counting else call.wire.check
         call.model, call.stream = check(data)
         key.check_model(call.model)
-        deployment = self.app.catalog.resolve(call.model)
-        if not deployment.speaks(call.wire.name):
+        catalog = self.app.catalog
+        primary = catalog.resolve(call.model)
+        chain = []
+        for d in catalog.chain(call.model, self.rng):
+            if not d.speaks(call.wire.name):
+                call.skipped.append((d.id, f"does not speak {call.wire.name}"))
+            elif key.allowed_models is not None and d.name not in key.allowed_models:
+                call.skipped.append((d.id, "model not allowed for this key"))
+            else:
+                chain.append(d)
+        if not chain:
             raise InvalidRequest(
-                f"model {call.model!r} is served by provider {deployment.provider.name!r}, which "
+                f"model {call.model!r} is served by provider {primary.provider.name!r}, which "
                 f"does not speak the {PROTOCOL_NAMES[call.wire.name]} protocol; call it through "
-                + " or ".join(WIRE_PATHS[p] for p in sorted(deployment.provider.protocols))
+                + " or ".join(WIRE_PATHS[p] for p in sorted(primary.provider.protocols))
             )
-        call.deployment = deployment
+        call.chain = chain
+        call.deployment = chain[0]
         call.body = body
+        if call.stream and call.wire is CHAT:
+            options = data.get("stream_options")
+            call.strip_usage = not (isinstance(options, dict) and options.get("include_usage"))
         return data, body
 
     async def _admit_quota(
@@ -269,7 +440,7 @@ class Gateway(Records):
         default = deployment.max_output_tokens or self.app.settings.quota_default_max_output_tokens
         adm = await self.app.quotas.admit(
             chain,
-            prices=deployment.prices,
+            prices=Prices.dearest(d.prices for d in call.chain),  # any of them may serve it
             body_bytes=body_bytes,
             requested_max=requested,
             default_max=default,
@@ -281,6 +452,7 @@ class Gateway(Records):
                 adm.decision = "degraded"
                 adm.degraded_from = deployment.name
                 call.deployment = deployment = target
+                call.chain = [target, *(d for d in call.chain if d.name != deployment.name)]
         if adm.max_output is not None and adm.max_output != requested:
             # In the field the deployment that will serve it reads (after any degrade).
             call.wire.set_max_tokens(data, adm.max_output, deployment.provider.kind)
@@ -313,23 +485,25 @@ class Gateway(Records):
         """The body to send upstream; rewritten only when Corral has to change it."""
         deployment = call.deployment
         assert deployment is not None
-        changed = rewrite
-        strip_usage = False
-        if deployment.upstream_model != call.model:
+        # Idempotent across attempts: an earlier attempt may have changed ``data`` already.
+        changed = rewrite or data.get("model") != call.model
+        if changed or deployment.upstream_model != call.model:
             data["model"] = deployment.upstream_model
             changed = True
-        if call.stream and call.wire is CHAT:
+        if call.strip_usage:  # asked for here, hidden from the client
             options = data.get("stream_options") or {}
-            if not options.get("include_usage"):
-                data["stream_options"] = {**options, "include_usage": True}
-                strip_usage = changed = True
-        return (orjson.dumps(data) if changed else body), strip_usage
+            data["stream_options"] = {**options, "include_usage": True}
+            changed = True
+        return (orjson.dumps(data) if changed else body), call.strip_usage
 
-    async def _complete(self, call: Call, response: Response, send: Send) -> None:
+    async def _complete(
+        self, call: Call, response: Response, send: Send, payload: bytes | None = None
+    ) -> None:
         """A whole (non-streamed, or refused) upstream response, passed through."""
         wire = call.wire
         try:
-            payload = await response.read()
+            if payload is None:
+                payload = await response.read()
         except (ClientConnectionError, TimeoutError) as exc:
             call.t_up_end = time.perf_counter()
             error = _upstream_failure(exc, "reading the response")
@@ -367,8 +541,10 @@ class Gateway(Records):
         receive: Receive,
         send: Send,
         strip_usage: bool,
+        first: bytes,
     ) -> None:
-        """Relay an SSE stream event by event, metering as it passes."""
+        """Relay an SSE stream event by event, metering as it passes (``first``: its first
+        bytes, already read)."""
         meter = call.wire.meter(strip_usage)
         headers = _response_headers(response, SSE_CT)
         headers.extend(call.corral_headers(time.perf_counter()))
@@ -378,7 +554,7 @@ class Gateway(Records):
         recorded = False
         failure: CorralError | None = None
         try:
-            async for chunk in response.content.iter_any():
+            async for chunk in _prepend(first, response.content.iter_any()):
                 if call.ttft_ms is None:
                     call.ttft_ms = (time.perf_counter() - call.t_up) * 1000
                 out, terminal = meter.feed(chunk)
@@ -505,6 +681,44 @@ WIRE_PATHS = {wire.name: path for path, wire in WIRES.items()}
 
 def _anthropic_model(name: str) -> dict[str, Any]:
     return {"type": "model", "id": name, "display_name": name, "created_at": "2026-01-01T00:00:00Z"}
+
+
+FALLBACK_CLASSES = frozenset(
+    {
+        "rate_limited",
+        "overloaded",
+        "server_error",
+        "timeout",
+        "connection_error",
+        "context_window_exceeded",
+        "content_policy",
+    }
+)
+"""Upstream error classes that send a request on to its next deployment."""
+
+_MAX_COOL = 300.0
+
+
+def _retry_after(response: Response) -> float | None:
+    """The provider's ``Retry-After`` in seconds (a number or an HTTP date), at most 5 min."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return min(max(seconds, 0.0), _MAX_COOL) or None
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
 
 
 def _is_sse(response: Response) -> bool:

@@ -7,6 +7,7 @@ linked to it, and the admission's lease is settled with the call's cost.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,52 @@ class Records:
     """The record methods of ``Gateway``."""
 
     app: CorralApp
+
+    def _fail_attempt(self, call: Call, http: int, error_class: str, message: str) -> None:
+        """Keep the record of an attempt that failed before anything reached the client.
+
+        Such an attempt is billed nothing (the provider answered with an error, or
+        nothing); the call goes on to its next deployment with a new attempt span.
+        """
+        key, deployment = call.key, call.deployment
+        if key is None or deployment is None:
+            return
+        now = time.perf_counter()
+        row = SPAN_DEFAULTS.copy()
+        row.update(
+            span_id=call.attempt_span_id,
+            trace_id=call.trace_id,
+            parent_span_id=call.span_id,
+            kind="attempt",
+            name=f"attempt {deployment.id}",
+            request_id=call.request_id,
+            attempt=len(call.failed) + 1,
+            org_id=key.org_id,
+            team_id=key.team_id,
+            user_id=key.user_id,
+            key_id=key.key_id,
+            run_id=key.run_id,
+            owner_id=key.user_id,
+            protocol=call.wire.name,
+            operation="chat",
+            model_requested=call.model,
+            model_served=deployment.upstream_model,
+            provider=deployment.provider.name,
+            deployment=deployment.id,
+            stream=call.stream,
+            status="error",
+            http_status=http,
+            error_class=error_class,
+            error_message=message,
+            start_ns=call.start_ns + int((call.t_up - call.t0) * 1e9),
+            end_ns=call.start_ns + int((now - call.t0) * 1e9),
+            upstream_ms=(now - call.t_up) * 1000,
+            cost_source="computed",
+            price_version=self.app.catalog.price_version,
+        )
+        call.failed.append(row)
+        call.attempt_span_id = os.urandom(8).hex()
+        call.t_up = call.t_up_end = 0.0
 
     def _record_stream(
         self,
@@ -127,27 +174,33 @@ class Records:
             price_version=self.app.catalog.price_version,
         )
         adm = call.admission
+        attrs: dict[str, Any] = dict(attributes or {})
         if adm is not None:
-            row["attributes"] = {"admission": adm.attributes()}
-        elif attributes is not None:
-            row["attributes"] = attributes
+            attrs["admission"] = adm.attributes()
+        if call.failed or call.skipped:
+            attrs["route"] = {
+                "attempts": len(call.failed) + (status != "refused"),
+                "failed": [(a["deployment"], a["error_class"]) for a in call.failed],
+                "skipped": call.skipped,
+            }
+        row["attributes"] = attrs or None
         attempt = row.copy()
         attempt.update(
             span_id=call.attempt_span_id,
             parent_span_id=call.span_id,
             kind="attempt",
             name=f"attempt {deployment.id}",
-            attempt=1,
+            attempt=len(call.failed) + 1,
             start_ns=call.start_ns + int((call.t_up - call.t0) * 1e9)
             if call.t_up
             else call.start_ns,
             overhead_ms=None,
             attributes=None,
         )
-        if status == "refused":  # never went upstream: no attempt
-            self.app.recorder.record(row)
+        if status == "refused" or call.t_up == 0.0:  # never went upstream: no attempt of its own
+            self.app.recorder.record(row, *call.failed)
         else:
-            self.app.recorder.record(row, attempt)
+            self.app.recorder.record(row, *call.failed, attempt)
         if adm is not None:
             tokens = (
                 usage.input

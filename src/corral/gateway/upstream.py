@@ -128,26 +128,44 @@ def upstream_url(deployment: Deployment, path: str, query: bytes) -> str:
     return url + "?" + query.decode("latin-1") if query else url
 
 
+_CONTEXT_CODES = frozenset({"context_length_exceeded", "context_window_exceeded"})
+_CONTEXT_WORDS = ("prompt is too long", "context length", "context window", "maximum context")
+_POLICY_CODES = frozenset({"content_policy_violation", "content_filter"})
+_POLICY_WORDS = ("content policy", "usage policy", "content management policy")
+
+
 def classify(status: int, body: bytes) -> str:
-    """Normalise an upstream failure into an error class (the fallback vocabulary)."""
+    """Normalise an upstream failure into an error class (the fallback vocabulary).
+
+    Status first; a 4xx is told apart by the error's ``code`` (OpenAI) or the words of its
+    message (Anthropic), never by anything else the body happens to contain.
+    """
     if status == 429:
         return "rate_limited"
     if status in (503, 529):
         return "overloaded"
     if status >= 500:
         return "server_error"
-    lowered = body[:4096].lower()
-    if (
-        b"context_length" in lowered
-        or b"prompt is too long" in lowered
-        or (b"context window" in lowered)
-    ):
+    code, message = _error_fields(body)
+    if code in _CONTEXT_CODES or any(w in message for w in _CONTEXT_WORDS):
         return "context_window_exceeded"
-    if b"content_policy" in lowered or b"content policy" in lowered:
+    if code in _POLICY_CODES or any(w in message for w in _POLICY_WORDS):
         return "content_policy"
     if status in (401, 403):
         return "upstream_auth"
     return "invalid_request"
+
+
+def _error_fields(body: bytes) -> tuple[str, str]:
+    """The lower-cased ``code`` and ``message`` of an OpenAI- or Anthropic-shaped error."""
+    try:
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "", body[:4096].decode("utf-8", "replace").lower()
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return "", ""
+    return str(error.get("code") or "").lower(), str(error.get("message") or "").lower()
 
 
 def error_message(body: bytes) -> str | None:

@@ -9,6 +9,7 @@ produced it.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from random import Random
@@ -93,6 +94,7 @@ SIM_MODELS: tuple[ModelConfig, ...] = (
 # integer arithmetic on the hot path.
 _FUSD_PER_TOKEN = Decimal(10**9)  # per (USD per 1M tokens)
 _FUSD_PER_NUSD = 1_000_000
+_COLUMNS = ("input", "cached_input", "cache_write", "output", "reasoning")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,12 @@ class Prices:
             output=per_token(m.output_price, 0),
             reasoning=per_token(m.reasoning_price, m.output_price),
         )
+
+    @classmethod
+    def dearest(cls, prices: Iterable[Prices]) -> Prices:
+        """Per column, the highest of several price lists (to reserve for any of them)."""
+        rows = list(prices)
+        return cls(*(max(getattr(p, f) for p in rows) for f in _COLUMNS))
 
     @property
     def worst_input(self) -> int:

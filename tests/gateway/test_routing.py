@@ -1,0 +1,199 @@
+"""Fallback across deployments, context-window skips, circuit breakers, attempt records.
+
+The primary deployment is the simulator with a fault in its upstream model
+name (``sim-frontier+fault=429``), so only that deployment fails; the
+fallback is a healthy simulator model. A dead provider (nothing listening)
+stands for connection errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from corral.settings import ModelConfig, ProviderConfig
+from corral.sim.config import SimConfig
+from corral.sim.testing import running_sim
+from corral.store.schema import spans
+from tests.gateway.conftest import Running, gateway_corral
+from tests.services import free_port
+
+PROTOCOLS = ("chat", "responses", "messages")
+
+
+def model(name: str, upstream: str, *, provider: str = "sim", **extra: Any) -> ModelConfig:
+    return ModelConfig(
+        name=name,
+        provider=provider,
+        upstream_model=upstream,
+        input_price=1.0,
+        output_price=2.0,
+        **extra,
+    )
+
+
+@contextlib.contextmanager
+def routed(tmp_path: Path, primary_upstream: str, **settings: Any) -> Iterator[Running]:
+    """A gateway whose model ``m`` fails as ``primary_upstream`` says and falls back to ``b``."""
+    with running_sim(SimConfig(seed=1, fault_timeout_s=20)) as sim:
+        providers = [
+            ProviderConfig(name="sim", kind="sim", base_url=sim.url),
+            ProviderConfig(name="dead", kind="sim", base_url=f"http://127.0.0.1:{free_port()}"),
+        ]
+        provider = "dead" if primary_upstream == "dead" else "sim"
+        upstream = "sim-frontier" if provider == "dead" else primary_upstream
+        models = [
+            model("m", upstream, provider=provider, fallbacks=["b"]),
+            model("b", "sim-economy", context_window=settings.pop("fallback_window", 128_000)),
+        ]
+        options = {"upstream_first_byte_timeout": 1.0, "route_deadline": 15.0, **settings}
+        with gateway_corral(
+            tmp_path / "home",
+            f"sqlite:///{tmp_path / 'c.db'}",
+            providers=providers,
+            models=models,
+            **options,
+        ) as running:
+            yield running
+
+
+def call(
+    running: Running, protocol: str, *, stream: bool, content: str = "hello"
+) -> httpx.Response:
+    headers = {"authorization": f"Bearer {running.key}", "anthropic-version": "2023-06-01"}
+    messages = [{"role": "user", "content": content}]
+    if protocol == "chat":
+        path, body = "/v1/chat/completions", {"messages": messages, "max_tokens": 20}
+    elif protocol == "responses":
+        path, body = "/v1/responses", {"input": content, "max_output_tokens": 20}
+    else:
+        path, body = "/v1/messages", {"messages": messages, "max_tokens": 20}
+    body.update(model="m", stream=stream)
+    with httpx.Client(base_url=running.url, timeout=30) as client:
+        r = client.post(path, json=body, headers=headers)
+        r.read()
+        return r
+
+
+def attempts_of(running: Running, request_id: str) -> list[Any]:
+    deadline = time.monotonic() + 10
+    while True:
+        with running.app.store.connect() as conn:
+            rows = conn.execute(
+                select(spans)
+                .where(spans.c.request_id == request_id, spans.c.kind == "attempt")
+                .order_by(spans.c.attempt)
+            ).fetchall()
+        if len(rows) >= 2 or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
+
+
+FAULTS = {
+    "429": "rate_limited",
+    "500": "server_error",
+    "529": "overloaded",
+    "timeout": "timeout",
+    "context": "context_window_exceeded",
+    "content_policy": "content_policy",
+    "dead": "connection_error",
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_each_error_class_falls_back_for_every_protocol(tmp_path: Path, fault: str) -> None:
+    # retry_after=0: a 429/529 that asks for a pause would cool the primary, and the next
+    # requests would skip it (tested on its own below)
+    upstream = "dead" if fault == "dead" else f"sim-frontier+fault={fault}+retry_after=0"
+    with routed(tmp_path, upstream, breaker_min_attempts=100) as running:  # keep it closed
+        for protocol in PROTOCOLS:
+            for stream in (False, True):
+                started = time.monotonic()
+                r = call(running, protocol, stream=stream)
+                assert r.status_code == 200, (protocol, stream, r.text[:300])
+                assert time.monotonic() - started < 10, "waited past the deadline"
+                assert r.headers["x-corral-route"] == "sim/sim-economy"
+                assert r.headers["x-corral-attempts"] == "2"
+                assert FAULTS[fault] in r.headers["x-corral-fallback-from"]
+                if stream:
+                    assert b"sim-economy" in r.content or r.content  # a real stream came back
+                rows = attempts_of(running, r.headers["x-corral-request-id"])
+                assert [a.attempt for a in rows] == [1, 2]
+                assert rows[0].status == "error"
+                assert rows[0].error_class == FAULTS[fault]
+                assert rows[0].cost_nusd == 0
+                assert rows[1].status == "ok"
+                assert rows[1].deployment == "sim/sim-economy"
+                assert rows[1].cost_nusd > 0
+        requests = running.records(wait_for=6)
+        assert len(requests) == 6
+        for request in requests:
+            assert request.deployment == "sim/sim-economy"
+            assert request.attributes["route"]["attempts"] == 2
+            assert request.attributes["route"]["failed"][0][1] == FAULTS[fault]
+
+
+def test_a_request_larger_than_the_fallbacks_window_never_goes_there(tmp_path: Path) -> None:
+    with routed(tmp_path, "sim-frontier+fault=500", fallback_window=300) as running:
+        r = call(running, "chat", stream=False, content="word " * 200)
+        assert r.status_code == 500, r.text  # the primary's own answer: nowhere else to go
+        (request,) = running.records()
+        skipped = request.attributes["route"]["skipped"]
+        assert any(d == "sim/sim-economy" and "context window 300" in why for d, why in skipped)
+        with running.app.store.connect() as conn:
+            tried = conn.execute(
+                select(spans.c.deployment).where(spans.c.kind == "attempt")
+            ).fetchall()
+        assert [t.deployment for t in tried] == ["sim/sim-frontier+fault=500"]
+        # The primary has the room: its own error (500) is what the client gets.
+
+
+def test_breaker_opens_then_recovers(tmp_path: Path) -> None:
+    settings = {"breaker_min_attempts": 3, "breaker_cooldown": 1.0, "breaker_window": 30.0}
+    with routed(tmp_path, "sim-frontier+fault=500", **settings) as running:
+        for _ in range(3):
+            assert call(running, "chat", stream=False).headers["x-corral-attempts"] == "2"
+        status = running.app.breakers.status()
+        assert status["sim/sim-frontier+fault=500"]["state"] == "open"
+        r = call(running, "chat", stream=False)
+        assert r.status_code == 200
+        assert "x-corral-attempts" not in r.headers, "an open circuit was still tried"
+        assert r.headers["x-corral-route"] == "sim/sim-economy"
+        time.sleep(1.1)
+        assert running.app.breakers.status()["sim/sim-frontier+fault=500"]["state"] == "half_open"
+        r = call(running, "chat", stream=False)  # the probe fails: open again
+        assert r.headers["x-corral-attempts"] == "2"
+        assert running.app.breakers.status()["sim/sim-frontier+fault=500"]["state"] == "open"
+
+
+def test_retry_after_cools_the_deployment(tmp_path: Path) -> None:
+    with routed(tmp_path, "sim-frontier+fault=429+retry_after=1") as running:
+        first = call(running, "chat", stream=False)
+        assert first.headers["x-corral-attempts"] == "2"
+        second = call(running, "chat", stream=False)
+        assert second.status_code == 200
+        assert "x-corral-attempts" not in second.headers, "the cooling deployment was tried"
+        (request,) = [
+            r
+            for r in running.records(wait_for=2)
+            if r.request_id == second.headers["x-corral-request-id"]
+        ]
+        assert ["sim/sim-frontier+fault=429+retry_after=1", "circuit open or cooling down"] in (
+            [list(x) for x in request.attributes["route"]["skipped"]]
+        )
+        time.sleep(1.1)
+        assert call(running, "chat", stream=False).headers["x-corral-attempts"] == "2"
+
+
+def test_no_fallback_for_the_requests_own_errors(tmp_path: Path) -> None:
+    with routed(tmp_path, "sim-frontier+fault=400") as running:
+        r = call(running, "chat", stream=False)
+        assert r.status_code == 400
+        assert "x-corral-attempts" not in r.headers
