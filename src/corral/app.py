@@ -23,6 +23,7 @@ from corral.quota.gate import QuotaGate
 from corral.quota.rules import QuotaRules
 from corral.routing import Catalog
 from corral.routing.breaker import Breakers
+from corral.routing.policy import RoutePolicy
 from corral.settings import Settings
 from corral.sim import SimConfig, SimServer, bind_socket
 from corral.store import Store
@@ -82,6 +83,7 @@ class CorralApp:
             ),
         )
         self._catalog: Catalog | None = None
+        self.route_policy: RoutePolicy | None = None
         self._sim: SimServer | None = None
         self._api: ASGIApp | None = None
         self.generated_admin_key: str | None = None
@@ -122,6 +124,9 @@ class CorralApp:
         if not self.settings.providers and sim_url is None:
             sim_url = await self._start_sim()
         self._catalog = Catalog.from_settings(self.settings, sim_url=sim_url)
+        self.route_policy = RoutePolicy(
+            self._catalog, list(self.settings.route_policies), list(self.settings.tier_order)
+        )
         # Replay dead processes' journals first: the quota backends restore spend from spans.
         self.quotas.bind(asyncio.get_running_loop())
         await self.recorder.start()

@@ -170,6 +170,30 @@ class LimitConfig(_ScopedConfig):
     concurrency: int | None = Field(default=None, ge=0, description="Requests in flight.")
 
 
+class RoutePolicyConfig(BaseModel):
+    """A rule of the route policy. The first rule matching a request applies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    team: str | None = Field(default=None, description="Match requests of this team (name).")
+    task_class: str | None = Field(
+        default=None, description="Match requests sending `x-corral-task-class` with this value."
+    )
+    priority: Literal["low", "normal", "high"] | None = Field(
+        default=None, description="Match requests sending `x-corral-priority` with this value."
+    )
+    tier: str | None = Field(
+        default=None,
+        description="The dearest tier matching requests may use: a request for a dearer tier's "
+        "model goes to this tier instead.",
+    )
+    allowed_tiers: list[str] | None = Field(
+        default=None,
+        description="The only tiers matching requests may use: a request for another tier's "
+        "model goes to the first allowed tier no dearer than it.",
+    )
+
+
 class Settings(BaseSettings):
     """Everything Corral reads at start-up."""
 
@@ -229,6 +253,13 @@ class Settings(BaseSettings):
         default=None,
         description="Redis URL (`redis://host:6379/0`) for budgets and limits shared by several "
         "`corral serve` processes. Unset: the embedded backend (exact within one process).",
+    )
+    tier_order: list[str] = Field(
+        default_factory=lambda: ["frontier", "standard", "economy", "local"],
+        description="Tiers from dearest to cheapest; route policies cap and degrade along it.",
+    )
+    route_policies: list[RoutePolicyConfig] = Field(
+        default_factory=list, description="Route policy rules; see the Route policies section."
     )
     route_max_attempts: int = Field(
         default=3,

@@ -197,3 +197,89 @@ def test_no_fallback_for_the_requests_own_errors(tmp_path: Path) -> None:
         r = call(running, "chat", stream=False)
         assert r.status_code == 400
         assert "x-corral-attempts" not in r.headers
+
+
+def test_route_policy_sends_low_value_work_to_a_cheaper_tier(tmp_path: Path) -> None:
+    policies = [
+        {"task_class": "triage", "tier": "economy"},
+        {"team": "payments", "priority": "low", "tier": "standard"},
+        {"team": "payments", "allowed_tiers": ["standard", "economy"]},
+    ]
+    with gateway_corral(
+        tmp_path / "home", f"sqlite:///{tmp_path / 'c.db'}", route_policies=policies
+    ) as running:
+
+        def ask(model: str, **headers: str) -> httpx.Response:
+            body = {
+                "model": model,
+                "max_tokens": 10,
+                "messages": [{"role": "user", "content": "x"}],
+            }
+            headers = {"authorization": f"Bearer {running.key}", **headers}
+            r = httpx.post(f"{running.url}/v1/chat/completions", json=body, headers=headers)
+            assert r.status_code == 200, r.text
+            return r
+
+        triage = ask("sim-frontier", **{"x-corral-task-class": "triage"})
+        assert triage.headers["x-corral-route"] == "sim/sim-economy"
+        assert (
+            "route policy 1 (task class triage): tier frontier -> economy"
+            in (triage.headers["x-corral-route-reason"])
+        )
+        low = ask("sim-frontier", **{"x-corral-priority": "low"})
+        assert low.headers["x-corral-route"] == "sim/sim-standard"
+        capped = ask("sim-frontier")  # payments may not use frontier at all
+        assert capped.headers["x-corral-route"] == "sim/sim-standard"
+        assert "allowed" not in capped.headers["x-corral-route-reason"]
+        plain = ask("sim-economy")
+        assert plain.headers["x-corral-route"] == "sim/sim-economy"
+        assert "x-corral-route-reason" not in plain.headers
+        tier = ask("economy")  # a tier by name
+        assert tier.headers["x-corral-route"] == "sim/sim-economy"
+        rows = {r.request_id: r for r in running.records(wait_for=5)}
+        row = rows[triage.headers["x-corral-request-id"]]
+        assert row.model_requested == "sim-frontier"
+        assert row.deployment == "sim/sim-economy"
+        assert row.attributes["route"]["policy"].startswith("route policy 1")
+
+
+def test_route_explain_and_breakers_through_the_api_and_cli(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from corral.cli import main
+
+    policies = [{"task_class": "triage", "tier": "economy"}]
+    with gateway_corral(
+        tmp_path / "home", f"sqlite:///{tmp_path / 'c.db'}", route_policies=policies
+    ) as running:
+        env = {"CORRAL_URL": running.url, "CORRAL_ADMIN_KEY": running.corral.admin_key}
+        out = CliRunner().invoke(
+            main,
+            ["route", "explain", "--team", "payments", "--model", "sim-frontier", "--json"],
+            env=env,
+        )
+        assert out.exit_code == 0, out.output
+
+        found = json.loads(out.stdout)
+        assert found["routed_to"] == "sim-frontier"
+        assert [d["deployment"] for d in found["chain"]] == [
+            "sim/sim-frontier",
+            "sim/sim-standard",
+            "sim/sim-economy",
+        ]
+        out = CliRunner().invoke(
+            main,
+            ["route", "explain", "--model", "sim-frontier", "--task-class", "triage"],
+            env=env,
+        )
+        assert out.exit_code == 0, out.output
+        assert "goes to economy: route policy 1 (task class triage)" in out.output
+        assert "sim/sim-economy" in out.output
+        missing = CliRunner().invoke(main, ["route", "explain", "--model", "nope"], env=env)
+        assert missing.exit_code != 0
+        assert "not in this gateway's catalog" in missing.output
+        breakers = CliRunner().invoke(main, ["route", "breakers", "--json"], env=env)
+        assert breakers.exit_code == 0, breakers.output
+        assert json.loads(breakers.stdout) == {"breakers": {}}

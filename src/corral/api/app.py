@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from corral import __version__
-from corral.api import catalog, identity, quotas
+from corral.api import catalog, identity, quotas, routing
 from corral.api.context import ApiState, Host
 from corral.api.errors import install_error_handlers
 from corral.api.models import ErrorBody
@@ -59,5 +59,6 @@ def create_api(host: Host) -> FastAPI:
     install_error_handlers(api)
     api.include_router(identity.router())
     api.include_router(catalog.router())
+    api.include_router(routing.router())
     api.include_router(quotas.router())
     return api

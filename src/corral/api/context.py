@@ -25,6 +25,8 @@ from corral.identity.keys import KeyCache, KeyInfo
 from corral.identity.service import IdentityService
 from corral.quota.gate import QuotaGate
 from corral.routing import Catalog
+from corral.routing.breaker import Breakers
+from corral.routing.policy import RoutePolicy
 from corral.settings import Settings
 from corral.store import Store
 
@@ -42,6 +44,10 @@ class Host(Protocol):
     def keys(self) -> KeyCache: ...
     @property
     def catalog(self) -> Catalog: ...
+    @property
+    def breakers(self) -> Breakers: ...
+    @property
+    def route_policy(self) -> RoutePolicy | None: ...
     @property
     def quotas(self) -> QuotaGate: ...
 

@@ -89,6 +89,7 @@ class Call:
         "model",
         "parent_span_id",
         "request_id",
+        "route_reason",
         "skipped",
         "span_id",
         "start_ns",
@@ -127,6 +128,7 @@ class Call:
         self.failed: list[dict[str, Any]] = []  # attempt rows of tries that failed
         self.skipped: list[tuple[str, str]] = []  # (deployment id, why) passed over
         self.strip_usage = False  # a chat stream's usage chunk: asked for upstream, not shown
+        self.route_reason: str | None = None  # why the route policy moved the request
 
     def overhead_ms(self, now: float) -> float:
         upstream = (self.t_up_end or now) - self.t_up if self.t_up else 0.0
@@ -139,6 +141,9 @@ class Call:
         ]
         if self.deployment is not None and self.t_up:
             headers.append((b"x-corral-route", self.deployment.id.encode()))
+            if self.route_reason is not None:
+                reason = self.route_reason.encode("ascii", "replace")
+                headers.append((b"x-corral-route-reason", reason))
             if self.failed:
                 tried = ", ".join(f"{a['deployment']} ({a['error_class']})" for a in self.failed)
                 headers.append((b"x-corral-attempts", str(len(self.failed) + 1).encode()))
@@ -405,8 +410,18 @@ class Gateway(Records):
         key.check_model(call.model)
         catalog = self.app.catalog
         primary = catalog.resolve(call.model)
+        routed = call.model
+        policy = self.app.route_policy
+        if policy is not None and not counting:
+            decision = policy.decide(
+                call.model,
+                team=key.team_name,
+                task_class=header(scope, b"x-corral-task-class"),
+                priority=header(scope, b"x-corral-priority"),
+            )
+            routed, call.route_reason = decision.model, decision.reason
         chain = []
-        for d in catalog.chain(call.model, self.rng):
+        for d in catalog.chain(routed, self.rng):
             if not d.speaks(call.wire.name):
                 call.skipped.append((d.id, f"does not speak {call.wire.name}"))
             elif key.allowed_models is not None and d.name not in key.allowed_models:

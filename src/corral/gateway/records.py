@@ -177,11 +177,12 @@ class Records:
         attrs: dict[str, Any] = dict(attributes or {})
         if adm is not None:
             attrs["admission"] = adm.attributes()
-        if call.failed or call.skipped:
+        if call.failed or call.skipped or call.route_reason:
             attrs["route"] = {
                 "attempts": len(call.failed) + (status != "refused"),
                 "failed": [(a["deployment"], a["error_class"]) for a in call.failed],
                 "skipped": call.skipped,
+                "policy": call.route_reason,
             }
         row["attributes"] = attrs or None
         attempt = row.copy()

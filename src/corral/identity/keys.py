@@ -25,6 +25,7 @@ from corral.clock import Clock
 from corral.errors import AuthenticationFailed, PermissionDenied, UnknownModel
 from corral.store import Store
 from corral.store.schema import keys as keys_table
+from corral.store.schema import teams
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,10 @@ _MAX_LOOKUPS = 4  # concurrent store reads for keys not in memory
 _MAX_ENTRIES = 100_000  # a flood of made-up keys must not grow the cache without bound
 
 ROLES = ("virtual", "team_admin", "admin")
+
+_WITH_TEAM = select(keys_table, teams.c.name.label("team_name")).outerjoin(
+    teams, teams.c.id == keys_table.c.team_id
+)
 
 
 def mint_key() -> str:
@@ -67,6 +72,7 @@ class KeyInfo:
     allowed_models: frozenset[str] | None
     expires_at: float | None
     revoked_at: float | None
+    team_name: str | None = None  # for route policies, which name teams
 
     def check_model(self, model: str) -> None:
         if self.allowed_models is not None and model not in self.allowed_models:
@@ -104,6 +110,7 @@ class KeyInfo:
             allowed_models=frozenset(allowed) if allowed is not None else None,
             expires_at=row.expires_at,
             revoked_at=row.revoked_at,
+            team_name=getattr(row, "team_name", None),
         )
 
 
@@ -162,7 +169,7 @@ class KeyCache:
 
     def _load(self, digest: str) -> KeyInfo | None:
         with self._store.connect() as conn:
-            row = conn.execute(select(keys_table).where(keys_table.c.key_hash == digest)).first()
+            row = conn.execute(_WITH_TEAM.where(keys_table.c.key_hash == digest)).first()
         return KeyInfo.from_row(row) if row is not None else None
 
     def forget(self, digest: str) -> None:
@@ -174,9 +181,7 @@ class KeyCache:
         now = self._clock.now()
         since = (self._last_poll if self._last_poll is not None else now) - _REFRESH_OVERLAP
         with self._store.connect() as conn:
-            rows = conn.execute(
-                select(keys_table).where(keys_table.c.updated_at >= since)
-            ).fetchall()
+            rows = conn.execute(_WITH_TEAM.where(keys_table.c.updated_at >= since)).fetchall()
         self._last_poll = now
         for row in rows:
             if row.key_hash in self._entries:

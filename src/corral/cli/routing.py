@@ -1,0 +1,95 @@
+"""Routing commands: ``corral route explain`` and ``corral route breakers``, over the admin API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from corral.cli.admin import _client, _print_json, _table, json_option
+
+
+@click.group()
+def route() -> None:
+    """Explain routing decisions and show circuit breakers."""
+
+
+@route.command("explain")
+@click.option("--model", "model", required=True, help="The model (or tier) a request asks for.")
+@click.option("--team", help="The team sending it (name or id).")
+@click.option("--task-class", help="Its x-corral-task-class.")
+@click.option("--priority", type=click.Choice(["low", "normal", "high"]), help="Its priority.")
+@json_option
+def explain(
+    model: str, team: str | None, task_class: str | None, priority: str | None, as_json: bool
+) -> None:
+    """Print the route policy's decision and the chain of deployments that would be tried."""
+    params = {"model": model, "team": team, "task_class": task_class, "priority": priority}
+    with _client() as api:
+        found: dict[str, Any] = api.get(
+            "/route/explain", {k: v for k, v in params.items() if v is not None}
+        )
+    if as_json:
+        _print_json(found)
+        return
+    who = f" from team {found['team']}" if found["team"] else ""
+    extra = [
+        f"task class {task_class}" if task_class else "",
+        f"priority {priority}" if priority else "",
+    ]
+    context = ", ".join(x for x in extra if x)
+    click.echo(f"A request for {model}{who}{f' ({context})' if context else ''}:")
+    if found["reason"]:
+        click.echo(f"  goes to {found['routed_to']}: {found['reason']}")
+    else:
+        click.echo("  keeps its model: no route policy moves it")
+    click.echo(
+        f"  tries, in order, at most {found['max_attempts']} of (deployments of one model: "
+        "heaviest first, each request draws its own weighted order):"
+    )
+    _table(
+        "Chain",
+        ["#", "deployment", "model", "tier", "weight", "context", "speaks", "breaker"],
+        [
+            [
+                i,
+                d["deployment"],
+                d["model"],
+                d["tier"],
+                f"{d['weight']:g}",
+                f"{d['context_window']:,}",
+                ", ".join(d["protocols"]),
+                d["breaker"],
+            ]
+            for i, d in enumerate(found["chain"], 1)
+        ],
+    )
+
+
+@route.command("breakers")
+@json_option
+def breakers(as_json: bool) -> None:
+    """Show the circuit breakers of the Corral process that answers (each keeps its own)."""
+    with _client() as api:
+        found: dict[str, Any] = api.get("/breakers")
+    if as_json:
+        _print_json(found)
+        return
+    _table(
+        "Circuit breakers",
+        ["deployment", "state", "recent attempts", "recent failures", "opened", "cooling s"],
+        [
+            [
+                d,
+                b["state"],
+                b["recent_attempts"],
+                b["recent_failures"],
+                b["opened"],
+                b["cooling_for_s"],
+            ]
+            for d, b in found["breakers"].items()
+        ],
+    )
+
+
+COMMANDS: list[click.Command] = [route]
