@@ -27,6 +27,34 @@ ProviderKind = Literal["openai", "anthropic", "openai-compatible", "sim"]
 Protocol = Literal["chat", "responses", "messages"]
 
 
+class CapacityConfig(BaseModel):
+    """A provider's capacity contract: reserved throughput, its price, and what happens past it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reserved_rpm: int | None = Field(
+        default=None, gt=0, description="Requests per minute reserved with the provider."
+    )
+    reserved_tpm: int | None = Field(
+        default=None,
+        gt=0,
+        description="Tokens per minute reserved (counted as the worst case at admission).",
+    )
+    reserved_price_factor: float = Field(
+        default=1.0,
+        ge=0,
+        description="Multiplies the catalog prices of requests served within the reserved "
+        "capacity (e.g. 0.7 for a committed-use discount; 0 for capacity paid up front).",
+    )
+    overflow: Literal["payg", "spill", "queue", "refuse"] = Field(
+        default="payg",
+        description="Past the reserved capacity: `payg` keeps sending at catalog prices, "
+        "`spill` moves on to the next deployment of the chain, `queue` waits for the next "
+        "minute (within the request's deadline), `refuse` answers 429 if nothing else can "
+        "serve.",
+    )
+
+
 class ProviderConfig(BaseModel):
     """An upstream that serves models: a supply contract, not a seat licence."""
 
@@ -53,6 +81,9 @@ class ProviderConfig(BaseModel):
     )
     headers: dict[str, str] = Field(
         default_factory=dict, description="Extra headers sent upstream on every request."
+    )
+    capacity: CapacityConfig | None = Field(
+        default=None, description="The capacity contract, if any; see docs/routing.md."
     )
 
 

@@ -9,6 +9,7 @@ stands for connection errors.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import select
 
+from corral.cli import main
 from corral.settings import ModelConfig, ProviderConfig
 from corral.sim.config import SimConfig
 from corral.sim.testing import running_sim
@@ -244,12 +247,6 @@ def test_route_policy_sends_low_value_work_to_a_cheaper_tier(tmp_path: Path) -> 
 
 
 def test_route_explain_and_breakers_through_the_api_and_cli(tmp_path: Path) -> None:
-    import json
-
-    from click.testing import CliRunner
-
-    from corral.cli import main
-
     policies = [{"task_class": "triage", "tier": "economy"}]
     with gateway_corral(
         tmp_path / "home", f"sqlite:///{tmp_path / 'c.db'}", route_policies=policies
@@ -283,3 +280,70 @@ def test_route_explain_and_breakers_through_the_api_and_cli(tmp_path: Path) -> N
         breakers = CliRunner().invoke(main, ["route", "breakers", "--json"], env=env)
         assert breakers.exit_code == 0, breakers.output
         assert json.loads(breakers.stdout) == {"breakers": {}}
+
+
+@pytest.mark.parametrize("overflow", ["payg", "spill", "refuse"])
+def test_reserved_capacity_is_used_first_then_the_contract_decides(
+    tmp_path: Path, overflow: str
+) -> None:
+    """A provider with 3 reserved requests a minute at 50 % of catalog price; a fallback."""
+    with running_sim(SimConfig(seed=1)) as sim:
+        contract = {"reserved_rpm": 3, "reserved_price_factor": 0.5, "overflow": overflow}
+        providers = [
+            ProviderConfig(name="committed", kind="sim", base_url=sim.url, capacity=contract),
+            ProviderConfig(name="payg", kind="sim", base_url=sim.url),
+        ]
+        models = [
+            model("m", "sim-standard", provider="committed", fallbacks=["b"]),
+            model("b", "sim-economy", provider="payg"),
+        ]
+        with gateway_corral(
+            tmp_path / "home", f"sqlite:///{tmp_path / 'c.db'}", providers=providers, models=models
+        ) as running:
+            answers = [call(running, "chat", stream=False) for _ in range(5)]
+            routes = [r.headers.get("x-corral-route") for r in answers]
+            assert routes[:3] == ["committed/sim-standard"] * 3
+            if overflow == "payg":
+                assert routes[3:] == ["committed/sim-standard"] * 2
+            else:  # spill and refuse both move on when something else can serve
+                assert routes[3:] == ["payg/sim-economy"] * 2
+            rows = running.records("attempt", wait_for=5)
+            sources = [(r.provider, r.cost_source) for r in rows]
+            assert sources[:3] == [("committed", "contract")] * 3
+            reserved, full = rows[0], rows[3]
+            if overflow == "payg":
+                assert full.cost_source == "computed"
+                per_token = reserved.cost_nusd / (
+                    reserved.input_tokens * 1 + reserved.output_tokens * 2
+                )
+                assert per_token == pytest.approx(500, rel=0.02)  # half of 1,000 nano-USD a unit
+
+            env = {"CORRAL_URL": running.url, "CORRAL_ADMIN_KEY": running.corral.admin_key}
+            out = CliRunner().invoke(main, ["capacity", "--json"], env=env)
+            assert out.exit_code == 0, out.output
+            (report,) = json.loads(out.stdout)["providers"]
+            assert report["provider"] == "committed"
+            hours = report["hours"]
+            assert sum(h["reserved_attempts"] for h in hours) == 3
+            assert sum(h["overflow_attempts"] for h in hours) == (2 if overflow == "payg" else 0)
+            text = CliRunner().invoke(main, ["capacity"], env=env)
+            assert "committed: reserved rpm 3" in text.output
+
+
+def test_a_contract_that_refuses_overflow_answers_429_when_nothing_else_can(
+    tmp_path: Path,
+) -> None:
+    with running_sim(SimConfig(seed=1)) as sim:
+        contract = {"reserved_rpm": 1, "overflow": "refuse"}
+        providers = [
+            ProviderConfig(name="committed", kind="sim", base_url=sim.url, capacity=contract)
+        ]
+        models = [model("m", "sim-standard", provider="committed")]
+        with gateway_corral(
+            tmp_path / "home", f"sqlite:///{tmp_path / 'c.db'}", providers=providers, models=models
+        ) as running:
+            assert call(running, "chat", stream=False).status_code == 200
+            refused = call(running, "messages", stream=False)
+            assert refused.status_code == 429
+            assert "refuses overflow" in refused.json()["error"]["message"]
+            assert 1 <= int(refused.headers["retry-after"]) <= 60

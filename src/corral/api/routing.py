@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from random import Random
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from sqlalchemy import func, select
 
 from corral.api.context import Ctx
 from corral.errors import InvalidRequest
+from corral.identity.service import parse_since
+from corral.store.schema import spans
 
 
 def explain_route(
@@ -76,8 +80,93 @@ class _ByWeight(Random):
         return 0.5
 
 
+def capacity_report(
+    ctx: Ctx,
+    since: Annotated[
+        str, Query(max_length=64, description="Window start: `24h`, `7d`, `all` or ISO-8601.")
+    ] = "24h",
+) -> dict[str, Any]:
+    """Each provider contract's use per hour: attempts and tokens within the reserved capacity
+    and past it, and utilisation of the reserved RPM and TPM (per hour: 60 × the rate)."""
+    ctx.require_manager()
+    host = ctx.host
+    start = parse_since(since, host.clock.now())
+    contracts = {
+        name: p.capacity for name, p in host.catalog.providers.items() if p.capacity is not None
+    }
+    tokens = (
+        spans.c.input_tokens
+        + spans.c.cached_input_tokens
+        + spans.c.cache_write_tokens
+        + spans.c.output_tokens
+        + spans.c.reasoning_tokens
+    )
+    hour = (spans.c.start_ns // _NS_PER_HOUR).label("hour")
+    query = (
+        select(
+            spans.c.provider,
+            hour,
+            (spans.c.cost_source == "contract").label("reserved"),
+            func.count().label("attempts"),
+            func.coalesce(func.sum(tokens), 0).label("tokens"),
+        )
+        .where(
+            spans.c.kind == "attempt",
+            spans.c.provider.in_(sorted(contracts)),
+            spans.c.start_ns >= int(start * 1e9),
+        )
+        .group_by(spans.c.provider, hour, spans.c.cost_source == "contract")
+    )
+    with host.store.connect() as conn:
+        rows = conn.execute(query).fetchall() if contracts else []
+    table: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in rows:
+        entry = table.setdefault(
+            (r.provider, int(r.hour)),
+            {
+                "reserved_attempts": 0,
+                "overflow_attempts": 0,
+                "reserved_tokens": 0,
+                "overflow_tokens": 0,
+            },
+        )
+        side = "reserved" if r.reserved else "overflow"
+        entry[f"{side}_attempts"] += int(r.attempts)
+        entry[f"{side}_tokens"] += int(r.tokens)
+    providers = []
+    for name, cap in sorted(contracts.items()):
+        hours = []
+        for (provider, h), entry in sorted(table.items()):
+            if provider != name:
+                continue
+            hours.append(
+                {
+                    "hour": datetime.fromtimestamp(h * 3600, UTC).isoformat(),
+                    **entry,
+                    "rpm_utilisation": _share(entry["reserved_attempts"], cap.reserved_rpm),
+                    "tpm_utilisation": _share(entry["reserved_tokens"], cap.reserved_tpm),
+                }
+            )
+        providers.append(
+            {
+                "provider": name,
+                "contract": cap.model_dump(),
+                "hours": hours,
+            }
+        )
+    return {"since": datetime.fromtimestamp(start, UTC).isoformat(), "providers": providers}
+
+
+_NS_PER_HOUR = 3_600_000_000_000
+
+
+def _share(used: int, per_minute: int | None) -> float | None:
+    return None if not per_minute else round(used / (per_minute * 60), 4)
+
+
 def router() -> APIRouter:
     r = APIRouter(prefix="/api/v1")
     r.add_api_route("/route/explain", explain_route, methods=["GET"], tags=["routing"])
     r.add_api_route("/breakers", list_breakers, methods=["GET"], tags=["routing"])
+    r.add_api_route("/capacity", capacity_report, methods=["GET"], tags=["routing"])
     return r

@@ -92,4 +92,50 @@ def breakers(as_json: bool) -> None:
     )
 
 
-COMMANDS: list[click.Command] = [route]
+@click.command()
+@click.option("--since", default="24h", show_default=True, help="Window: 24h, 7d, all, ISO time.")
+@json_option
+def capacity(since: str, as_json: bool) -> None:
+    """Show each provider contract's use per hour: within the reserved capacity and past it."""
+    with _client() as api:
+        found: dict[str, Any] = api.get("/capacity", {"since": since})
+    if as_json:
+        _print_json(found)
+        return
+    if not found["providers"]:
+        click.echo("No provider has a capacity contract (set [providers.capacity] in the config).")
+        return
+    for p in found["providers"]:
+        c = p["contract"]
+        terms = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in c.items() if v is not None)
+        _table(
+            f"{p['provider']}: {terms}",
+            [
+                "hour (UTC)",
+                "reserved",
+                "overflow",
+                "reserved tokens",
+                "overflow tokens",
+                "RPM used",
+                "TPM used",
+            ],
+            [
+                [
+                    h["hour"][:13].replace("T", " ") + ":00",
+                    h["reserved_attempts"],
+                    h["overflow_attempts"],
+                    f"{h['reserved_tokens']:,}",
+                    f"{h['overflow_tokens']:,}",
+                    _pct(h["rpm_utilisation"]),
+                    _pct(h["tpm_utilisation"]),
+                ]
+                for h in p["hours"]
+            ],
+        )
+
+
+def _pct(share: float | None) -> str | None:
+    return None if share is None else f"{share:.1%}"
+
+
+COMMANDS: list[click.Command] = [route, capacity]

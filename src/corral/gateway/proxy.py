@@ -29,6 +29,7 @@ from corral.errors import (
     InvalidRequest,
     NotFound,
     PermissionDenied,
+    RateLimited,
     UnknownModel,
     UpstreamError,
     UpstreamTimeout,
@@ -62,6 +63,7 @@ from corral.quota.gate import Admission, refusal_attributes
 from corral.quota.rules import Chain
 from corral.routing import Deployment
 from corral.routing.catalog import PROTOCOL_NAMES, Prices
+from corral.settings import CapacityConfig
 from corral.tokens import count_tokens
 from corral.traces.spans import parse_traceparent
 
@@ -83,6 +85,7 @@ class Call:
         "attempt_span_id",
         "body",
         "chain",
+        "contract",
         "deployment",
         "failed",
         "key",
@@ -129,6 +132,7 @@ class Call:
         self.skipped: list[tuple[str, str]] = []  # (deployment id, why) passed over
         self.strip_usage = False  # a chat stream's usage chunk: asked for upstream, not shown
         self.route_reason: str | None = None  # why the route policy moved the request
+        self.contract: CapacityConfig | None = None  # set when served within reserved capacity
 
     def overhead_ms(self, now: float) -> float:
         upstream = (self.t_up_end or now) - self.t_up if self.t_up else 0.0
@@ -269,6 +273,10 @@ class Gateway(Records):
                 call.skipped.append((deployment.id, "circuit open or cooling down"))
                 continue
             call.deployment = deployment
+            refused = await self._reserve_capacity(call, data, needed, deadline)
+            if refused is not None:
+                last = refused
+                continue
             is_last = (
                 i == len(candidates) - 1 or len(call.failed) + 1 >= settings.route_max_attempts
             )
@@ -289,6 +297,43 @@ class Gateway(Records):
             call, status="error", http=error.status, error=(class_of(error), error.message)
         )
         await self._reject(send, call.wire, error, call)
+
+    async def _reserve_capacity(
+        self, call: Call, data: dict[str, Any], needed: int, deadline: float
+    ) -> CorralError | None:
+        """Count the attempt against its provider's reserved capacity, if it has a contract.
+
+        None: go ahead (``call.contract`` says whether within the reservation). Otherwise the
+        attempt must not be made: the contract spills, queues past the deadline, or refuses.
+        """
+        assert call.deployment is not None
+        provider = call.deployment.provider
+        cap = call.contract = provider.capacity
+        if cap is None or (cap.reserved_rpm is None and cap.reserved_tpm is None):
+            call.contract = None
+            return None
+        tokens = needed + (
+            call.wire.max_tokens(data) or self.app.settings.quota_default_max_output_tokens
+        )
+        take = self.app.quotas.take_capacity
+        wait = await take(provider.name, cap.reserved_rpm, cap.reserved_tpm, tokens)
+        queue = wait is not None and cap.overflow == "queue" and wait > 0
+        if queue and wait is not None and time.perf_counter() + wait < deadline:
+            await asyncio.sleep(wait)  # the next minute's reservation, within the deadline
+            wait = await take(provider.name, cap.reserved_rpm, cap.reserved_tpm, tokens)
+        if wait is None:
+            return None
+        call.contract = None
+        if cap.overflow == "payg":
+            return None
+        why = f"reserved capacity of {provider.name} in use; its contract {cap.overflow}s overflow"
+        call.skipped.append((call.deployment.id, why))
+        return RateLimited(
+            f"the reserved capacity of provider {provider.name!r} is in use and its contract "
+            + ("refuses overflow" if cap.overflow == "refuse" else "sends overflow elsewhere")
+            + ", and no other deployment could take the request",
+            retry_after=max(wait, 1.0),
+        )
 
     async def _attempt(
         self,

@@ -65,7 +65,7 @@ class Records:
             start_ns=call.start_ns + int((call.t_up - call.t0) * 1e9),
             end_ns=call.start_ns + int((now - call.t0) * 1e9),
             upstream_ms=(now - call.t_up) * 1000,
-            cost_source="computed",
+            cost_source=_cost_source(call, False),
             price_version=self.app.catalog.price_version,
         )
         call.failed.append(row)
@@ -130,6 +130,8 @@ class Records:
         cost = deployment.prices.cost_nusd(
             usage.input, usage.cached_input, usage.cache_write, usage.output, usage.reasoning
         )
+        if call.contract is not None:  # within reserved capacity: the contract's price
+            cost = round(cost * call.contract.reserved_price_factor)
         end_ns = call.start_ns + int((now - call.t0) * 1e9)
         upstream_ms = ((call.t_up_end or now) - call.t_up) * 1000 if call.t_up else None
         row = SPAN_DEFAULTS.copy()
@@ -170,7 +172,7 @@ class Records:
             output_tokens=usage.output,
             reasoning_tokens=usage.reasoning,
             cost_nusd=cost,
-            cost_source="estimated" if estimated else "computed",
+            cost_source=_cost_source(call, estimated),
             price_version=self.app.catalog.price_version,
         )
         adm = call.admission
@@ -211,6 +213,13 @@ class Records:
                 + usage.reasoning
             )
             self.app.quotas.settle(adm, usd=cost, tokens=tokens)
+
+
+def _cost_source(call: Call, estimated: bool) -> str:
+    """``contract``: served within a provider's reserved capacity (its price, its count)."""
+    if call.contract is not None:
+        return "contract"
+    return "estimated" if estimated else "computed"
 
 
 def estimate_input(call: Call) -> int:

@@ -24,7 +24,7 @@ from typing import Literal, Protocol
 
 from corral.errors import RateLimited, StoreError
 
-LevelKind = Literal["org", "team", "user", "key", "run"]
+LevelKind = Literal["org", "team", "user", "key", "run", "provider"]
 Resource = Literal["usd", "tokens"]
 Window = Literal["hour", "day", "month", "total"]
 Check = Literal["rpm", "tpm", "concurrency", "budget"]

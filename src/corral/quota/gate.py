@@ -27,7 +27,9 @@ from corral.quota._model import (
     NANO_PER_USD,
     WINDOW_WORDS,
     Grant,
+    Level,
     LimitExceeded,
+    Limits,
     QuotaBackend,
     QuotaUnavailable,
     format_amount,
@@ -227,6 +229,29 @@ class QuotaGate:
         if grant.degraded:
             adm.soft_reason = _soft_reason(grant)
         return adm
+
+    async def take_capacity(
+        self, provider: str, rpm: int | None, tpm: int | None, tokens: int
+    ) -> float | None:
+        """Count one request against a provider's reserved RPM/TPM (exact across processes,
+        like any limit). None: it fits; else the seconds until the next minute frees some.
+
+        The backend being unreachable counts as *not* reserved (0.0): the contract's
+        overflow rule decides, as when the reservation is used up.
+        """
+        chain = ((Level("provider", provider), Limits(rpm=rpm, tpm=tpm)),)
+        try:
+            grant = await self.backend.admit(
+                chain, want_usd=0, want_tokens=tokens, min_usd=0, min_tokens=0, lease_ttl=60.0
+            )
+        except LimitExceeded as exc:
+            return exc.retry_after or 1.0
+        except QuotaUnavailable as exc:
+            log.warning("reserved capacity of %s cannot be counted: %s", provider, exc)
+            return 0.0
+        # Rates count at admission; the lease holds nothing else, so it goes at once.
+        self._spawn(grant.lease_id, 0, 0, grant.expires_at)
+        return None
 
     # -- settlement ------------------------------------------------------------------
 

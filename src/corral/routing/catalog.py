@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from random import Random
 
 import orjson
 
 from corral.errors import ConfigError, UnknownModel
-from corral.settings import ModelConfig, Protocol, ProviderConfig, Settings
+from corral.settings import CapacityConfig, ModelConfig, Protocol, ProviderConfig, Settings
 
 DEFAULT_PROTOCOLS: dict[str, tuple[Protocol, ...]] = {
     "openai": ("chat", "responses"),
@@ -172,6 +172,7 @@ class Provider:
     api_key_env: str | None
     protocols: frozenset[str]
     headers: tuple[tuple[str, str], ...]
+    capacity: CapacityConfig | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +221,7 @@ class Catalog:
                 api_key_env=p.api_key_env,
                 protocols=frozenset(p.protocols or DEFAULT_PROTOCOLS[p.kind]),
                 headers=tuple(p.headers.items()),
+                capacity=p.capacity,
             )
         # A public name may have several deployments (weighted); ``models`` maps each name
         # to its first, ``deployments`` to all of them.
