@@ -123,7 +123,7 @@ class Wire(ABC):
         return model, stream
 
 
-def _max_field(body: dict[str, Any], *names: str) -> int | None:
+def max_field(body: dict[str, Any], *names: str) -> int | None:
     for name in names:
         value = body.get(name)
         if value is None:
@@ -153,7 +153,7 @@ class ChatWire(Wire):
             body[name] = value
 
     def max_tokens(self, body: dict[str, Any]) -> int | None:
-        return _max_field(body, "max_completion_tokens", "max_tokens")
+        return max_field(body, "max_completion_tokens", "max_tokens")
 
     def check(self, body: dict[str, Any]) -> tuple[str, bool]:
         model, stream = super().check(body)
@@ -187,7 +187,7 @@ class ResponsesWire(Wire):
     max_field = "max_output_tokens"
 
     def max_tokens(self, body: dict[str, Any]) -> int | None:
-        return _max_field(body, "max_output_tokens")
+        return max_field(body, "max_output_tokens")
 
     def check(self, body: dict[str, Any]) -> tuple[str, bool]:
         model, stream = super().check(body)
@@ -219,7 +219,7 @@ class MessagesWire(Wire):
     path = "/v1/messages"
 
     def max_tokens(self, body: dict[str, Any]) -> int | None:
-        return _max_field(body, "max_tokens")
+        return max_field(body, "max_tokens")
 
     def check(self, body: dict[str, Any]) -> tuple[str, bool]:
         model, stream = self.check_count(body)
