@@ -147,7 +147,7 @@ def test_anthropic_provider_gets_x_api_key(
     assert "authorization" not in headers
 
 
-def test_openai_compatible_without_secret_and_protocol_mismatch(
+def test_openai_compatible_without_secret_translation_and_protocol_mismatch(
     corral_with_providers: Running, upstream: tuple[CaptureUpstream, str]
 ) -> None:
     corral = corral_with_providers
@@ -160,10 +160,19 @@ def test_openai_compatible_without_secret_and_protocol_mismatch(
     claude = corral.track(
         anthropic.Anthropic(base_url=corral.url, api_key=corral.key, max_retries=0)
     )
-    with pytest.raises(anthropic.BadRequestError, match="does not speak the Anthropic Messages"):
-        claude.messages.create(
-            model="qwen-local", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
-        )
+    # An Anthropic client is served by the chat-only server through translation.
+    reply = claude.messages.create(
+        model="qwen-local", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert reply.type == "message"
+    assert reply.content[0].type == "text"
+    path, _, sent = capture.seen[-1]
+    assert path == "/v1/chat/completions"
+    assert sent["max_tokens"] == 5  # the field an openai-compatible server reads
+    assert sent["messages"] == [{"role": "user", "content": "hi"}]
+    # The Responses API has no translation: a chat-only server cannot serve it.
+    with pytest.raises(openai.BadRequestError, match="does not speak the OpenAI Responses"):
+        client.responses.create(model="qwen-local", input="hi")
 
 
 def test_missing_provider_secret_is_a_clear_502(

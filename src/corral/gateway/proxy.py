@@ -35,6 +35,7 @@ from corral.errors import (
     UpstreamTimeout,
 )
 from corral.gateway.client import ClientConnectionError, Response
+from corral.gateway.crossing import Crossing, StreamTranslator, can_serve, crossing
 from corral.gateway.http import (
     JSON_CT,
     SSE_CT,
@@ -56,7 +57,7 @@ from corral.gateway.upstream import (
     error_message,
     upstream_url,
 )
-from corral.gateway.wire import CHAT, MESSAGES, RESPONSES, Wire
+from corral.gateway.wire import CHAT, MESSAGES, RESPONSES, Outcome, Wire
 from corral.identity import KeyInfo
 from corral.quota import LimitExceeded, QuotaUnavailable
 from corral.quota.gate import Admission, refusal_attributes
@@ -86,6 +87,7 @@ class Call:
         "body",
         "chain",
         "contract",
+        "crossing",
         "deployment",
         "failed",
         "key",
@@ -133,6 +135,7 @@ class Call:
         self.strip_usage = False  # a chat stream's usage chunk: asked for upstream, not shown
         self.route_reason: str | None = None  # why the route policy moved the request
         self.contract: CapacityConfig | None = None  # set when served within reserved capacity
+        self.crossing: Crossing | None = None  # set when the attempt crosses protocols
 
     def overhead_ms(self, now: float) -> float:
         upstream = (self.t_up_end or now) - self.t_up if self.t_up else 0.0
@@ -349,8 +352,21 @@ class Gateway(Records):
         """One upstream try. None: the client got its answer. An error: try the next one."""
         wire, deployment, breakers = call.wire, call.deployment, self.app.breakers
         assert deployment is not None
-        upstream_body, strip_usage = self._prepare(call, data, body, rewrite)
-        url = upstream_url(deployment, wire.path, scope["query_string"])
+        cross = call.crossing = crossing(wire, deployment)
+        if cross is None:
+            upstream_body, strip_usage = self._prepare(call, data, body, rewrite)
+        else:
+            default_max = (
+                deployment.max_output_tokens or self.app.settings.quota_default_max_output_tokens
+            )
+            try:
+                upstream_body = cross.request(data, deployment, default_max)
+            except InvalidRequest as exc:  # this deployment cannot take it; another may
+                call.skipped.append((deployment.id, f"cannot translate: {exc.message}"))
+                return exc
+            strip_usage = call.strip_usage
+        path = cross.upstream.path if cross is not None else wire.path
+        url = upstream_url(deployment, path, scope["query_string"])
         extra = {"traceparent": f"00-{call.trace_id}-{call.attempt_span_id}-01"}
         remaining = call.t0 + self.app.settings.route_deadline - time.perf_counter()
         first_byte = min(self.app.settings.upstream_first_byte_timeout, remaining)
@@ -390,7 +406,8 @@ class Gateway(Records):
                 if isinstance(first, CorralError):
                     return self._attempt_failed(call, 502, class_of(first), first.message, first)
                 breakers.record(deployment.id, None)
-                await self._relay(call, response, receive, send, strip_usage, first)
+                transform = cross.stream(call.model or "") if cross is not None else None
+                await self._relay(call, response, receive, send, strip_usage, first, transform)
             else:
                 try:
                     payload = await asyncio.wait_for(response.read(), remaining)
@@ -467,7 +484,7 @@ class Gateway(Records):
             routed, call.route_reason = decision.model, decision.reason
         chain = []
         for d in catalog.chain(routed, self.rng):
-            if not d.speaks(call.wire.name):
+            if not can_serve(call.wire, d):
                 call.skipped.append((d.id, f"does not speak {call.wire.name}"))
             elif key.allowed_models is not None and d.name not in key.allowed_models:
                 call.skipped.append((d.id, "model not allowed for this key"))
@@ -574,10 +591,14 @@ class Gateway(Records):
             return
         call.t_up_end = time.perf_counter()
         status = response.status
+        cross = call.crossing
         if 200 <= status < 300:
             try:
-                outcome = wire.outcome(orjson.loads(payload))
-            except (orjson.JSONDecodeError, AttributeError, TypeError):
+                if cross is None:
+                    outcome = wire.outcome(orjson.loads(payload))
+                else:
+                    payload, outcome = cross.response(orjson.loads(payload), call.model or "")
+            except (orjson.JSONDecodeError, AttributeError, TypeError, UpstreamError):
                 error = UpstreamError("the provider returned a malformed response body")
                 self._record(
                     call, status="error", http=502, error=("malformed_response", error.message)
@@ -590,7 +611,9 @@ class Gateway(Records):
             self._record(
                 call, status="error", http=status, error=(classify(status, payload), message)
             )
-        headers = _response_headers(response)
+            if cross is not None:
+                payload = cross.error(status, payload)
+        headers = _response_headers(response, JSON_CT if cross is not None else None)
         headers.extend(call.corral_headers(time.perf_counter()))
         await send_bytes(send, status, headers, payload)
 
@@ -602,10 +625,15 @@ class Gateway(Records):
         send: Send,
         strip_usage: bool,
         first: bytes,
+        transform: StreamTranslator | None = None,
     ) -> None:
         """Relay an SSE stream event by event, metering as it passes (``first``: its first
         bytes, already read)."""
         meter = call.wire.meter(strip_usage)
+
+        def upstream() -> Outcome:  # usage as the provider reported it
+            return transform.outcome if transform is not None else meter.outcome
+
         headers = _response_headers(response, SSE_CT)
         headers.extend(call.corral_headers(time.perf_counter()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -614,13 +642,22 @@ class Gateway(Records):
         recorded = False
         failure: CorralError | None = None
         try:
-            async for chunk in _prepend(first, response.content.iter_any()):
+            async for raw in _prepend(first, response.content.iter_any()):
                 if call.ttft_ms is None:
                     call.ttft_ms = (time.perf_counter() - call.t_up) * 1000
+                chunk = transform.feed(raw) if transform is not None else raw
                 out, terminal = meter.feed(chunk)
                 if terminal and not abandoned.is_set():
                     call.t_up_end = time.perf_counter()
-                    self._record_stream(call, meter.outcome, meter.events, complete=True)
+                    self._record_stream(call, upstream(), meter.events, complete=True)
+                    recorded = True
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            if transform is not None and not abandoned.is_set():
+                out, terminal = meter.feed(transform.close())  # ends the client's stream well
+                if terminal and not recorded and transform.outcome.error is None:
+                    call.t_up_end = time.perf_counter()
+                    self._record_stream(call, upstream(), meter.events, complete=True)
                     recorded = True
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
@@ -634,20 +671,24 @@ class Gateway(Records):
             watcher.cancel()
         call.t_up_end = call.t_up_end or time.perf_counter()
         if abandoned.is_set() and not recorded:
-            self._record_stream(call, meter.outcome, meter.events, complete=False, abandoned=True)
+            self._record_stream(call, upstream(), meter.events, complete=False, abandoned=True)
             return
         if not recorded:
+            # A translator that saw the whole upstream body has ended the client's stream with
+            # its own error event; a broken connection has not.
+            ended = transform is not None and failure is None
             failure = failure or UpstreamError(
                 "the provider ended the stream before it was complete"
             )
-            self._record_stream(call, meter.outcome, meter.events, complete=False, failure=failure)
-            await send(
-                {
-                    "type": "http.response.body",
-                    "body": _sse_error(call.wire, failure, meter.events),
-                    "more_body": True,
-                }
-            )
+            self._record_stream(call, upstream(), meter.events, complete=False, failure=failure)
+            if not ended:
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": _sse_error(call.wire, failure, meter.events),
+                        "more_body": True,
+                    }
+                )
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     # -- other endpoints ----------------------------------------------------------
