@@ -18,6 +18,7 @@ from corral.errors import ConfigError
 from corral.gateway import Gateway, Upstream
 from corral.gateway.http import Receive, Scope, Send
 from corral.identity import KeyCache
+from corral.metrics import Metrics
 from corral.quota import EmbeddedQuota, QuotaBackend, RedisQuota
 from corral.quota.gate import QuotaGate
 from corral.quota.rules import QuotaRules
@@ -88,6 +89,7 @@ class CorralApp:
         self._api: ASGIApp | None = None
         self.generated_admin_key: str | None = None
         self.on_startup: list[Callable[[CorralApp], None]] = []
+        self.metrics = Metrics(self)
         self.started = False
 
     @property
@@ -167,6 +169,8 @@ class CorralApp:
                 await self.gateway(scope, receive, send)
             elif path.startswith("/api/"):
                 await self.api(scope, receive, send)
+            elif path == "/metrics":
+                await self.metrics(scope, receive, send)
             else:
                 from corral.web import status_app
 

@@ -165,6 +165,9 @@ def test_breaker_opens_then_recovers(tmp_path: Path) -> None:
             assert call(running, "chat", stream=False).headers["x-corral-attempts"] == "2"
         status = running.app.breakers.status()
         assert status["sim/sim-frontier+fault=500"]["state"] == "open"
+        metrics = httpx.get(f"{running.url}/metrics").text
+        assert 'corral_breaker_state{deployment="sim/sim-frontier+fault=500"} 2.0' in metrics
+        assert 'corral_breaker_opened_total{deployment="sim/sim-frontier+fault=500"} 1.0' in metrics
         r = call(running, "chat", stream=False)
         assert r.status_code == 200
         assert "x-corral-attempts" not in r.headers, "an open circuit was still tried"
