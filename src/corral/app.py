@@ -9,6 +9,7 @@ dispatches by path: ``/v1/*`` to the gateway, ``/api/*`` to the admin API,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -24,7 +25,7 @@ from corral.quota.gate import QuotaGate
 from corral.quota.rules import QuotaRules
 from corral.routing import Catalog
 from corral.routing.breaker import Breakers
-from corral.routing.policy import RoutePolicy
+from corral.routing.policy import RoutePolicy, load_stored
 from corral.settings import Settings
 from corral.sim import SimConfig, SimServer, bind_socket
 from corral.store import Store
@@ -85,6 +86,7 @@ class CorralApp:
         )
         self._catalog: Catalog | None = None
         self.route_policy: RoutePolicy | None = None
+        self._route_refresher: asyncio.Task[None] | None = None
         self._sim: SimServer | None = None
         self._api: ASGIApp | None = None
         self.generated_admin_key: str | None = None
@@ -129,6 +131,8 @@ class CorralApp:
         self.route_policy = RoutePolicy(
             self._catalog, list(self.settings.route_policies), list(self.settings.tier_order)
         )
+        await self.reload_routes()
+        self._route_refresher = asyncio.create_task(self._refresh_routes(), name="corral-routes")
         # Replay dead processes' journals first: the quota backends restore spend from spans.
         self.quotas.bind(asyncio.get_running_loop())
         await self.recorder.start()
@@ -143,7 +147,25 @@ class CorralApp:
         for hook in self.on_startup:
             hook(self)
 
+    async def reload_routes(self) -> None:
+        """Re-read the route policy rules set through the API."""
+        if self.route_policy is not None:
+            self.route_policy.set_stored(await asyncio.to_thread(load_stored, self.store))
+
+    async def _refresh_routes(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.quota_refresh_interval)
+            try:
+                await self.reload_routes()
+            except Exception:
+                log.exception("reloading route policies failed; keeping the last ones")
+
     async def shutdown(self) -> None:
+        if self._route_refresher is not None:
+            self._route_refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._route_refresher
+            self._route_refresher = None
         await self.keys.stop()
         await self.gateway.stop()
         await self.quotas.stop()

@@ -350,3 +350,51 @@ def test_a_contract_that_refuses_overflow_answers_429_when_nothing_else_can(
             assert refused.status_code == 429
             assert "refuses overflow" in refused.json()["error"]["message"]
             assert 1 <= int(refused.headers["retry-after"]) <= 60
+
+
+def test_route_policies_through_the_api_and_cli(tmp_path: Path) -> None:
+    config = [{"team": "search", "allowed_tiers": ["economy"]}]  # not this key's team
+    with gateway_corral(
+        tmp_path / "home", f"sqlite:///{tmp_path / 'c.db'}", route_policies=config
+    ) as running:
+        env = {"CORRAL_URL": running.url, "CORRAL_ADMIN_KEY": running.corral.admin_key}
+        added = CliRunner().invoke(
+            main, ["route", "add", "--task-class", "triage", "--tier", "economy", "--json"], env=env
+        )
+        assert added.exit_code == 0, added.output
+        found = json.loads(added.stdout)
+        rule_id = found["id"]
+        assert [(p["number"], p["source"]) for p in found["policies"]] == [
+            (1, "config"),
+            (2, "store"),
+        ]
+        body = {
+            "model": "sim-frontier",
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": "x"}],
+        }
+        headers = {"authorization": f"Bearer {running.key}", "x-corral-task-class": "triage"}
+        r = httpx.post(f"{running.url}/v1/chat/completions", json=body, headers=headers)
+        assert r.headers["x-corral-route"] == "sim/sim-economy"
+        assert "route policy 2 (task class triage)" in r.headers["x-corral-route-reason"]
+
+        bad = CliRunner().invoke(main, ["route", "add", "--tier", "premium"], env=env)
+        assert bad.exit_code != 0
+        assert "no such tier: premium" in bad.output
+        listed = CliRunner().invoke(main, ["route", "policies"], env=env)
+        assert "triage" in listed.output
+        # A team admin may read, not write.
+        with running.corral.client() as admin:
+            lead = admin.post(
+                "/api/v1/keys", json={"team": "payments", "user": "ada", "role": "team_admin"}
+            ).json()["key"]
+        refused = CliRunner().invoke(
+            main, ["route", "remove", rule_id], env={**env, "CORRAL_ADMIN_KEY": lead}
+        )
+        assert refused.exit_code != 0
+        removed = CliRunner().invoke(main, ["route", "remove", rule_id], env=env)
+        assert removed.exit_code == 0, removed.output
+        r = httpx.post(f"{running.url}/v1/chat/completions", json=body, headers=headers)
+        assert r.headers["x-corral-route"] == "sim/sim-frontier"
+        gone = CliRunner().invoke(main, ["route", "remove", rule_id], env=env)
+        assert "no route policy" in gone.output

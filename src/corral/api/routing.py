@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from random import Random
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
+from pydantic import Field
 from sqlalchemy import func, select
 
 from corral.api.context import Ctx
 from corral.errors import InvalidRequest
 from corral.identity.service import parse_since
+from corral.routing.policy import add_stored, remove_stored
+from corral.settings import RoutePolicyConfig
 from corral.store.schema import spans
 
 
@@ -65,6 +69,54 @@ def explain_route(
         "max_attempts": host.settings.route_max_attempts,
         "chain": chain,
     }
+
+
+class PolicyIn(RoutePolicyConfig):
+    """A route policy rule, and where it goes among the API's rules (default: last)."""
+
+    position: float | None = Field(
+        default=None, description="Rules apply by ascending position, after the config file's."
+    )
+
+
+def list_policies(ctx: Ctx) -> dict[str, Any]:
+    """Every route policy rule in the order they apply: the config file's, then the API's."""
+    ctx.require_manager()
+    policy = ctx.host.route_policy
+    rules = policy.rules() if policy is not None else []
+    return {
+        "policies": [
+            {"number": n, "source": source, "id": rule_id, **rule.model_dump()}
+            for n, source, rule_id, rule in rules
+        ]
+    }
+
+
+async def add_policy(ctx: Ctx, body: PolicyIn) -> dict[str, Any]:
+    """Add a rule (org admin). Every process applies it within `quota_refresh_interval`."""
+    ctx.require_org_admin()
+    policy = ctx.host.route_policy
+    assert policy is not None
+    rule = RoutePolicyConfig(**body.model_dump(exclude={"position"}))
+    policy.check(rule)
+    rule_id = await asyncio.to_thread(
+        add_stored,
+        ctx.host.store,
+        rule,
+        now=ctx.host.clock.now(),
+        by=ctx.caller.key_id,
+        position=body.position,
+    )
+    await ctx.host.reload_routes()
+    return {"id": rule_id, **list_policies(ctx)}
+
+
+async def remove_policy(ctx: Ctx, rule_id: str) -> Response:
+    """Remove a rule set through the API (org admin); config-file rules stay."""
+    ctx.require_org_admin()
+    await asyncio.to_thread(remove_stored, ctx.host.store, rule_id)
+    await ctx.host.reload_routes()
+    return Response(status_code=204)
 
 
 def list_breakers(ctx: Ctx) -> dict[str, Any]:
@@ -169,4 +221,16 @@ def router() -> APIRouter:
     r.add_api_route("/route/explain", explain_route, methods=["GET"], tags=["routing"])
     r.add_api_route("/breakers", list_breakers, methods=["GET"], tags=["routing"])
     r.add_api_route("/capacity", capacity_report, methods=["GET"], tags=["routing"])
+    r.add_api_route("/route/policies", list_policies, methods=["GET"], tags=["routing"])
+    r.add_api_route(
+        "/route/policies", add_policy, methods=["POST"], tags=["routing"], status_code=201
+    )
+    r.add_api_route(
+        "/route/policies/{rule_id}",
+        remove_policy,
+        methods=["DELETE"],
+        tags=["routing"],
+        status_code=204,
+        response_class=Response,
+    )
     return r

@@ -66,6 +66,84 @@ def explain(
     )
 
 
+@route.command("policies")
+@json_option
+def policies(as_json: bool) -> None:
+    """List the route policy rules in the order they apply (config file first)."""
+    with _client() as api:
+        found: dict[str, Any] = api.get("/route/policies")
+    if as_json:
+        _print_json(found)
+        return
+    _policy_table(found["policies"])
+
+
+@route.command("add")
+@click.option("--team", help="Match this team's requests (name).")
+@click.option("--task-class", help="Match requests with this x-corral-task-class.")
+@click.option(
+    "--priority", type=click.Choice(["low", "normal", "high"]), help="Match this priority."
+)
+@click.option("--tier", help="The dearest tier matching requests may use.")
+@click.option("--allowed-tier", "allowed", multiple=True, help="A tier they may use (repeat).")
+@click.option("--position", type=float, help="Where among the API's rules (default: last).")
+@json_option
+def add(
+    team: str | None,
+    task_class: str | None,
+    priority: str | None,
+    tier: str | None,
+    allowed: tuple[str, ...],
+    position: float | None,
+    as_json: bool,
+) -> None:
+    """Add a route policy rule (org admin key)."""
+    body = {
+        "team": team,
+        "task_class": task_class,
+        "priority": priority,
+        "tier": tier,
+        "allowed_tiers": list(allowed) or None,
+        "position": position,
+    }
+    with _client() as api:
+        found: dict[str, Any] = api.post("/route/policies", body)
+    if as_json:
+        _print_json(found)
+        return
+    click.echo(f"Added route policy {found['id']}.")
+    _policy_table(found["policies"])
+
+
+@route.command("remove")
+@click.argument("rule_id")
+def remove(rule_id: str) -> None:
+    """Remove a route policy rule set through the API (org admin key)."""
+    with _client() as api:
+        api.delete(f"/route/policies/{rule_id}")
+    click.echo(f"Removed route policy {rule_id}.")
+
+
+def _policy_table(rules: list[dict[str, Any]]) -> None:
+    _table(
+        "Route policies (the first matching rule applies)",
+        ["#", "id", "team", "task class", "priority", "tier", "allowed tiers", "source"],
+        [
+            [
+                r["number"],
+                r["id"],
+                r["team"],
+                r["task_class"],
+                r["priority"],
+                r["tier"],
+                ", ".join(r["allowed_tiers"]) if r["allowed_tiers"] else None,
+                r["source"],
+            ]
+            for r in rules
+        ],
+    )
+
+
 @route.command("breakers")
 @json_option
 def breakers(as_json: bool) -> None:

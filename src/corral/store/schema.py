@@ -183,6 +183,21 @@ rate_limits = Table(
     Column("updated_by", String(40), nullable=True),
 )
 
+# Route policy rules set through the API, applied after the config file's, by position.
+route_policies = Table(
+    "route_policies",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("position", Float, nullable=False),
+    Column("team", String(200), nullable=True),
+    Column("task_class", String(200), nullable=True),
+    Column("priority", String(8), nullable=True),
+    Column("tier", String(100), nullable=True),
+    Column("allowed_tiers", JSON, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(40), nullable=True),
+)
+
 # Settings the store keeps for itself (the generated admin key's hash, ...).
 meta_kv = Table(
     "meta_kv",
