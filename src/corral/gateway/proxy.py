@@ -30,10 +30,10 @@ from corral.errors import (
     NotFound,
     PermissionDenied,
     RateLimited,
-    UnknownModel,
     UpstreamError,
     UpstreamTimeout,
 )
+from corral.gateway import endpoints
 from corral.gateway.client import ClientConnectionError, Response
 from corral.gateway.crossing import Crossing, StreamTranslator, can_serve, crossing
 from corral.gateway.http import (
@@ -65,7 +65,6 @@ from corral.quota.rules import Chain
 from corral.routing import Deployment
 from corral.routing.catalog import PROTOCOL_NAMES, Prices
 from corral.settings import CapacityConfig
-from corral.tokens import count_tokens
 from corral.traces.spans import parse_traceparent
 
 if TYPE_CHECKING:
@@ -74,7 +73,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WIRES: dict[str, Wire] = {CHAT.path: CHAT, RESPONSES.path: RESPONSES, MESSAGES.path: MESSAGES}
-COUNT_TOKENS = "/v1/messages/count_tokens"
+COUNT_TOKENS = endpoints.COUNT_TOKENS
 MODELS = "/v1/models"
 
 
@@ -190,11 +189,11 @@ class Gateway(Records):
                 send, wire, InvalidRequest(f"use POST for {path}", status=405), Call(wire, scope)
             )
         elif path == COUNT_TOKENS and method == "POST":
-            await self._count_tokens(scope, receive, send)
+            await endpoints.count_tokens(self, scope, receive, send)
         elif path == MODELS and method in ("GET", "HEAD"):
-            await self._models(scope, send, None)
+            await endpoints.models(self, scope, send, None)
         elif path.startswith(MODELS + "/") and method in ("GET", "HEAD"):
-            await self._models(scope, send, path[len(MODELS) + 1 :])
+            await endpoints.models(self, scope, send, path[len(MODELS) + 1 :])
         else:
             wire = MESSAGES if path.startswith("/v1/messages") else CHAT
             missing = NotFound(f"no such endpoint: {method} {path}")
@@ -691,84 +690,6 @@ class Gateway(Records):
                 )
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    # -- other endpoints ----------------------------------------------------------
-
-    async def _count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
-        call = Call(MESSAGES, scope)
-        try:
-            data, body = await self._admit(call, scope, receive, counting=True)
-        except ClientError as exc:
-            await self._reject(send, MESSAGES, exc, call)
-            return
-        deployment = call.deployment
-        assert deployment is not None
-        if deployment.provider.kind in ("anthropic", "sim"):
-            if deployment.upstream_model != call.model:
-                data["model"] = deployment.upstream_model
-                body = orjson.dumps(data)
-            url = upstream_url(deployment, COUNT_TOKENS, scope["query_string"])
-            call.t_up = time.perf_counter()
-            try:
-                headers = self.upstream.headers(deployment, scope["headers"], {})
-                response = await self.upstream.post(url, body, headers)
-                try:
-                    payload = await response.read()
-                finally:
-                    response.release()
-            except (CorralError, ClientConnectionError, TimeoutError) as exc:
-                error = exc if isinstance(exc, CorralError) else _upstream_failure(exc, "counting")
-                await self._reject(send, MESSAGES, error, call)
-                return
-            call.t_up_end = time.perf_counter()
-            out = _response_headers(response)
-            out.extend(call.corral_headers(time.perf_counter()))
-            await send_bytes(send, response.status, out, payload)
-            return
-        # An OpenAI-family deployment has no counting endpoint: count offline.
-        text = orjson.dumps([data.get("system"), data.get("messages"), data.get("tools")])
-        result = orjson.dumps({"input_tokens": count_tokens(text.decode())})
-        await send_bytes(send, 200, [JSON_CT, *call.corral_headers(time.perf_counter())], result)
-
-    async def _models(self, scope: Scope, send: Send, model: str | None) -> None:
-        """``GET /v1/models`` (what this key may use) or ``/v1/models/{id}``, in the caller's shape.
-
-        Anthropic's SDK sends ``anthropic-version``; its list and objects differ from OpenAI's.
-        """
-        anthropic = header(scope, b"anthropic-version") is not None
-        wire = MESSAGES if anthropic else CHAT
-        call = Call(wire, scope)
-        try:
-            key = await self.app.keys.authenticate(api_key(scope))
-            names = [
-                name
-                for name in self.app.catalog.models
-                if key.allowed_models is None or name in key.allowed_models
-            ]
-            if model is not None and model not in names:
-                raise UnknownModel(f"model {model!r} does not exist or this key may not use it")
-        except ClientError as exc:
-            await self._reject(send, wire, exc, call)
-            return
-        shape = _anthropic_model if anthropic else self._openai_model
-        if model is not None:
-            body = orjson.dumps(shape(model))
-        elif anthropic:
-            body = orjson.dumps(
-                {
-                    "data": [shape(n) for n in names],
-                    "has_more": False,
-                    "first_id": names[0] if names else None,
-                    "last_id": names[-1] if names else None,
-                }
-            )
-        else:
-            body = orjson.dumps({"object": "list", "data": [shape(n) for n in names]})
-        await send_bytes(send, 200, [JSON_CT, *call.corral_headers(time.perf_counter())], body)
-
-    def _openai_model(self, name: str) -> dict[str, Any]:
-        owner = self.app.catalog.models[name].provider.name
-        return {"id": name, "object": "model", "created": 0, "owned_by": owner}
-
     async def _reject(self, send: Send, wire: Wire, exc: CorralError, call: Call) -> None:
         headers: Headers = [JSON_CT, *call.corral_headers(time.perf_counter())]
         retry_after = getattr(exc, "retry_after", None)
@@ -778,10 +699,6 @@ class Gateway(Records):
 
 
 WIRE_PATHS = {wire.name: path for path, wire in WIRES.items()}
-
-
-def _anthropic_model(name: str) -> dict[str, Any]:
-    return {"type": "model", "id": name, "display_name": name, "created_at": "2026-01-01T00:00:00Z"}
 
 
 FALLBACK_CLASSES = frozenset(
