@@ -23,9 +23,15 @@ from types import ModuleType
 import gateway_budgets
 import gateway_overhead
 import quota_admission
+import routing
 from harness import REPO, BenchError, Options, Section, raise_on_sigterm
 
-BENCHMARKS: tuple[ModuleType, ...] = (gateway_overhead, gateway_budgets, quota_admission)
+BENCHMARKS: tuple[ModuleType, ...] = (
+    gateway_overhead,
+    gateway_budgets,
+    routing,
+    quota_admission,
+)
 DOC = REPO / "docs" / "benchmarks.md"
 DOC_HEADER = """\
 # Benchmarks

@@ -97,7 +97,7 @@ class Corral:
 
 def post(load: Load, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
     """One request with the load's body and key: (status, headers, body)."""
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **dict(load.headers)}
     if load.authorization:
         headers["Authorization"] = load.authorization
     # Loopback http:// URLs built by this module only, hence the S310 waivers.

@@ -1,9 +1,9 @@
 """Drive ``wrk`` (Debian's ``/usr/bin/wrk``) with a POST body and read its percentiles as JSON.
 
-The Lua script takes the body and the ``Authorization`` header from the
-environment and, when the run ends, prints one line ``BENCH_RESULT {...}``
-with counts and latency percentiles in microseconds, so nothing is parsed from
-wrk's human-oriented output.
+The Lua script takes the body, the ``Authorization`` header and any other
+headers (``name: value`` lines) from the environment and, when the run ends,
+prints one line ``BENCH_RESULT {...}`` with counts and latency percentiles in
+microseconds, so nothing is parsed from wrk's human-oriented output.
 """
 
 from __future__ import annotations
@@ -25,6 +25,12 @@ local auth = os.getenv("BENCH_AUTH")
 if auth and auth ~= "" then
   wrk.headers["Authorization"] = auth
 end
+local extra = os.getenv("BENCH_HEADERS")
+if extra then
+  for name, value in extra:gmatch("([^:\\n]+):%s*([^\\n]*)") do
+    wrk.headers[name] = value
+  end
+end
 
 function done(summary, latency, requests)
   local e = summary.errors
@@ -41,11 +47,12 @@ _MARK = "BENCH_RESULT "
 
 @dataclass(frozen=True, slots=True)
 class Load:
-    """What to send: where, which body, with which credentials."""
+    """What to send: where, which body, with which credentials and other headers."""
 
     url: str
     body: bytes
     authorization: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +112,11 @@ class Wrk:
             "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s",
             "-s", str(self._script), load.url,
         ]  # fmt: skip
-        env = {"BENCH_BODY": load.body.decode(), "BENCH_AUTH": load.authorization}
+        env = {
+            "BENCH_BODY": load.body.decode(),
+            "BENCH_AUTH": load.authorization,
+            "BENCH_HEADERS": "\n".join(f"{name}: {value}" for name, value in load.headers),
+        }
         done = subprocess.run(
             argv,
             capture_output=True,
