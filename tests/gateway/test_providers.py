@@ -170,9 +170,9 @@ def test_openai_compatible_without_secret_translation_and_protocol_mismatch(
     assert path == "/v1/chat/completions"
     assert sent["max_tokens"] == 5  # the field an openai-compatible server reads
     assert sent["messages"] == [{"role": "user", "content": "hi"}]
-    # The Responses API has no translation: a chat-only server cannot serve it.
+    # Responses has a translation to Chat only: an Anthropic-only deployment cannot serve it.
     with pytest.raises(openai.BadRequestError, match="does not speak the OpenAI Responses"):
-        client.responses.create(model="qwen-local", input="hi")
+        client.responses.create(model="claude-x", input="hi")
 
 
 def test_missing_provider_secret_is_a_clear_502(

@@ -149,3 +149,48 @@ def test_what_cannot_be_translated_is_refused_by_name(crossing: Running) -> None
             logprobs=True,
             messages=[{"role": "user", "content": "hi"}],
         )
+
+
+def test_openai_responses_api_with_tools_served_by_a_chat_deployment(crossing: Running) -> None:
+    client = crossing.track(openai.OpenAI(base_url=crossing.url + "/v1", api_key=crossing.key))
+    tool = {
+        "type": "function",
+        "name": WEATHER["name"],
+        "description": WEATHER["description"],
+        "parameters": WEATHER["input_schema"],
+    }
+    with client.responses.stream(
+        model="local-coder",
+        instructions="You are terse.",
+        input="Weather in Oslo? Use the tool.",
+        tools=[tool],  # type: ignore[list-item]
+        max_output_tokens=300,
+        extra_headers=TOOL_CALL,
+    ) as stream:
+        final = stream.get_final_response()
+    calls = [item for item in final.output if item.type == "function_call"]
+    assert [c.name for c in calls] == ["get_weather"]
+    assert isinstance(json.loads(calls[0].arguments), dict)
+    answer = client.responses.create(
+        model="local-coder",
+        input=[
+            {"role": "user", "content": "Weather in Oslo?"},
+            {
+                "type": "function_call",
+                "call_id": calls[0].call_id,
+                "name": "get_weather",
+                "arguments": calls[0].arguments,
+            },
+            {"type": "function_call_output", "call_id": calls[0].call_id, "output": "12 C"},
+        ],
+        tools=[tool],  # type: ignore[list-item]
+        max_output_tokens=100,
+    )
+    assert answer.status == "completed"
+    assert answer.output_text
+    assert answer.usage is not None
+    assert answer.usage.output_tokens > 0
+    rows = crossing.records(wait_for=2)
+    assert all(r.protocol == "responses" for r in rows)
+    assert all(r.deployment == "vllm/sim-standard" for r in rows)
+    assert all(r.cost_nusd > 0 for r in rows)

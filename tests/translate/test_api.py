@@ -9,13 +9,16 @@ import corral.translate
 
 EXPORTED = {
     "ChatToMessagesStream",
+    "ChatToResponsesStream",
     "MessagesToChatStream",
     "anthropic_error_to_openai",
     "chat_response_to_messages",
+    "chat_response_to_responses",
     "chat_to_messages",
     "messages_response_to_chat",
     "messages_to_chat",
     "openai_error_to_anthropic",
+    "responses_to_chat",
 }
 
 

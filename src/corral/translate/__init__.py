@@ -102,6 +102,34 @@ Mapping decisions
   ``completion_tokens_details.reasoning_tokens`` ⇐
   ``output_tokens_details.thinking_tokens``.
 
+OpenAI Responses served over Chat Completions (``responses_chat``)
+------------------------------------------------------------------
+Codex CLI or ``client.responses`` in front of a Chat-only server (vLLM)::
+
+    responses_to_chat(body, *, max_tokens_field="max_completion_tokens") -> dict
+    chat_response_to_responses(resp, *, model, created=0) -> dict
+    ChatToResponsesStream(*, model, created=0)   # .feed/.close/.done/.outcome as above
+
+``instructions`` becomes the first system message and ``developer``
+messages system ones; ``function_call`` items become assistant
+``tool_calls`` (joined to the assistant message before them),
+``function_call_output`` items ``tool`` messages; ``reasoning`` items are
+dropped. ``text.format`` json_schema/json_object → ``response_format``;
+``reasoning.effort`` → ``reasoning_effort``. Dropped as hints:
+``store: false``, ``background: false``, ``truncation: disabled``,
+``metadata``, ``prompt_cache_key``, ``service_tier``, ``stream_options``,
+``text.verbosity``, ``reasoning.summary``, and
+``include: ["reasoning.encrypted_content"]`` (nothing to include).
+Refused: ``previous_response_id``, ``conversation``, ``prompt``,
+``store: true``, ``background: true``, ``truncation: auto``,
+``max_tool_calls``, ``top_logprobs``, any other ``include``, tools and
+tool choices other than functions, items other than messages, calls,
+call outputs and reasoning, file-id images and ``input_file`` parts,
+images in tool outputs, unknown top-level fields. Back: reasoning text → a
+reasoning item, text and refusals → one message item, tool calls →
+function_call items; a ``length`` stop → ``status: incomplete``
+(``max_output_tokens``), ``content_filter`` → incomplete (content_filter).
+
 Refused, with :class:`~corral.errors.InvalidRequest` naming the field
 ------------------------------------------------------------------------
 To Chat: ``top_k``, ``container``, ``mcp_servers``, ``inference_geo``,
@@ -139,17 +167,22 @@ from corral.translate.responses import (
     messages_response_to_chat,
     openai_error_to_anthropic,
 )
+from corral.translate.responses_chat import chat_response_to_responses, responses_to_chat
+from corral.translate.responses_chat_streams import ChatToResponsesStream
 from corral.translate.streams import ChatToMessagesStream, MessagesToChatStream
 from corral.translate.to_chat import messages_to_chat
 from corral.translate.to_messages import chat_to_messages
 
 __all__ = [
     "ChatToMessagesStream",
+    "ChatToResponsesStream",
     "MessagesToChatStream",
     "anthropic_error_to_openai",
     "chat_response_to_messages",
+    "chat_response_to_responses",
     "chat_to_messages",
     "messages_response_to_chat",
     "messages_to_chat",
     "openai_error_to_anthropic",
+    "responses_to_chat",
 ]
