@@ -54,7 +54,7 @@ def routed(tmp_path: Path, primary_upstream: str, **settings: Any) -> Iterator[R
         upstream = "sim-frontier" if provider == "dead" else primary_upstream
         models = [
             model("m", upstream, provider=provider, fallbacks=["b"]),
-            model("b", "sim-economy", context_window=settings.pop("fallback_window", 128_000)),
+            model("b", "sim-economy", context_window=settings.pop("fallback_window", 200_000)),
         ]
         options = {"upstream_first_byte_timeout": 1.0, "route_deadline": 15.0, **settings}
         with gateway_corral(
@@ -156,6 +156,30 @@ def test_a_request_larger_than_the_fallbacks_window_never_goes_there(tmp_path: P
             ).fetchall()
         assert [t.deployment for t in tried] == ["sim/sim-frontier+fault=500"]
         # The primary has the room: its own error (500) is what the client gets.
+
+
+def test_the_primary_decides_for_itself_and_a_context_error_rules_out_smaller_windows(
+    tmp_path: Path,
+) -> None:
+    # The estimate (~550 tokens) exceeds the primary's window of 300, but only the provider
+    # knows: the primary is tried, and here it serves the request.
+    with running_sim(SimConfig(seed=1)) as sim:
+        providers = [ProviderConfig(name="sim", kind="sim", base_url=sim.url)]
+        models = [model("m", "sim-frontier", context_window=300)]
+        with gateway_corral(
+            tmp_path / "a", f"sqlite:///{tmp_path / 'a.db'}", providers=providers, models=models
+        ) as running:
+            assert call(running, "chat", stream=False, content="word " * 200).status_code == 200
+    # A primary that answers "context window exceeded" proves the request is larger than its
+    # window (128k): a fallback no larger is not tried.
+    with routed(tmp_path, "sim-frontier+fault=context", fallback_window=128_000) as running:
+        r = call(running, "chat", stream=False)
+        assert r.status_code == 400
+        assert "x-corral-attempts" not in r.headers
+        (request,) = running.records()
+        assert request.error_class == "context_window_exceeded"
+        skipped = request.attributes["route"]["skipped"]
+        assert any("already too small" in why for _, why in skipped)
 
 
 def test_breaker_opens_then_recovers(tmp_path: Path) -> None:

@@ -250,27 +250,22 @@ class Gateway(Records):
         breakers = self.app.breakers
         deadline = call.t0 + settings.route_deadline
         needed = math.ceil(len(body) / settings.quota_input_bytes_per_token)
-        candidates = []
-        for d in call.chain:
-            if d.context_window < needed:
-                call.skipped.append((d.id, f"context window {d.context_window} < ~{needed}"))
-            else:
-                candidates.append(d)
-        if not candidates:
-            largest = max(d.context_window for d in call.chain)
-            too_big = InvalidRequest(
-                f"the request (~{needed} tokens estimated) is larger than the context window of "
-                f"every deployment that could serve {call.model!r} (largest: {largest})",
-                code="context_window_exceeded",
-            )
-            self._record(call, status="error", http=400, error=(too_big.code, too_big.message))
-            await self._reject(send, call.wire, too_big, call)
-            return
+        chain = call.chain
+        known_min = 0  # a context-window error proves the request is larger than that window
         last: CorralError | None = None
-        for i, deployment in enumerate(candidates):
+        for i, deployment in enumerate(chain):
             remaining = deadline - time.perf_counter()
             if len(call.failed) >= settings.route_max_attempts or remaining <= 0:
                 break
+            # The estimate is an upper bound, so it only keeps fallbacks away from windows the
+            # request may not fit; the chain's first deployment decides for itself.
+            window = deployment.context_window
+            if i > 0 and (window < needed or window <= known_min):
+                why = f"context window {window} < ~{needed}"
+                if window <= known_min:
+                    why = f"context window {window}: a window of {known_min} was already too small"
+                call.skipped.append((deployment.id, why))
+                continue
             if not breakers.allow(deployment.id):
                 call.skipped.append((deployment.id, "circuit open or cooling down"))
                 continue
@@ -279,13 +274,24 @@ class Gateway(Records):
             if refused is not None:
                 last = refused
                 continue
-            is_last = (
-                i == len(candidates) - 1 or len(call.failed) + 1 >= settings.route_max_attempts
-            )
+            is_last = i == len(chain) - 1 or len(call.failed) + 1 >= settings.route_max_attempts
             outcome = await self._attempt(call, scope, receive, send, data, body, rewrite, is_last)
             if outcome is None:
                 return  # answered
             last = outcome
+            if outcome.code == "context_window_exceeded":
+                known_min = max(known_min, window)
+        if (
+            last is None
+            and call.skipped
+            and all(why.startswith("context window") for _, why in call.skipped)
+        ):
+            largest = max(d.context_window for d in chain)
+            last = InvalidRequest(
+                f"the request (~{needed} tokens estimated) is larger than the context window of "
+                f"every deployment that could serve {call.model!r} (largest: {largest})",
+                code="context_window_exceeded",
+            )
         error: CorralError = last or UpstreamError(
             f"no deployment could take the request for {call.model!r}: "
             + "; ".join(f"{d} ({why})" for d, why in call.skipped[-5:])
@@ -294,7 +300,7 @@ class Gateway(Records):
             error = UpstreamTimeout(
                 f"the request's deadline ({settings.route_deadline:g} s) passed"
             )
-        call.deployment = call.deployment or candidates[0]
+        call.deployment = call.deployment or chain[0]
         self._record(
             call, status="error", http=error.status, error=(class_of(error), error.message)
         )
