@@ -177,6 +177,30 @@ def failed(cell: Cell) -> str:
     return f"{r.failures} of {r.requests:,}" if r.failures else "0"
 
 
+def change(value: float, base: float) -> str:
+    return f"{100 * (value - base) / base:+.1f} %" if base else "–"
+
+
+def compared_row(cell: Cell, base: Cell | None) -> list[str]:
+    """A table row for ``cell``, with its differences from ``base`` (None: it is the base)."""
+    r, cpu = cell.result, cell.cpu_us_per_request
+    return [
+        cell.mode.name,
+        str(cell.connections),
+        cell.target,
+        f"{r.rps:,.0f}",
+        change(r.rps, base.result.rps) if base else "–",
+        f"{r.p50_ms:.2f}",
+        f"{r.p99_ms:.2f}",
+        f"{r.p50_ms - base.result.p50_ms:+.2f}" if base else "–",
+        f"{r.p99_ms - base.result.p99_ms:+.2f}" if base else "–",
+        f"{cpu:.0f}",
+        f"{cpu - base.cpu_us_per_request:+.0f}" if base else "–",
+        others(cell),
+        failed(cell),
+    ]
+
+
 def command(name: str, options: Options) -> str:
     """How the section was produced, for its first line."""
     if options.quick:

@@ -49,13 +49,13 @@ from cells import (
     Bench,
     Cell,
     Mode,
+    change,
     command,
+    compared_row,
     facts_table,
-    failed,
     failure_line,
     measure,
     noise_line,
-    others,
 )
 from corral.translate import messages_to_chat
 from harness import (
@@ -330,28 +330,8 @@ def _baseline(run: Run, cell: Cell) -> Cell | None:
     return None if cell.target == PASS else run.find(PASS, cell.mode, cell.connections)
 
 
-def _change(value: float, base: float) -> str:
-    return f"{100 * (value - base) / base:+.1f} %" if base else "–"
-
-
 def _row(run: Run, cell: Cell) -> list[str]:
-    r, base = cell.result, _baseline(run, cell)
-    cpu = cell.cpu_us_per_request
-    return [
-        cell.mode.name,
-        str(cell.connections),
-        cell.target,
-        f"{r.rps:,.0f}",
-        _change(r.rps, base.result.rps) if base else "–",
-        f"{r.p50_ms:.2f}",
-        f"{r.p99_ms:.2f}",
-        f"{r.p50_ms - base.result.p50_ms:+.2f}" if base else "–",
-        f"{r.p99_ms - base.result.p99_ms:+.2f}" if base else "–",
-        f"{cpu:.0f}",
-        f"{cpu - base.cpu_us_per_request:+.0f}" if base else "–",
-        others(cell),
-        failed(cell),
-    ]
+    return compared_row(cell, _baseline(run, cell))
 
 
 def _figures(run: Run) -> str:
@@ -394,7 +374,7 @@ def _capacity_line(run: Run, mode: Mode) -> str:
         cell = run.find(name, mode, top)
         if cell is not None:
             parts.append(
-                f"{name} {cell.result.rps:,.0f} ({_change(cell.result.rps, base.result.rps)}, "
+                f"{name} {cell.result.rps:,.0f} ({change(cell.result.rps, base.result.rps)}, "
                 f"{cell.cpu_us_per_request:.0f} µs)"
             )
     return (
