@@ -19,7 +19,7 @@ from corral.translate.responses_chat import (
     response_object,
     responses_usage,
 )
-from corral.translate.streams import _Translator
+from corral.translate.streams import _Translator, read_delta
 
 
 @dataclass(slots=True)
@@ -101,20 +101,11 @@ class ChatToResponsesStream(_Translator):
     def _choice(self, choice: dict[str, Any], out: list[bytes]) -> None:
         if self._finished:
             return
-        delta = choice.get("delta")
-        if isinstance(delta, dict):
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                self._run("reasoning", reasoning, out)
-            for key in ("content", "refusal"):
-                text = delta.get(key)
-                if isinstance(text, str) and text:
-                    self._run("message", text, out)
-            calls = delta.get("tool_calls")
-            if isinstance(calls, list):
-                for position, call in enumerate(calls):
-                    if isinstance(call, dict):
-                        self._tool_call(call, position, out)
+        read_delta(
+            choice.get("delta"),
+            lambda thinking, text: self._run("reasoning" if thinking else "message", text, out),
+            lambda call, position: self._tool_call(call, position, out),
+        )
         reason = choice.get("finish_reason")
         if isinstance(reason, str):
             self._finished = True

@@ -41,6 +41,29 @@ class _Abort(Exception):
     """Raised once an error event is out: nothing more goes to the client."""
 
 
+def read_delta(
+    delta: Any,
+    on_text: Callable[[bool, str], None],
+    on_call: Callable[[dict[str, Any], int], None],
+) -> None:
+    """Hand a Chat chunk's delta on in order: reasoning text (``on_text(True, …)``), visible
+    text and refusals (``on_text(False, …)``), then each tool-call fragment and its position."""
+    if not isinstance(delta, dict):
+        return
+    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+    if isinstance(reasoning, str) and reasoning:
+        on_text(True, reasoning)
+    for key in ("content", "refusal"):
+        text = delta.get(key)
+        if isinstance(text, str) and text:
+            on_text(False, text)
+    calls = delta.get("tool_calls")
+    if isinstance(calls, list):
+        for position, call in enumerate(calls):
+            if isinstance(call, dict):
+                on_call(call, position)
+
+
 class _Translator(ABC):
     """What both directions share: the event reader, the outcome, ``done`` and ``close``."""
 
@@ -201,20 +224,11 @@ class ChatToMessagesStream(_Translator):
         out.append(_sse(b"message_start", {"type": "message_start", "message": message}))
 
     def _choice(self, choice: dict[str, Any], out: list[bytes]) -> None:
-        delta = choice.get("delta")
-        if isinstance(delta, dict):
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                self._text("thinking", reasoning, out)
-            for key in ("content", "refusal"):
-                text = delta.get(key)
-                if isinstance(text, str) and text:
-                    self._text("text", text, out)
-            calls = delta.get("tool_calls")
-            if isinstance(calls, list):
-                for position, call in enumerate(calls):
-                    if isinstance(call, dict):
-                        self._tool_call(call, position, out)
+        read_delta(
+            choice.get("delta"),
+            lambda thinking, text: self._text("thinking" if thinking else "text", text, out),
+            lambda call, position: self._tool_call(call, position, out),
+        )
         reason = choice.get("finish_reason")
         if isinstance(reason, str) and not self._finished:
             self._finished = True
