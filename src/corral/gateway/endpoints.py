@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from corral.errors import ClientError, CorralError, UnknownModel
+from corral.gateway.call import Call, response_headers, upstream_failure
 from corral.gateway.client import ClientConnectionError
 from corral.gateway.http import JSON_CT, Receive, Scope, Send, api_key, header, send_bytes
 from corral.gateway.upstream import upstream_url
@@ -21,15 +22,7 @@ if TYPE_CHECKING:
 COUNT_TOKENS = "/v1/messages/count_tokens"
 
 
-def _call_and_failure() -> Any:
-    # The proxy imports this module, so its names are looked up at call time.
-    from corral.gateway.proxy import Call, _response_headers, _upstream_failure
-
-    return Call, _upstream_failure, _response_headers
-
-
 async def count_tokens(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
-    Call, _upstream_failure, _response_headers = _call_and_failure()
     call = Call(MESSAGES, scope)
     try:
         data, body = await gw._admit(call, scope, receive, counting=True)
@@ -52,11 +45,11 @@ async def count_tokens(gw: Gateway, scope: Scope, receive: Receive, send: Send) 
             finally:
                 response.release()
         except (CorralError, ClientConnectionError, TimeoutError) as exc:
-            error = exc if isinstance(exc, CorralError) else _upstream_failure(exc, "counting")
+            error = exc if isinstance(exc, CorralError) else upstream_failure(exc, "counting")
             await gw._reject(send, MESSAGES, error, call)
             return
         call.t_up_end = time.perf_counter()
-        out = _response_headers(response)
+        out = response_headers(response)
         out.extend(call.corral_headers(time.perf_counter()))
         await send_bytes(send, response.status, out, payload)
         return
@@ -67,7 +60,6 @@ async def count_tokens(gw: Gateway, scope: Scope, receive: Receive, send: Send) 
 
 
 async def models(gw: Gateway, scope: Scope, send: Send, model: str | None) -> None:
-    Call, _, _ = _call_and_failure()
     """``GET /v1/models`` (what this key may use) or ``/v1/models/{id}``, in the caller's shape.
 
     Anthropic's SDK sends ``anthropic-version``; its list and objects differ from OpenAI's.

@@ -15,7 +15,6 @@ import contextlib
 import email.utils
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import AsyncIterator
@@ -34,8 +33,9 @@ from corral.errors import (
     UpstreamTimeout,
 )
 from corral.gateway import endpoints
+from corral.gateway.call import Call, response_headers, upstream_failure
 from corral.gateway.client import ClientConnectionError, Response
-from corral.gateway.crossing import Crossing, StreamTranslator, can_serve, crossing
+from corral.gateway.crossing import StreamTranslator, can_serve, crossing
 from corral.gateway.http import (
     JSON_CT,
     SSE_CT,
@@ -51,21 +51,17 @@ from corral.gateway.http import (
 )
 from corral.gateway.records import Records, class_of
 from corral.gateway.upstream import (
-    FORWARD_RESPONSE,
     Upstream,
     classify,
     error_message,
     upstream_url,
 )
 from corral.gateway.wire import CHAT, MESSAGES, RESPONSES, Outcome, Wire
-from corral.identity import KeyInfo
 from corral.quota import LimitExceeded, QuotaUnavailable
-from corral.quota.gate import Admission, refusal_attributes
+from corral.quota.gate import refusal_attributes
 from corral.quota.rules import Chain
 from corral.routing import Deployment
 from corral.routing.catalog import PROTOCOL_NAMES, Prices
-from corral.settings import CapacityConfig
-from corral.traces.spans import parse_traceparent
 
 if TYPE_CHECKING:
     from corral.app import CorralApp
@@ -75,91 +71,6 @@ log = logging.getLogger(__name__)
 WIRES: dict[str, Wire] = {CHAT.path: CHAT, RESPONSES.path: RESPONSES, MESSAGES.path: MESSAGES}
 COUNT_TOKENS = endpoints.COUNT_TOKENS
 MODELS = "/v1/models"
-
-
-class Call:
-    """Everything known about one model call, filled in as it proceeds."""
-
-    __slots__ = (
-        "admission",
-        "attempt_span_id",
-        "body",
-        "chain",
-        "contract",
-        "crossing",
-        "deployment",
-        "failed",
-        "key",
-        "model",
-        "parent_span_id",
-        "request_id",
-        "route_reason",
-        "skipped",
-        "span_id",
-        "start_ns",
-        "stream",
-        "strip_usage",
-        "t0",
-        "t_up",
-        "t_up_end",
-        "trace_id",
-        "ttft_ms",
-        "wire",
-    )
-
-    def __init__(self, wire: Wire, scope: Scope) -> None:
-        self.t0 = time.perf_counter()
-        self.start_ns = time.time_ns()
-        self.wire = wire
-        # One system call for every id this call needs: request, two spans, maybe the trace.
-        raw = os.urandom(44).hex()
-        self.request_id = "req_" + raw[:24]
-        self.key: KeyInfo | None = None
-        self.model: str | None = None
-        self.deployment: Deployment | None = None
-        self.stream = False
-        parent = parse_traceparent(header(scope, b"traceparent"))
-        self.trace_id: str = parent[0] if parent else raw[56:88]
-        self.parent_span_id: str | None = parent[1] if parent else None
-        self.span_id = raw[24:40]
-        self.attempt_span_id = raw[40:56]
-        self.t_up = 0.0
-        self.t_up_end = 0.0
-        self.ttft_ms: float | None = None
-        self.admission: Admission | None = None
-        self.body = b""
-        self.chain: list[Deployment] = []  # the deployments this call may try, in order
-        self.failed: list[dict[str, Any]] = []  # attempt rows of tries that failed
-        self.skipped: list[tuple[str, str]] = []  # (deployment id, why) passed over
-        self.strip_usage = False  # a chat stream's usage chunk: asked for upstream, not shown
-        self.route_reason: str | None = None  # why the route policy moved the request
-        self.contract: CapacityConfig | None = None  # set when served within reserved capacity
-        self.crossing: Crossing | None = None  # set when the attempt crosses protocols
-
-    def overhead_ms(self, now: float) -> float:
-        upstream = (self.t_up_end or now) - self.t_up if self.t_up else 0.0
-        return max(0.0, (now - self.t0 - upstream) * 1000)
-
-    def corral_headers(self, now: float) -> Headers:
-        headers = [
-            (b"x-corral-request-id", self.request_id.encode()),
-            (b"x-corral-overhead-ms", f"{self.overhead_ms(now):.3f}".encode()),
-        ]
-        if self.deployment is not None and self.t_up:
-            headers.append((b"x-corral-route", self.deployment.id.encode()))
-            if self.route_reason is not None:
-                reason = self.route_reason.encode("ascii", "replace")
-                headers.append((b"x-corral-route-reason", reason))
-            if self.failed:
-                tried = ", ".join(f"{a['deployment']} ({a['error_class']})" for a in self.failed)
-                headers.append((b"x-corral-attempts", str(len(self.failed) + 1).encode()))
-                headers.append((b"x-corral-fallback-from", tried.encode("ascii", "replace")))
-        adm = self.admission
-        if adm is not None and adm.soft_reason is not None:
-            if adm.degraded_from is not None and self.deployment is not None:
-                headers.append((b"x-corral-degraded-to", self.deployment.name.encode()))
-            headers.append((b"x-corral-soft-limit", adm.soft_reason.encode("ascii", "replace")))
-        return headers
 
 
 class Gateway(Records):
@@ -419,7 +330,7 @@ class Gateway(Records):
                 except (ClientConnectionError, TimeoutError) as exc:
                     if is_last:
                         raise
-                    failure = _upstream_failure(exc, "reading the response")
+                    failure = upstream_failure(exc, "reading the response")
                     return self._attempt_failed(
                         call, 502, class_of(failure), failure.message, failure
                     )
@@ -427,7 +338,7 @@ class Gateway(Records):
                 await self._complete(call, response, send, payload)
             return None
         except (ClientConnectionError, TimeoutError) as exc:
-            error = _upstream_failure(exc, "reading the response")
+            error = upstream_failure(exc, "reading the response")
             breakers.record(deployment.id, class_of(error))
             call.t_up_end = time.perf_counter()
             self._record(
@@ -458,7 +369,7 @@ class Gateway(Records):
         except TimeoutError:
             return UpstreamTimeout(f"no first token within {limit:.3g} s")
         except ClientConnectionError as exc:
-            return _upstream_failure(exc, "starting the stream")
+            return upstream_failure(exc, "starting the stream")
 
     async def _admit(
         self, call: Call, scope: Scope, receive: Receive, *, counting: bool = False
@@ -588,7 +499,7 @@ class Gateway(Records):
                 payload = await response.read()
         except (ClientConnectionError, TimeoutError) as exc:
             call.t_up_end = time.perf_counter()
-            error = _upstream_failure(exc, "reading the response")
+            error = upstream_failure(exc, "reading the response")
             self._record(
                 call, status="error", http=error.status, error=(class_of(error), error.message)
             )
@@ -618,7 +529,7 @@ class Gateway(Records):
             )
             if cross is not None:
                 payload = cross.error(status, payload)
-        headers = _response_headers(response, JSON_CT if cross is not None else None)
+        headers = response_headers(response, JSON_CT if cross is not None else None)
         headers.extend(call.corral_headers(time.perf_counter()))
         await send_bytes(send, status, headers, payload)
 
@@ -639,7 +550,7 @@ class Gateway(Records):
         def upstream() -> Outcome:  # usage as the provider reported it
             return transform.outcome if transform is not None else meter.outcome
 
-        headers = _response_headers(response, SSE_CT)
+        headers = response_headers(response, SSE_CT)
         headers.extend(call.corral_headers(time.perf_counter()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         abandoned = asyncio.Event()
@@ -671,7 +582,7 @@ class Gateway(Records):
                 await send({"type": "http.response.body", "body": rest, "more_body": True})
         except (ClientConnectionError, TimeoutError) as exc:
             if not abandoned.is_set():
-                failure = _upstream_failure(exc, "streaming the response")
+                failure = upstream_failure(exc, "streaming the response")
         finally:
             watcher.cancel()
         call.t_up_end = call.t_up_end or time.perf_counter()
@@ -747,31 +658,6 @@ async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[by
 
 def _is_sse(response: Response) -> bool:
     return response.headers.get("content-type", "").startswith("text/event-stream")
-
-
-def _response_headers(
-    response: Response, content_type: tuple[bytes, bytes] | None = None
-) -> Headers:
-    out: Headers = [
-        content_type
-        or (
-            b"content-type",
-            response.headers.get("content-type", "application/json").encode("latin-1"),
-        )
-    ]
-    for name, value in response.headers.items():
-        lowered = name.lower()
-        if lowered in FORWARD_RESPONSE or lowered.startswith(
-            ("anthropic-ratelimit-", "x-ratelimit-")
-        ):
-            out.append((lowered.encode("latin-1"), value.encode("latin-1")))
-    return out
-
-
-def _upstream_failure(exc: BaseException, doing: str) -> UpstreamError:
-    if isinstance(exc, TimeoutError):
-        return UpstreamTimeout(f"the provider timed out {doing}")
-    return UpstreamError(f"the provider failed while {doing}: {exc.__class__.__name__}: {exc}")
 
 
 def _sse_error(wire: Wire, exc: CorralError, sequence: int) -> bytes:

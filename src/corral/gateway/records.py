@@ -18,7 +18,7 @@ from corral.traces.spans import SPAN_DEFAULTS
 
 if TYPE_CHECKING:
     from corral.app import CorralApp
-    from corral.gateway.proxy import Call
+    from corral.gateway.call import Call
 
 
 class Records:
