@@ -1,9 +1,10 @@
 """The application object and its factory.
 
 All state lives on ``CorralApp``: settings, clock, store, key cache, catalog,
-upstream client, the record pipeline. It is itself the ASGI application and
-dispatches by path: ``/v1/*`` to the gateway, ``/api/*`` to the admin API,
-``/metrics``, and the status page at ``/``.
+upstream client, the record pipeline, the blob store. It is itself the ASGI
+application and dispatches by path: ``/v1/traces``, ``/v1/logs`` and
+``/v1/metrics`` to OTLP ingest, the rest of ``/v1/*`` to the gateway,
+``/api/*`` to the admin API, ``/metrics``, and the status page at ``/``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ from corral.settings import Settings
 from corral.sim import SimConfig, SimServer, bind_socket
 from corral.store import Store
 from corral.traces import Recorder
+from corral.traces.blobs import BlobStore
+from corral.traces.export import OtlpExporter
+from corral.traces.ingest import PATHS as OTLP_PATHS
+from corral.traces.ingest import OtlpIngest
+from corral.traces.policy import TracePolicy
+from corral.traces.retention import Retention
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +58,29 @@ class CorralApp:
         self.clock: Clock = clock or SystemClock()
         self.store = Store(settings.resolved_database_url)
         self.keys = KeyCache(self.store, self.clock, refresh_interval=settings.key_refresh_interval)
+        self.blobs = BlobStore(settings.blob_dir or settings.home / "blobs")
+        self.trace_policy = TracePolicy(self.store, settings)
         self.recorder = Recorder(
             self.store,
             journal_dir=settings.home / "journal",
             batch_size=settings.record_batch_size,
             flush_interval=settings.record_flush_interval,
+            blobs=self.blobs,
+            max_body_bytes=settings.trace_body_max_bytes,
+            queue_max=settings.ingest_queue_max,
         )
+        self.exporter: OtlpExporter | None = None
+        if settings.otlp_export_endpoint:
+            self.exporter = OtlpExporter(
+                settings.otlp_export_endpoint,
+                headers=settings.otlp_export_headers,
+                queue_max=settings.otlp_export_queue_max,
+            )
+            self.recorder.writer.sinks.append(self.exporter)
+        self.retention = Retention(
+            self.store, self.blobs, self.clock, default_days=settings.trace_retention_days
+        )
+        self.ingest = OtlpIngest(self)
         backend: QuotaBackend
         if settings.redis_url:
             backend = RedisQuota(
@@ -87,6 +111,7 @@ class CorralApp:
         self._catalog: Catalog | None = None
         self.route_policy: RoutePolicy | None = None
         self._route_refresher: asyncio.Task[None] | None = None
+        self._retention_task: asyncio.Task[None] | None = None
         self._sim: SimServer | None = None
         self._api: ASGIApp | None = None
         self.generated_admin_key: str | None = None
@@ -133,12 +158,18 @@ class CorralApp:
         )
         await self.reload_routes()
         self._route_refresher = asyncio.create_task(self._refresh_routes(), name="corral-routes")
+        if self.exporter is not None:
+            await self.exporter.start()
         # Replay dead processes' journals first: the quota backends restore spend from spans.
         self.quotas.bind(asyncio.get_running_loop())
         await self.recorder.start()
         await self.quotas.start()
         await self.gateway.start()
         await self.keys.start()
+        self._retention_task = asyncio.create_task(
+            self.retention.run_forever(self.settings.trace_retention_interval),
+            name="corral-retention",
+        )
         # Everything allocated so far lives as long as the process: move it out of the
         # collector's sight so full collections under load stay sub-millisecond.
         gc.collect()
@@ -148,9 +179,10 @@ class CorralApp:
             hook(self)
 
     async def reload_routes(self) -> None:
-        """Re-read the route policy rules set through the API."""
+        """Re-read the route policy rules and the teams' trace policies set through the API."""
         if self.route_policy is not None:
             self.route_policy.set_stored(await asyncio.to_thread(load_stored, self.store))
+        await asyncio.to_thread(self.trace_policy.reload)
 
     async def _refresh_routes(self) -> None:
         while True:
@@ -161,15 +193,18 @@ class CorralApp:
                 log.exception("reloading route policies failed; keeping the last ones")
 
     async def shutdown(self) -> None:
-        if self._route_refresher is not None:
-            self._route_refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._route_refresher
-            self._route_refresher = None
+        for task in (self._route_refresher, self._retention_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._route_refresher = self._retention_task = None
         await self.keys.stop()
         await self.gateway.stop()
         await self.quotas.stop()
         await self.recorder.stop()
+        if self.exporter is not None:
+            await self.exporter.stop()
         if self._sim is not None:
             await self._sim.stop()
         self.store.close()
@@ -187,7 +222,9 @@ class CorralApp:
         kind = scope["type"]
         if kind == "http":
             path: str = scope["path"]
-            if path.startswith("/v1/"):
+            if path in OTLP_PATHS:
+                await self.ingest(scope, receive, send)
+            elif path.startswith("/v1/"):
                 await self.gateway(scope, receive, send)
             elif path.startswith("/api/"):
                 await self.api(scope, receive, send)

@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 import sys
+import time
 from typing import Any
 
 import httpx
@@ -93,9 +94,13 @@ async def _run(console: Console, admin_key: str, port: int, sim_port: int) -> No
         "budgets: payments USD 5.00/day (degrades past 80 %), search 2M tokens/day, "
         "linus 120 requests/min; see `corral budgets show`"
     )
-    await _fleet(base, keys)
+    traces = await _fleet(base, keys)
     await app.recorder.flush()
     _usage_table(console, app)
+    console.print(
+        f"\nAn agent's turn, from its own spans down to the gateway's attempt and raw bodies:\n"
+        f"  CORRAL_URL={base} CORRAL_ADMIN_KEY={admin_key} corral trace {traces[0]}"
+    )
     console.print(f"\nDashboard (status page): {base}/   — Ctrl-C to stop.")
     try:
         await serving
@@ -125,14 +130,16 @@ def _demo_limits(app: CorralApp) -> None:
     rules.set_limits(rules.level("user", "linus", team="search"), {"rpm": 120})
 
 
-async def _fleet(base: str, keys: dict[str, str]) -> None:
+async def _fleet(base: str, keys: dict[str, str]) -> list[str]:
+    """Drive the fleet; return the trace ids of the turns the agents reported over OTLP."""
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
-        await asyncio.gather(*(_agent(client, who, key) for who, key in keys.items()))
+        return list(await asyncio.gather(*(_agent(client, who, key) for who, key in keys.items())))
 
 
-async def _agent(client: httpx.AsyncClient, who: str, key: str) -> None:
+async def _agent(client: httpx.AsyncClient, who: str, key: str) -> str:
     auth = {"authorization": f"Bearer {key}"}
     model = "sim-economy" if who.startswith("search") else "sim-standard"
+    trace_id = await _traced_turn(client, who, auth, model)
     for i in range(ROUNDS):
         prompt = PROMPTS[i % len(PROMPTS)]
         chat: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt}]}
@@ -154,6 +161,85 @@ async def _agent(client: httpx.AsyncClient, who: str, key: str) -> None:
             },
             headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
         )
+    return trace_id
+
+
+async def _traced_turn(
+    client: httpx.AsyncClient, who: str, auth: dict[str, str], model: str
+) -> str:
+    """One agent turn reported as OpenTelemetry GenAI spans (OTLP/HTTP JSON): the agent, a
+    tool call and a model call whose ``traceparent`` the gateway honours; its trace id."""
+    trace_id = os.urandom(16).hex()
+    agent_id, tool_id, chat_id = (os.urandom(8).hex() for _ in range(3))
+    started = time.time_ns()
+    await asyncio.sleep(0.03)  # the tool "runs"
+    tool_end = time.time_ns()
+    chat = {"model": model, "messages": [{"role": "user", "content": PROMPTS[0]}]}
+    headers = {**auth, "traceparent": f"00-{trace_id}-{chat_id}-01"}
+    answer = (await client.post("/v1/chat/completions", json=chat, headers=headers)).json()
+    usage = answer.get("usage") or {}
+    ended = time.time_ns()
+
+    def span(
+        span_id: str, parent: str | None, name: str, start: int, end: int, **attrs: Any
+    ) -> Any:
+        return {
+            "traceId": trace_id,
+            "spanId": span_id,
+            "parentSpanId": parent or "",
+            "name": name,
+            "kind": 3 if name.startswith("chat") else 1,
+            "startTimeUnixNano": str(start),
+            "endTimeUnixNano": str(end),
+            "attributes": [{"key": k, "value": _otlp_value(v)} for k, v in attrs.items()],
+        }
+
+    spans = [
+        span(
+            agent_id,
+            None,
+            "invoke_agent demo",
+            started,
+            ended,
+            **{"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": who},
+        ),
+        span(
+            tool_id,
+            agent_id,
+            "execute_tool read_file",
+            started,
+            tool_end,
+            **{
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": "read_file",
+                "gen_ai.tool.call.arguments": '{"path": "payments/ledger_test.py"}',
+            },
+        ),
+        span(
+            chat_id,
+            agent_id,
+            f"chat {model}",
+            tool_end,
+            ended,
+            **{
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": model,
+                "gen_ai.response.id": answer.get("id", ""),
+                "gen_ai.usage.input_tokens": usage.get("prompt_tokens", 0),
+                "gen_ai.usage.output_tokens": usage.get("completion_tokens", 0),
+            },
+        ),
+    ]
+    resource = {"attributes": [{"key": "service.name", "value": {"stringValue": "demo-agent"}}]}
+    body = {"resourceSpans": [{"resource": resource, "scopeSpans": [{"spans": spans}]}]}
+    await client.post("/v1/traces", json=body, headers=auth)
+    return trace_id
+
+
+def _otlp_value(value: Any) -> dict[str, Any]:
+    if isinstance(value, int):
+        return {"intValue": str(value)}
+    return {"stringValue": str(value)}
 
 
 def _usage_table(console: Console, app: CorralApp) -> None:

@@ -365,6 +365,72 @@ class Settings(BaseSettings):
         description="Seconds between reloads of budgets and limits from the store; a change "
         "takes effect on every process within this interval.",
     )
+    trace_bodies: Literal["off", "metadata", "full"] = Field(
+        default="full",
+        description="Raw request/response bodies kept for each LLM call, unless a team says "
+        "otherwise (`corral teams set --bodies`): `full` (redacted, capped), `metadata` (size, "
+        "digest and shape only) or `off`.",
+    )
+    trace_body_max_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        gt=0,
+        description="Largest body kept in the blob store; a larger one is cut there with a "
+        "marker saying how much was dropped.",
+    )
+    trace_retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="Days spans and bodies are kept, unless a team says otherwise "
+        "(`corral teams set --retention-days`).",
+    )
+    trace_retention_interval: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Seconds between retention passes (deleting spans and bodies past their "
+        "team's window, in batches).",
+    )
+    blob_dir: Path | None = Field(
+        default=None, description="Blob store folder for raw bodies. Default: `$CORRAL_HOME/blobs`."
+    )
+    ingest_queue_max: int = Field(
+        default=200_000,
+        gt=0,
+        description="Spans accepted but not yet stored beyond which OTLP ingest answers 429 with "
+        "Retry-After (gateway records are always journaled).",
+    )
+    otlp_export_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces endpoint (`http://collector:4318/v1/traces`) that every "
+        "stored span is also sent to, as protobuf. Unset: no export.",
+    )
+    otlp_export_headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Headers sent with each export (for example an `authorization` the "
+        "collector expects).",
+    )
+    otlp_export_queue_max: int = Field(
+        default=100_000,
+        gt=0,
+        description="Spans waiting for export beyond which the oldest are dropped and counted "
+        '(`corral_otlp_export_spans_total{outcome="dropped"}`); export never slows the gateway.',
+    )
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve /metrics to anyone who can reach the port. Off: a scrape must send "
+        "`Authorization: Bearer` with `metrics_token` or the org admin key (the metrics name "
+        "teams and their spend).",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="A bearer token that may read /metrics and nothing else: give it to "
+        "Prometheus (`authorization.credentials`) instead of the admin key.",
+    )
+    metrics_max_teams: int = Field(
+        default=100,
+        gt=0,
+        description="Distinct `team` label values on /metrics; further teams are reported as "
+        "`other` so cardinality stays bounded (models are bounded by the catalog).",
+    )
     budgets: list[BudgetConfig] = Field(
         default_factory=list, description="Budgets; see the Budgets section."
     )

@@ -36,35 +36,57 @@ def base_env(home: Path) -> dict[str, str]:
     return {**keep, "HOME": str(home), "PATH": f"{BIN}:{keep.get('PATH', '/usr/bin:/bin')}"}
 
 
-def test_claude_code_completes_a_turn(corral: Running, tmp_path: Path) -> None:
-    env = base_env(tmp_path / "home")
-    env.update(
-        ANTHROPIC_BASE_URL=corral.url,
-        ANTHROPIC_API_KEY=corral.key,
-        DISABLE_TELEMETRY="1",
-        DISABLE_AUTOUPDATER="1",
-        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
-        ANTHROPIC_DEFAULT_HAIKU_MODEL="sim-economy",
-        ANTHROPIC_SMALL_FAST_MODEL="sim-economy",
-    )
+def run_cli(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run an agent CLI to completion (stdin closed: Claude Code waits on an open pipe)."""
     result = subprocess.run(
-        [
-            str(cli("claude")),
-            "-p",
-            "Say hello to the platform team",
-            "--model",
-            "sim-standard",
-            "--output-format",
-            "json",
-        ],
+        argv,
         env=env,
-        cwd=tmp_path,
+        cwd=cwd,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=180,
     )
     assert result.returncode == 0, result.stderr[-2000:] + result.stdout[-2000:]
+    return result
+
+
+def claude_env(corral: Running, home: Path) -> dict[str, str]:
+    env = base_env(home)
+    env.update(
+        ANTHROPIC_BASE_URL=corral.url,
+        ANTHROPIC_API_KEY=corral.key,
+        DISABLE_AUTOUPDATER="1",
+        ANTHROPIC_DEFAULT_HAIKU_MODEL="sim-economy",
+        ANTHROPIC_SMALL_FAST_MODEL="sim-economy",
+    )
+    return env
+
+
+def run_codex(
+    corral: Running, tmp_path: Path, prompt: str, **extra_env: str
+) -> subprocess.CompletedProcess[str]:
+    """``codex exec`` against the gateway's Responses API; ``$CODEX_HOME`` is
+    ``tmp_path/codex-home`` (write a config.toml there first to add settings)."""
+    codex_home = tmp_path / "codex-home"
+    codex_home.mkdir(exist_ok=True)
+    env = base_env(tmp_path / "home")
+    env.update(CODEX_HOME=str(codex_home), LOCAL_KEY=corral.key, **extra_env)
+    provider = (
+        '{name="local",base_url="' + corral.url + '/v1",wire_api="responses",env_key="LOCAL_KEY"}'
+    )
+    argv = [str(cli("codex")), "exec", "--json", "--skip-git-repo-check", "--disable", "plugins"]
+    argv += ["-c", "analytics.enabled=false", "-c", "model_provider=local"]
+    argv += ["-c", f"model_providers.local={provider}", "-c", "model=sim-standard"]
+    argv += ["-s", "danger-full-access", prompt]
+    return run_cli(argv, env, tmp_path)
+
+
+def test_claude_code_completes_a_turn(corral: Running, tmp_path: Path) -> None:
+    env = claude_env(corral, tmp_path / "home")
+    env.update(DISABLE_TELEMETRY="1", CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1")
+    argv = [str(cli("claude")), "-p", "Say hello to the platform team", "--model", "sim-standard"]
+    result = run_cli([*argv, "--output-format", "json"], env, tmp_path)
     out = json.loads(result.stdout)
     assert out.get("is_error") is False, out
     assert "simulator" in out["result"].lower()
@@ -78,41 +100,7 @@ def test_claude_code_completes_a_turn(corral: Running, tmp_path: Path) -> None:
 
 
 def test_codex_completes_a_turn(corral: Running, tmp_path: Path) -> None:
-    codex_home = tmp_path / "codex-home"
-    codex_home.mkdir()
-    env = base_env(tmp_path / "home")
-    env.update(CODEX_HOME=str(codex_home), LOCAL_KEY=corral.key)
-    provider = (
-        '{name="local",base_url="' + corral.url + '/v1",wire_api="responses",env_key="LOCAL_KEY"}'
-    )
-    result = subprocess.run(
-        [
-            str(cli("codex")),
-            "exec",
-            "--json",
-            "--skip-git-repo-check",
-            "--disable",
-            "plugins",
-            "-c",
-            "analytics.enabled=false",
-            "-c",
-            "model_provider=local",
-            "-c",
-            f"model_providers.local={provider}",
-            "-c",
-            "model=sim-standard",
-            "-s",
-            "danger-full-access",
-            "Say hello to the platform team",
-        ],
-        env=env,
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stderr[-2000:] + result.stdout[-2000:]
+    result = run_codex(corral, tmp_path, "Say hello to the platform team")
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert any(e.get("type") == "turn.completed" for e in events), events[-5:]
     rows = corral.records()

@@ -12,6 +12,7 @@ import httpx
 
 from corral.clock import ManualClock
 from corral.store.schema import spans
+from corral.traces import rollup
 
 if TYPE_CHECKING:
     from conftest import Corral
@@ -263,8 +264,9 @@ def test_usage_rows_are_keyed_by_the_grouping(corral: Corral) -> None:
         "reasoning_tokens": 3,
         "cost_nusd": 123_456,
     }
-    with corral.app.store.begin() as conn:
+    with corral.app.store.begin() as conn:  # the row and its roll-up, as the writer does
         conn.execute(spans.insert().values(**row))
+        rollup.apply(conn, corral.app.store.is_sqlite, rollup.contributions([row]))
     totals = {
         "requests": 1,
         "input_tokens": 100,
@@ -273,6 +275,14 @@ def test_usage_rows_are_keyed_by_the_grouping(corral: Corral) -> None:
         "output_tokens": 20,
         "reasoning_tokens": 3,
         "cost_usd": 0.000123456,
+        "errors": 0,
+        "error_rate": 0.0,
+        "cancelled": 0,
+        "refused": 0,
+        # one call of 1 s: the 700-1,000 ms bucket, interpolated
+        "latency_p50_ms": 850.0,
+        "latency_p95_ms": 985.0,
+        "latency_p99_ms": 997.0,
     }
     expected = {
         "team": {"team": "payments", "team_id": team["id"]},

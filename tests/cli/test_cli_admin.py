@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 
 from corral.cli import main
 from corral.store.schema import spans
+from corral.traces import rollup
 
 if TYPE_CHECKING:
     from conftest import Corral, StartCorral
@@ -142,8 +143,9 @@ def test_usage_json_rows(server: Corral) -> None:
         }
         for i, model in enumerate(["sim-economy", "sim-economy", "sim-standard"], start=1)
     ]
-    with server.app.store.begin() as conn:
+    with server.app.store.begin() as conn:  # rows and roll-ups together, as the writer does
         conn.execute(spans.insert(), rows)
+        rollup.apply(conn, server.app.store.is_sqlite, rollup.contributions(rows))
     fields = {
         "requests",
         "input_tokens",

@@ -196,7 +196,8 @@ def test_breaker_opens_then_recovers(tmp_path: Path) -> None:
             assert call(running, "chat", stream=False).headers["x-corral-attempts"] == "2"
         status = running.app.breakers.status()
         assert status["sim/sim-frontier+fault=500"]["state"] == "open"
-        metrics = httpx.get(f"{running.url}/metrics").text
+        admin = {"authorization": f"Bearer {running.corral.admin_key}"}
+        metrics = httpx.get(f"{running.url}/metrics", headers=admin).text
         assert 'corral_breaker_state{deployment="sim/sim-frontier+fault=500"} 2.0' in metrics
         assert 'corral_breaker_opened_total{deployment="sim/sim-frontier+fault=500"} 1.0' in metrics
         r = call(running, "chat", stream=False)

@@ -32,6 +32,7 @@ from corral.settings import Settings
 from corral.store import Store
 from corral.store.schema import keys as keys_table
 from corral.store.schema import spans
+from corral.traces import rollup
 
 
 @pytest.fixture
@@ -244,6 +245,13 @@ def test_concurrent_bootstraps_mint_one_admin_key(store_url: str, tmp_path: Path
     assert len([r for r in results if r is not None]) == 1
 
 
+def _store_spans(store: Store, rows: list[dict[str, Any]]) -> None:
+    """Store spans as the span writer does: the rows and their roll-ups in one transaction."""
+    with store.begin() as conn:
+        conn.execute(spans.insert(), rows)
+        rollup.apply(conn, store.is_sqlite, rollup.contributions(rows))
+
+
 def _span(n: int, **values: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "span_id": f"{n:016x}",
@@ -289,8 +297,7 @@ def test_usage_groups_llm_requests(svc: IdentityService, store: Store, clock: Ma
         _span(5, **chain_b, model_requested="m1", input_tokens=1000, cost_nusd=9,
               start_ns=now_ns - 2 * 86400 * 10**9),
     ]  # fmt: skip
-    with store.begin() as conn:
-        conn.execute(spans.insert(), rows)
+    _store_spans(store, rows)
     since = parse_since("24h", clock.now())
 
     by_team = [r.to_dict("team") for r in svc.usage("team", since)]
@@ -332,8 +339,7 @@ def test_usage_groups_llm_requests(svc: IdentityService, store: Store, clock: Ma
 def test_usage_of_spans_without_identity_is_labelled_none(
     svc: IdentityService, store: Store
 ) -> None:
-    with store.begin() as conn:
-        conn.execute(spans.insert(), [_span(1, cost_nusd=5)])
+    _store_spans(store, [_span(1, cost_nusd=5)])
     [row] = svc.usage("team", 0.0)
     assert (row.label, row.group_id, row.requests) == ("(none)", None, 1)
     [row] = svc.usage("model", 0.0)

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from corral import __version__
-from corral.api import catalog, identity, quotas, routing
+from corral.api import catalog, identity, quotas, routing, traces
 from corral.api.context import ApiState, Host
 from corral.api.errors import install_error_handlers
 from corral.api.models import ErrorBody
@@ -20,12 +20,13 @@ from corral.identity.service import IdentityService
 
 _DESCRIPTION = """\
 Manage Corral's organisation: teams, users and service accounts, keys, budgets
-and rate limits; read the providers and models it serves and the usage it has
-metered.
+and rate limits; read the providers and models it serves, the usage it has
+metered and the trajectories (traces, spans, bodies) it has recorded.
 
 Authenticate with `Authorization: Bearer <key>` or `x-api-key: <key>`. The
 organisation admin key manages everything; a team admin key manages its own
-team; any other key may read `/api/v1/me`, its own usage and its own budgets.
+team; any other key may read `/api/v1/me`, its own usage, budgets and spans.
+A span or trace the key may not read is answered 404, as one that does not exist.
 Errors are `{"error": {"type": ..., "message": ...}}`.
 """
 
@@ -61,4 +62,5 @@ def create_api(host: Host) -> FastAPI:
     api.include_router(catalog.router())
     api.include_router(routing.router())
     api.include_router(quotas.router())
+    api.include_router(traces.router())
     return api

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -11,8 +13,10 @@ from fastapi import APIRouter, Query
 from corral.api import models as m
 from corral.api.context import Ctx
 from corral.errors import PermissionDenied
-from corral.identity.service import GroupBy, parse_since
+from corral.identity.service import parse_since, parse_until
 from corral.routing import Deployment
+from corral.traces.query import Visibility
+from corral.traces.usage import DIMENSIONS, UsageRow, parse_dimensions, usage
 
 
 def list_providers(ctx: Ctx) -> list[m.Provider]:
@@ -49,9 +53,20 @@ def _model(d: Deployment, price_version: str) -> m.Model:
     )
 
 
-def get_usage(
+_DIMENSION = "(?:" + "|".join(DIMENSIONS) + ")"
+
+
+async def get_usage(
     ctx: Ctx,
-    by: Annotated[GroupBy, Query(description="What to group by.")] = "team",
+    by: Annotated[
+        str,
+        Query(
+            pattern=rf"^\s*{_DIMENSION}\s*(?:,\s*{_DIMENSION}\s*)*$",
+            max_length=100,
+            description="What to group by: one or more of "
+            f"{', '.join(DIMENSIONS)}, separated by commas (`team,model,day`).",
+        ),
+    ] = "team",
     since: Annotated[
         str,
         Query(
@@ -60,25 +75,47 @@ def get_usage(
             "or an ISO-8601 time.",
         ),
     ] = "24h",
+    until: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description="Window end (excluded): `now`, a duration back from now, or an "
+            "ISO-8601 time. Default: no end (spans that reported a later start count too).",
+        ),
+    ] = None,
     team: Annotated[str | None, Query(description="Only this team (id or name).")] = None,
 ) -> m.Usage:
-    """Requests, tokens and cost of model calls since a time, grouped by team, user, key or model.
+    """Requests, errors, tokens, cost and latency of model calls in a window, grouped by any
+    combination of team, user, key, model, provider, day and hour.
 
     The org admin sees everything, a team admin its team, any other key its own calls.
+    Sums are exact for any window; latency percentiles are interpolated within buckets.
     """
-    start = parse_since(since, ctx.host.clock.now())
-    if ctx.caller.role in ("admin", "team_admin"):
-        team_id, key_id = ctx.team_scope(team), None
-    else:
-        if team is not None and ctx.service.get_team(team).id != ctx.caller.team_id:
-            raise PermissionDenied("this key may only read its own usage")
-        team_id, key_id = None, ctx.caller.key_id
-    rows = ctx.service.usage(by, start, team_id=team_id, key_id=key_id)
+    now = ctx.host.clock.now()
+    start = parse_since(since, now)
+    end = parse_until(until, now) if until is not None else None
+    dimensions = parse_dimensions(by)
+    rows = await asyncio.to_thread(_usage, ctx, dimensions, start, end, team)
     return m.Usage(
-        by=by,
+        by=by.replace(" ", ""),
+        dimensions=list(dimensions),
         since=datetime.fromtimestamp(start, tz=UTC),
-        rows=[m.UsageRow(**row.to_dict(by)) for row in rows],
+        until=datetime.fromtimestamp(end, tz=UTC) if end is not None else None,
+        rows=[m.UsageRow(**row.to_dict()) for row in rows],
     )
+
+
+def _usage(
+    ctx: Ctx, dimensions: Sequence[str], start: float, end: float | None, team: str | None
+) -> list[UsageRow]:
+    if ctx.caller.role in ("admin", "team_admin"):
+        team_id = ctx.team_scope(team)
+    elif team is not None and ctx.service.get_team(team).id != ctx.caller.team_id:
+        raise PermissionDenied("this key may only read its own usage")
+    else:
+        team_id = None
+    visibility = Visibility.of(ctx.caller)
+    return usage(ctx.host.store, visibility, dimensions, start, end, team_id=team_id)
 
 
 def router() -> APIRouter:

@@ -29,6 +29,8 @@ from corral.routing.breaker import Breakers
 from corral.routing.policy import RoutePolicy
 from corral.settings import Settings
 from corral.store import Store
+from corral.traces.query import BlobReader
+from corral.traces.retention import Retention
 
 
 class Host(Protocol):
@@ -51,6 +53,10 @@ class Host(Protocol):
     async def reload_routes(self) -> None: ...
     @property
     def quotas(self) -> QuotaGate: ...
+    @property
+    def blobs(self) -> BlobReader: ...
+    @property
+    def retention(self) -> Retention: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ so the blocking store calls never hold up the event loop.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -13,6 +14,7 @@ from fastapi import APIRouter, Query
 
 from corral.api import models as m
 from corral.api.context import Ctx
+from corral.api.traces import TeamDetail, TracePolicyIn
 from corral.errors import InvalidRequest, NotFound
 from corral.identity import service as svc
 from corral.identity.service import parse_duration, utc
@@ -22,8 +24,19 @@ def _time(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
 
 
-def team_out(team: svc.Team) -> m.Team:
-    return m.Team(id=team.id, name=team.name, org_id=team.org_id, created_at=_time(team.created_at))
+def team_out(ctx: Ctx, team: svc.Team) -> TeamDetail:
+    """A team with its trajectory policy: its own settings and what applies."""
+    settings = ctx.host.settings
+    return TeamDetail(
+        id=team.id,
+        name=team.name,
+        org_id=team.org_id,
+        created_at=_time(team.created_at),
+        body_capture=team.body_capture,
+        retention_days=team.retention_days,
+        effective_body_capture=team.body_capture or settings.trace_bodies,
+        effective_retention_days=team.retention_days or settings.trace_retention_days,
+    )
 
 
 def user_out(user: svc.User, team_names: dict[str, str]) -> m.User:
@@ -77,7 +90,7 @@ def get_me(ctx: Ctx) -> m.Me:
     user = ctx.service.get_user(key.user_id) if key.user_id else None
     return m.Me(
         key=m.Key(**key_fields(key, names)),
-        team=team_out(team) if team else None,
+        team=team_out(ctx, team) if team else None,
         user=user_out(user, names) if user else None,
     )
 
@@ -85,23 +98,43 @@ def get_me(ctx: Ctx) -> m.Me:
 # -- teams ---------------------------------------------------------------------
 
 
-def create_team(ctx: Ctx, body: m.TeamIn) -> m.Team:
+def create_team(ctx: Ctx, body: m.TeamIn) -> TeamDetail:
     """Create a team (org admin only)."""
     ctx.require_org_admin()
-    return team_out(ctx.service.create_team(body.name))
+    return team_out(ctx, ctx.service.create_team(body.name))
 
 
-def list_teams(ctx: Ctx) -> list[m.Team]:
+def list_teams(ctx: Ctx) -> list[TeamDetail]:
     """All teams; a team admin sees its own team only."""
-    return [team_out(t) for t in ctx.service.list_teams(team_id=ctx.team_scope(None))]
+    return [team_out(ctx, t) for t in ctx.service.list_teams(team_id=ctx.team_scope(None))]
 
 
-def get_team(ctx: Ctx, team: str) -> m.Team:
-    """One team, by id or name."""
+def get_team(ctx: Ctx, team: str) -> TeamDetail:
+    """One team, by id or name, with its trajectory policy."""
     ctx.require_manager()
     found = ctx.service.get_team(team)
     ctx.require_team_admin(found.id)
-    return team_out(found)
+    return team_out(ctx, found)
+
+
+async def update_team(ctx: Ctx, team: str, body: TracePolicyIn) -> TeamDetail:
+    """Set a team's trajectory policy: which bodies are kept and for how many days.
+
+    The org admin, or the team's own admin. Fields left out keep their value;
+    `null` returns one to the server's default. This process applies the change
+    at once, every other one when it next reloads its rules.
+    """
+    changes = body.model_dump(include=body.model_fields_set)
+    updated = await asyncio.to_thread(_update_team, ctx, team, changes)
+    await ctx.host.reload_routes()
+    return updated
+
+
+def _update_team(ctx: Ctx, team: str, changes: dict[str, Any]) -> TeamDetail:
+    ctx.require_manager()
+    found = ctx.service.get_team(team)
+    ctx.require_team_admin(found.id)
+    return team_out(ctx, ctx.service.set_team_policy(found.id, changes))
 
 
 # -- users ---------------------------------------------------------------------
@@ -218,6 +251,7 @@ def router() -> APIRouter:
     r.add_api_route("/teams", create_team, methods=["POST"], status_code=201, tags=["teams"])
     r.add_api_route("/teams", list_teams, methods=["GET"], tags=["teams"])
     r.add_api_route("/teams/{team}", get_team, methods=["GET"], tags=["teams"])
+    r.add_api_route("/teams/{team}", update_team, methods=["PATCH"], tags=["teams"])
     r.add_api_route("/users", create_user, methods=["POST"], status_code=201, tags=["users"])
     r.add_api_route("/users", list_users, methods=["GET"], tags=["users"])
     r.add_api_route("/users/{user}", get_user, methods=["GET"], tags=["users"])

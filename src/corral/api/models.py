@@ -147,7 +147,8 @@ class Model(BaseModel):
 
 
 class UsageRow(BaseModel):
-    """Totals for one value of the grouping; only the fields of that grouping are present."""
+    """Totals for one combination of the grouping; only the fields of that grouping are
+    present (a team, user or key with its id)."""
 
     team: str | None = None
     team_id: str | None = None
@@ -156,18 +157,32 @@ class UsageRow(BaseModel):
     key: str | None = None
     key_id: str | None = None
     model: str | None = None
-    requests: int
+    provider: str | None = None
+    day: str | None = Field(default=None, description="`YYYY-MM-DD`, UTC.")
+    hour: datetime | None = Field(default=None, description="The hour's start, UTC.")
+    requests: int = Field(description="Calls that went upstream (refused ones excluded).")
+    errors: int | None = None
+    error_rate: float | None = Field(default=None, description="`errors / requests`.")
+    cancelled: int | None = Field(default=None, description="Calls the client abandoned.")
+    refused: int | None = Field(default=None, description="Calls refused at admission.")
     input_tokens: int
     cached_input_tokens: int
     cache_write_tokens: int
     output_tokens: int
     reasoning_tokens: int
     cost_usd: float = Field(description="USD, rounded to 9 decimal places (nano-dollars).")
+    latency_p50_ms: float | None = Field(
+        default=None, description="Interpolated within a latency histogram bucket."
+    )
+    latency_p95_ms: float | None = None
+    latency_p99_ms: float | None = None
 
 
 class Usage(BaseModel):
-    by: Literal["team", "user", "key", "model"]
+    by: str = Field(description="The grouping as asked: one dimension or a comma list.")
+    dimensions: list[str] = Field(description="The grouping's dimensions, in order.")
     since: datetime
+    until: datetime | None = Field(description="The window's end (excluded); null: none.")
     rows: list[UsageRow]
 
 

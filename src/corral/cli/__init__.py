@@ -20,12 +20,12 @@ def main() -> None:
 
 
 def _register() -> None:
-    from corral.cli import admin, quotas, routing, serve
+    from corral.cli import admin, quotas, routing, serve, traces
     from corral.sim import cli as sim_cli
 
     main.add_command(serve.serve)
     main.add_command(sim_cli.sim)
-    for command in [*admin.COMMANDS, *quotas.COMMANDS, *routing.COMMANDS]:
+    for command in [*admin.COMMANDS, *quotas.COMMANDS, *routing.COMMANDS, *traces.COMMANDS]:
         main.add_command(command)
 
 

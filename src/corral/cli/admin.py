@@ -25,7 +25,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _DURATION = re.compile(r"^\d{1,9}[smhdw]$")
 _TOKENS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens")
-_NUMERIC = {"requests", "input", "cached", "cache write", "output", "reasoning"}
+_NUMERIC = {"requests", "errors", "input", "cached", "cache write", "output", "reasoning"}
+_NUMERIC |= {"p50", "p95", "p99", "retention"}
 _NUMERIC |= {"limit", "spent", "reserved", "remaining", "rpm", "tpm", "concurrency"}
 
 
@@ -104,7 +105,7 @@ def budget_table(budgets: Iterable[dict[str, Any]], title: str = "Budgets") -> N
 
 @click.group()
 def teams() -> None:
-    """Create and list teams."""
+    """Create, list and show teams; set their trajectory policy."""
 
 
 @teams.command("create")
@@ -140,17 +141,78 @@ def teams_list(as_json: bool) -> None:
 @click.argument("team")
 @json_option
 def teams_show(team: str, as_json: bool) -> None:
-    """Show one team, by name or id."""
+    """Show one team, by name or id, with its trajectory policy."""
     with _client() as api:
         found = api.get(f"/teams/{_path(team)}")
     if as_json:
         _print_json(found)
         return
+    _team_table(found)
+
+
+def _team_table(found: dict[str, Any]) -> None:
+    bodies, days = _policy(found)
     _table(
         "Team",
-        ["name", "id", "created"],
-        [(found["name"], found["id"], _when(found["created_at"]))],
+        ["name", "id", "created", "bodies", "retention"],
+        [(found["name"], found["id"], _when(found["created_at"]), bodies, days)],
     )
+
+
+def _policy(team: dict[str, Any]) -> tuple[str, str]:
+    """The team's body capture and retention, marked "(default)" when not its own."""
+    bodies = team["effective_body_capture"]
+    days = f"{team['effective_retention_days']:g} days"
+    if team["body_capture"] is None:
+        bodies += " (default)"
+    if team["retention_days"] is None:
+        days += " (default)"
+    return bodies, days
+
+
+def _check_days(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None or value == "default":
+        return value
+    try:
+        days = float(value)
+    except ValueError:
+        days = -1.0
+    if not 0 < days <= 3650:
+        raise click.BadParameter("give a number of days above 0 (at most 3650), or 'default'")
+    return value
+
+
+@teams.command("set")
+@click.argument("team")
+@click.option(
+    "--bodies",
+    type=click.Choice(["off", "metadata", "full", "default"]),
+    help="Raw bodies kept for the team's calls: off, metadata (size, digest, shape), "
+    "full (redacted, capped), or the server's default.",
+)
+@click.option(
+    "--retention-days",
+    callback=_check_days,
+    metavar="N|default",
+    help="Days the team's spans and bodies are kept, or the server's default.",
+)
+@json_option
+def teams_set(team: str, bodies: str | None, retention_days: str | None, as_json: bool) -> None:
+    """Set the trajectory policy of TEAM (org admin key, or the team's admin key)."""
+    body: dict[str, Any] = {}
+    if bodies is not None:
+        body["body_capture"] = None if bodies == "default" else bodies
+    if retention_days is not None:
+        body["retention_days"] = None if retention_days == "default" else float(retention_days)
+    if not body:
+        raise click.UsageError("give --bodies, --retention-days or both")
+    with _client() as api:
+        found = api.request("PATCH", f"/teams/{_path(team)}", json=body)
+    if as_json:
+        _print_json(found)
+        return
+    bodies_now, days_now = _policy(found)
+    click.echo(f"Team {found['name']}: bodies {bodies_now}, retention {days_now}.")
 
 
 # -- users -----------------------------------------------------------------------
@@ -303,13 +365,28 @@ def keys_revoke(key_id: str, as_json: bool) -> None:
 # -- usage, models, providers ------------------------------------------------------
 
 
+_DIMENSIONS = ("team", "user", "key", "model", "provider", "day", "hour")
+
+
+def _check_by(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    parts = [p.strip() for p in value.split(",")]
+    unknown = [p for p in parts if p not in _DIMENSIONS]
+    if unknown or not value.strip():
+        raise click.BadParameter(
+            f"{unknown[0] if unknown else value!r} is not one of {', '.join(_DIMENSIONS)}; "
+            "combine them with commas, e.g. team,model,day"
+        )
+    return ",".join(dict.fromkeys(parts))
+
+
 @click.command()
 @click.option(
     "--by",
-    type=click.Choice(["team", "user", "key", "model"]),
     default="team",
     show_default=True,
-    help="What to group by.",
+    callback=_check_by,
+    help=f"What to group by: one or more of {', '.join(_DIMENSIONS)}, comma-separated "
+    "(team,model,day).",
 )
 @click.option(
     "--since",
@@ -317,29 +394,65 @@ def keys_revoke(key_id: str, as_json: bool) -> None:
     show_default=True,
     help="Window start: a duration back from now (24h, 7d), 'all', or an ISO-8601 time.",
 )
+@click.option(
+    "--until", help="Window end (excluded): now (default), a duration back, or an ISO time."
+)
 @click.option("--team", help="Only this team (name or id).")
 @json_option
-def usage(by: str, since: str, team: str | None, as_json: bool) -> None:
-    """Requests, tokens and cost of model calls, grouped by team, user, key or model;
-    then the budgets (of the team, with --team) and what is left of them."""
+def usage(by: str, since: str, until: str | None, team: str | None, as_json: bool) -> None:
+    """Requests, errors, tokens, cost and latency of model calls, grouped by any of team,
+    user, key, model, provider, day and hour; then the budgets (of the team, with --team)
+    and what is left of them."""
     with _client() as api:
-        report = api.get("/usage", {"by": by, "since": since, "team": team})
+        report = api.get("/usage", {"by": by, "since": since, "until": until, "team": team})
         if not as_json:
             budgets = api.get("/budgets", {"team": team})["budgets"]
     rows: list[dict[str, Any]] = report["rows"]
     if as_json:
         _print_json(rows)
         return
-    columns = [by, "requests", "input", "cached", "cache write", "output", "reasoning", "cost"]
-    lines = [
-        [r[by], r["requests"], *(r[t] for t in _TOKENS), r["reasoning_tokens"], _usd(r["cost_usd"])]
-        for r in rows
-    ]
+    dims: list[str] = report["dimensions"]
+    columns = [*dims, "requests", "errors", "input", "cached", "cache write", "output"]
+    columns += ["reasoning", "cost", "p50", "p95", "p99"]
+    lines = [_usage_line(r, dims) for r in rows]
     if len(rows) > 1:
-        totals = [sum(r[f] for r in rows) for f in ("requests", *_TOKENS, "reasoning_tokens")]
-        lines.append(["total", *totals, _usd(sum(r["cost_usd"] for r in rows))])
-    _table(f"Usage by {by} since {_when(report['since'])}", columns, lines)
+        requests, *tokens = (
+            sum(r[f] for r in rows) for f in ("requests", *_TOKENS, "reasoning_tokens")
+        )
+        errors = _errors(sum(r["errors"] for r in rows), requests)
+        cost = _usd(sum(r["cost_usd"] for r in rows))
+        blank = [None] * (len(dims) - 1)
+        lines.append(["total", *blank, requests, errors, *tokens, cost, None, None, None])
+    window = f"since {_when(report['since'])}"
+    if until is not None:
+        window += f" until {_when(report['until'])}"
+    _table(f"Usage by {', '.join(dims)} {window}", columns, lines)
     budget_table(budgets)
+
+
+def _usage_line(row: dict[str, Any], dims: list[str]) -> list[Any]:
+    hour = row.get("hour")
+    labels = [_when(hour) if d == "hour" and hour else row.get(d) for d in dims]
+    latency = [_ms(row[f"latency_{q}_ms"]) for q in ("p50", "p95", "p99")]
+    return [
+        *labels,
+        row["requests"],
+        _errors(row["errors"], row["requests"]),
+        *(row[t] for t in _TOKENS),
+        row["reasoning_tokens"],
+        _usd(row["cost_usd"]),
+        *latency,
+    ]
+
+
+def _errors(errors: int, requests: int) -> str:
+    return f"{errors} ({errors / requests:.1%})" if errors and requests else str(errors)
+
+
+def _ms(value: float | None) -> str | None:
+    if value is None:
+        return None
+    return f"{value:,.0f} ms" if value < 10_000 else f"{value / 1000:,.1f} s"
 
 
 @click.group()

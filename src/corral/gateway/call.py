@@ -25,6 +25,7 @@ class Call:
     __slots__ = (
         "admission",
         "attempt_span_id",
+        "bodies",
         "body",
         "chain",
         "contract",
@@ -35,6 +36,8 @@ class Call:
         "model",
         "parent_span_id",
         "request_id",
+        "response_body",
+        "response_dropped",
         "route_reason",
         "skipped",
         "span_id",
@@ -46,6 +49,7 @@ class Call:
         "t_up_end",
         "trace_id",
         "ttft_ms",
+        "upstream_body",
         "wire",
     )
 
@@ -77,6 +81,26 @@ class Call:
         self.route_reason: str | None = None  # why the route policy moved the request
         self.contract: CapacityConfig | None = None  # set when served within reserved capacity
         self.crossing: Crossing | None = None  # set when the attempt crosses protocols
+        # Raw bodies for the trajectory (the team's policy: "off", "metadata" or "full"): the
+        # response as the client got it, and the request as sent upstream when that differs.
+        self.bodies = "off"
+        self.response_body: list[bytes] = []
+        self.response_dropped = 0  # stream bytes past the cap, counted but not kept
+        self.upstream_body: bytes | None = None
+
+    def keep_response(self, chunk: bytes, cap: int) -> None:
+        """Keep what the client was sent, up to ``cap`` bytes (the writer cuts bodies there
+        anyway; a stream is not held in memory past it)."""
+        if self.bodies == "off" or not chunk:
+            return
+        kept = sum(len(c) for c in self.response_body)
+        room = cap - kept
+        if room >= len(chunk):
+            self.response_body.append(chunk)
+            return
+        if room > 0:
+            self.response_body.append(chunk[:room])
+        self.response_dropped += len(chunk) - max(room, 0)
 
     def overhead_ms(self, now: float) -> float:
         upstream = (self.t_up_end or now) - self.t_up if self.t_up else 0.0

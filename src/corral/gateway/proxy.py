@@ -62,6 +62,7 @@ from corral.quota.gate import refusal_attributes
 from corral.quota.rules import Chain
 from corral.routing import Deployment
 from corral.routing.catalog import PROTOCOL_NAMES, Prices
+from corral.traces.spans import run_trace
 
 if TYPE_CHECKING:
     from corral.app import CorralApp
@@ -80,6 +81,7 @@ class Gateway(Records):
         self.app = app
         self.upstream = upstream
         self.max_body = app.settings.max_body_bytes
+        self.body_cap = app.settings.trace_body_max_bytes
         self.rng = random.Random()  # weighted choice among a model's deployments
 
     async def start(self) -> None:
@@ -281,6 +283,8 @@ class Gateway(Records):
                 call.skipped.append((deployment.id, f"cannot translate: {exc.message}"))
                 return exc
             strip_usage = call.strip_usage
+        if call.bodies != "off" and upstream_body is not body:
+            call.upstream_body = upstream_body  # the attempt's own request body
         path = cross.upstream.path if cross is not None else wire.path
         url = upstream_url(deployment, path, scope["query_string"])
         extra = {"traceparent": f"00-{call.trace_id}-{call.attempt_span_id}-01"}
@@ -381,6 +385,9 @@ class Gateway(Records):
                 "with 'corral keys create --team T --user U'"
             )
         call.key = key
+        if call.parent_span_id is None and key.run_id is not None:
+            call.trace_id, call.parent_span_id = run_trace(key.run_id)  # attach to its run
+        call.bodies = self.app.trace_policy.bodies(key.team_id)
         body = await read_body(scope, receive, self.max_body)
         data = parse_json_object(body)
         check = MESSAGES.check_count if counting else call.wire.check
@@ -521,14 +528,15 @@ class Gateway(Records):
                 )
                 await self._reject(send, wire, error, call)
                 return
+            call.keep_response(payload, self.body_cap)
             self._record(call, status="ok", http=status, outcome=outcome)
         else:
             message = error_message(payload) or f"HTTP {status}"
-            self._record(
-                call, status="error", http=status, error=(classify(status, payload), message)
-            )
+            error_class = classify(status, payload)
             if cross is not None:
                 payload = cross.error(status, payload)
+            call.keep_response(payload, self.body_cap)
+            self._record(call, status="error", http=status, error=(error_class, message))
         headers = response_headers(response, JSON_CT if cross is not None else None)
         headers.extend(call.corral_headers(time.perf_counter()))
         await send_bytes(send, status, headers, payload)
@@ -546,6 +554,7 @@ class Gateway(Records):
         """Relay an SSE stream event by event, metering as it passes (``first``: its first
         bytes, already read)."""
         meter = call.wire.meter(strip_usage)
+        cap = self.body_cap
 
         def upstream() -> Outcome:  # usage as the provider reported it
             return transform.outcome if transform is not None else meter.outcome
@@ -563,6 +572,7 @@ class Gateway(Records):
                     call.ttft_ms = (time.perf_counter() - call.t_up) * 1000
                 chunk = transform.feed(raw) if transform is not None else raw
                 out, terminal = meter.feed(chunk)
+                call.keep_response(out, cap)
                 if terminal and not abandoned.is_set():
                     call.t_up_end = time.perf_counter()
                     self._record_stream(call, upstream(), meter.events, complete=True)
@@ -571,6 +581,7 @@ class Gateway(Records):
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             if transform is not None and not abandoned.is_set():
                 out, terminal = meter.feed(transform.close())  # ends the client's stream well
+                call.keep_response(out, cap)
                 if terminal and not recorded and transform.outcome.error is None:
                     call.t_up_end = time.perf_counter()
                     self._record_stream(call, upstream(), meter.events, complete=True)

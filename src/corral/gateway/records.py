@@ -15,6 +15,7 @@ from corral.errors import CorralError, UpstreamError, UpstreamTimeout
 from corral.gateway.wire import Outcome, Usage
 from corral.tokens import count_tokens
 from corral.traces.spans import SPAN_DEFAULTS
+from corral.traces.writer import BODY_MODE
 
 if TYPE_CHECKING:
     from corral.app import CorralApp
@@ -67,6 +68,7 @@ class Records:
             upstream_ms=(now - call.t_up) * 1000,
             cost_source=_cost_source(call, False),
             price_version=self.app.catalog.price_version,
+            source="gateway",
         )
         call.failed.append(row)
         call.attempt_span_id = os.urandom(8).hex()
@@ -174,6 +176,7 @@ class Records:
             cost_nusd=cost,
             cost_source=_cost_source(call, estimated),
             price_version=self.app.catalog.price_version,
+            source="gateway",
         )
         adm = call.admission
         attrs: dict[str, Any] = dict(attributes or {})
@@ -200,10 +203,16 @@ class Records:
             overhead_ms=None,
             attributes=None,
         )
+        if call.bodies != "off":
+            _attach_bodies(call, row, attempt)
         if status == "refused" or call.t_up == 0.0:  # never went upstream: no attempt of its own
-            self.app.recorder.record(row, *call.failed)
+            rows = (row, *call.failed)
         else:
-            self.app.recorder.record(row, *call.failed, attempt)
+            rows = (row, *call.failed, attempt)
+        self.app.recorder.record(*rows)
+        traffic = self.app.metrics.traffic
+        for recorded in rows:
+            traffic.observe(recorded, key.team_name)
         if adm is not None:
             tokens = (
                 usage.input
@@ -213,6 +222,22 @@ class Records:
                 + usage.reasoning
             )
             self.app.quotas.settle(adm, usd=cost, tokens=tokens)
+
+
+def _attach_bodies(call: Call, row: dict[str, Any], attempt: dict[str, Any]) -> None:
+    """Hand the raw bodies to the span writer, which redacts, caps and stores them off the
+    request path: the client's request and what it was sent on the call's span, and the
+    request as sent upstream on the attempt's when Corral changed it."""
+    row[BODY_MODE] = call.bodies
+    row["_request_body"] = call.body.decode("utf-8", "replace")
+    if call.response_body:
+        text = b"".join(call.response_body).decode("utf-8", "replace")
+        if call.response_dropped:
+            text += f"\n[corral: body truncated: {call.response_dropped} more bytes not kept]"
+        row["_response_body"] = text
+    if call.upstream_body is not None:
+        attempt[BODY_MODE] = call.bodies
+        attempt["_request_body"] = call.upstream_body.decode("utf-8", "replace")
 
 
 def _cost_source(call: Call, estimated: bool) -> str:

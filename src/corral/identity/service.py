@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 
 from corral.clock import Clock
@@ -40,7 +40,10 @@ from corral.identity.keys import KEY_PREFIX, hash_key, mint_key, shown_prefix
 from corral.settings import Settings
 from corral.store import Store
 from corral.store.schema import keys as keys_table
-from corral.store.schema import orgs, spans, teams, users
+from corral.store.schema import orgs, teams, users
+from corral.traces import query
+from corral.traces import usage as traces_usage
+from corral.traces.policy import BODY_MODES
 
 DEFAULT_ORG_ID = "org_default"
 DEFAULT_ORG_NAME = "default"
@@ -52,6 +55,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}$"
 DURATION_PATTERN = r"^\d{1,9}[smhdw]$"
 MAX_KEY_LIFETIME = 10 * 365 * 86400.0
 MAX_REF_LENGTH = 200
+MAX_RETENTION_DAYS = 3650
 
 UserKind = Literal["user", "service"]
 KeyRole = Literal["virtual", "team_admin"]
@@ -61,15 +65,19 @@ GROUP_BY: tuple[GroupBy, ...] = ("team", "user", "key", "model")
 _NAME = re.compile(NAME_PATTERN)
 _DURATION = re.compile(r"^(\d{1,9})([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_MAX_NS = 2**62  # keeps time bounds inside a signed 64-bit column on every backend
 
 
 @dataclass(frozen=True, slots=True)
 class Team:
+    """A team; ``body_capture`` and ``retention_days`` are its trajectory policy (None: the
+    settings' ``trace_bodies`` / ``trace_retention_days``)."""
+
     id: str
     org_id: str
     name: str
     created_at: float
+    body_capture: str | None = None
+    retention_days: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +154,22 @@ class UsageRow:
     reasoning_tokens: int
     cost_nusd: int
 
+    @classmethod
+    def from_query(cls, row: traces_usage.UsageRow) -> UsageRow:
+        """The row of a one-dimension ``corral.traces.usage.usage``."""
+        [(_, label, group_id)] = row.group
+        return cls(
+            label=label,
+            group_id=group_id,
+            requests=row.requests,
+            input_tokens=row.input_tokens,
+            cached_input_tokens=row.cached_input_tokens,
+            cache_write_tokens=row.cache_write_tokens,
+            output_tokens=row.output_tokens,
+            reasoning_tokens=row.reasoning_tokens,
+            cost_nusd=row.cost_nusd,
+        )
+
     @property
     def cost_usd(self) -> float:
         """Cost in USD, rounded to the nano-dollar the store counts in."""
@@ -200,6 +224,20 @@ def parse_since(text: str, now: float) -> float:
             f"invalid since {_show(text)}: use a duration (24h, 7d), 'all', "
             "or an ISO-8601 time (2025-01-31T00:00:00Z)"
         ) from exc
+
+
+def parse_until(text: str, now: float) -> float:
+    """The end of a window: ``now``, a duration back from ``now``, or an ISO-8601 time."""
+    text = text.strip()
+    if text == "now":
+        return now
+    if text != "all":
+        with suppress(InvalidRequest):
+            return parse_since(text, now)
+    raise InvalidRequest(
+        f"invalid until {_show(text)}: use 'now', a duration back from now (1h, 7d) "
+        "or an ISO-8601 time (2025-01-31T00:00:00Z)"
+    )
 
 
 class IdentityService:
@@ -257,6 +295,17 @@ class IdentityService:
             if rows:
                 return _team(min(rows, key=lambda r: r.id != ref))  # an id match wins
         raise NotFound(f"team {_show(ref)} not found")
+
+    def set_team_policy(self, team: str, changes: Mapping[str, object]) -> Team:
+        """Change a team's trajectory policy: ``body_capture`` ("off", "metadata", "full")
+        and ``retention_days`` (days, more than 0, at most ten years); None restores the
+        default. Only the keys present in ``changes`` change."""
+        found = self.get_team(team)
+        values = _policy_values(changes)
+        if values:
+            with self._store.begin() as conn:
+                conn.execute(teams.update().where(teams.c.id == found.id).values(**values))
+        return self.get_team(found.id)
 
     # -- users and service accounts ------------------------------------------------
 
@@ -454,54 +503,22 @@ class IdentityService:
         by: GroupBy,
         since: float,
         *,
+        until: float | None = None,
         team_id: str | None = None,
         key_id: str | None = None,
     ) -> list[UsageRow]:
-        """Request, token and cost totals of ``llm_request`` spans started at or after ``since``.
+        """Request, token and cost totals of LLM calls started in ``[since, until)``.
 
-        Rows come most expensive first. ``team_id`` and ``key_id`` narrow the
-        spans counted (a team admin sees its team, a virtual key itself).
+        ``until`` defaults to no end. Rows come most expensive first. ``team_id`` and
+        ``key_id`` narrow the calls counted (a team admin sees its team, a virtual
+        key itself). Calls refused at admission never went upstream: audited, not
+        usage. See ``corral.traces.usage.usage`` for every dimension and measure.
         """
         if by not in GROUP_BY:
             raise InvalidRequest(f"by must be one of {', '.join(GROUP_BY)}, not {_show(by)}")
-        column = {
-            "team": spans.c.team_id,
-            "user": spans.c.user_id,
-            "key": spans.c.key_id,
-            "model": spans.c.model_requested,
-        }[by]
-        since_ns = min(max(int(since * 1e9), 0), _MAX_NS)
-        query = (
-            select(column.label("group_id"), func.count().label("requests"), *_SUMS)
-            .where(
-                spans.c.kind == "llm_request",
-                spans.c.start_ns >= since_ns,
-                spans.c.status != "refused",  # never went upstream; audited, not usage
-            )
-            .group_by(column)
-        )
-        if team_id is not None:
-            query = query.where(spans.c.team_id == team_id)
-        if key_id is not None:
-            query = query.where(spans.c.key_id == key_id)
-        with self._store.connect() as conn:
-            rows = conn.execute(query).fetchall()
-        labels = self._labels(by)
-        out = [_usage_row(row, by, labels) for row in rows]
-        out.sort(key=lambda r: (-r.cost_nusd, -r.requests, r.label))
-        return out
-
-    def _labels(self, by: GroupBy) -> dict[str, str]:
-        """Readable names for grouping ids; identity tables are small enough to read whole."""
-        with self._store.connect() as conn:
-            if by == "team":
-                return {r.id: r.name for r in conn.execute(select(teams.c.id, teams.c.name))}
-            if by == "user":
-                return {r.id: r.name for r in conn.execute(select(users.c.id, users.c.name))}
-            if by == "key":
-                rows = conn.execute(select(keys_table.c.id, keys_table.c.name, keys_table.c.prefix))
-                return {r.id: r.name or f"{r.prefix}…" for r in rows}
-        return {}
+        visibility = query.Visibility(team_id=team_id, key_id=key_id)
+        rows = traces_usage.usage(self._store, visibility, [by], since, until)
+        return [UsageRow.from_query(row) for row in rows]
 
     def _team_name(self, team_id: str) -> str:
         with self._store.connect() as conn:
@@ -540,38 +557,6 @@ def utc(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, tz=UTC)
 
 
-_SUMS = [
-    func.coalesce(func.sum(getattr(spans.c, name)), 0).label(name)
-    for name in (
-        "input_tokens",
-        "cached_input_tokens",
-        "cache_write_tokens",
-        "output_tokens",
-        "reasoning_tokens",
-        "cost_nusd",
-    )
-]
-
-
-def _usage_row(row: Any, by: GroupBy, labels: dict[str, str]) -> UsageRow:
-    group_id = row.group_id
-    if by == "model":
-        label, group_id = group_id or "(none)", None
-    else:
-        label = labels.get(group_id, group_id) if group_id is not None else "(none)"
-    return UsageRow(
-        label=label,
-        group_id=group_id,
-        requests=int(row.requests),
-        input_tokens=int(row.input_tokens),
-        cached_input_tokens=int(row.cached_input_tokens),
-        cache_write_tokens=int(row.cache_write_tokens),
-        output_tokens=int(row.output_tokens),
-        reasoning_tokens=int(row.reasoning_tokens),
-        cost_nusd=int(row.cost_nusd),
-    )
-
-
 def _admin_values(digest: str, prefix: str, now: float) -> dict[str, Any]:
     return {
         "id": ADMIN_KEY_ID,
@@ -593,7 +578,14 @@ def _key_values(key: Key) -> dict[str, Any]:
 
 
 def _team(row: Any) -> Team:
-    return Team(id=row.id, org_id=row.org_id, name=row.name, created_at=row.created_at)
+    return Team(
+        id=row.id,
+        org_id=row.org_id,
+        name=row.name,
+        created_at=row.created_at,
+        body_capture=row.body_capture,
+        retention_days=row.retention_days,
+    )
 
 
 def _user(row: Any) -> User:
@@ -610,6 +602,36 @@ def _user(row: Any) -> User:
 
 def _is_conflict(exc: StoreError) -> bool:
     return isinstance(exc.__cause__, IntegrityError)
+
+
+def _policy_values(changes: Mapping[str, object]) -> dict[str, object]:
+    unknown = sorted(set(changes) - {"body_capture", "retention_days"})
+    if unknown:
+        raise InvalidRequest(
+            f"unknown team policy field {unknown[0]!r}: give body_capture, retention_days or both"
+        )
+    out: dict[str, object] = {}
+    if "body_capture" in changes:
+        mode = changes["body_capture"]
+        if mode is not None and mode not in BODY_MODES:
+            raise InvalidRequest(
+                f"body_capture must be 'off', 'metadata' or 'full' (or null for the default), "
+                f"not {_show(str(mode))}"
+            )
+        out["body_capture"] = mode
+    if "retention_days" in changes:
+        days = changes["retention_days"]
+        if days is not None and (
+            isinstance(days, bool)
+            or not isinstance(days, int | float)
+            or not 0 < days <= MAX_RETENTION_DAYS
+        ):
+            raise InvalidRequest(
+                f"retention_days must be a number of days above 0 and at most "
+                f"{MAX_RETENTION_DAYS} (or null for the default), not {_show(str(days))}"
+            )
+        out["retention_days"] = None if days is None else float(days)
+    return out
 
 
 def _check_new_key(role: str, name: str | None, expires_at: float | None, now: float) -> None:

@@ -277,6 +277,17 @@ class Catalog:
         names = self.names_for(model)
         return self.models[names[0]]
 
+    def prices_for(self, model: str) -> Prices | None:
+        """The price of a model an agent reported: a public name, or a deployment's upstream
+        model name (an agent calling the provider directly reports that); None if unknown."""
+        deployment = self.models.get(model)
+        if deployment is None:
+            deployment = next(
+                (d for ds in self.deployments.values() for d in ds if d.upstream_model == model),
+                None,
+            )
+        return deployment.prices if deployment is not None else None
+
     def names_for(self, model: str) -> tuple[str, ...]:
         """The models a requested name stands for: itself, or a tier's models in order."""
         if model in self.models:

@@ -50,6 +50,9 @@ teams = Table(
     Column("org_id", String(40), ForeignKey("orgs.id"), nullable=False),
     Column("name", String(200), nullable=False),
     Column("created_at", Float, nullable=False),
+    # trajectory policy; NULL: the settings' default (trace_bodies, trace_retention_days)
+    Column("body_capture", String(10), nullable=True),
+    Column("retention_days", Float, nullable=True),
     UniqueConstraint("org_id", "name", name="uq_teams_org_name"),
 )
 
@@ -141,6 +144,14 @@ spans = Table(
     Column("cost_nusd", BigInteger, nullable=False, default=0),
     Column("cost_source", String(16), nullable=True),
     Column("price_version", String(32), nullable=True),
+    # who saw it: "gateway", or the reporting agent's service.name (OTLP ingest)
+    Column("source", String(64), nullable=True),
+    # an agent-reported llm_request the gateway also recorded: that record's span id.
+    # Such a row stays in the tree but is left out of every roll-up.
+    Column("duplicate_of", String(16), nullable=True),
+    # raw bodies, as keys into the blob store (see corral.traces.blobs)
+    Column("request_blob", String(200), nullable=True),
+    Column("response_blob", String(200), nullable=True),
     Column("attributes", JSON, nullable=True),
     Index("ix_spans_team_start", "team_id", "start_ns"),
     Index("ix_spans_user_start", "user_id", "start_ns"),
@@ -149,6 +160,38 @@ spans = Table(
     Index("ix_spans_trace", "trace_id"),
     Index("ix_spans_run", "run_id"),
     Index("ix_spans_request", "request_id"),
+    Index("ix_spans_response", "response_id"),
+)
+
+# Hourly roll-ups of ``llm_request`` spans (duplicates left out), kept by the writer in the
+# same transaction as the spans, so spend over a month reads hundreds of rows, not millions.
+# Key columns hold "" rather than NULL so the upsert's conflict target always matches.
+# ``lat_bN`` count requests whose duration fell in bucket N of ``LATENCY_BOUNDS_MS``
+# (corral.traces.rollup); percentiles are interpolated within a bucket.
+LATENCY_BUCKETS = 16
+span_rollups = Table(
+    "span_rollups",
+    metadata,
+    Column("hour", BigInteger, primary_key=True),
+    Column("org_id", String(40), primary_key=True),
+    Column("team_id", String(40), primary_key=True),
+    Column("user_id", String(40), primary_key=True),
+    Column("key_id", String(40), primary_key=True),
+    Column("model", String(200), primary_key=True),
+    Column("provider", String(100), primary_key=True),
+    Column("requests", BigInteger, nullable=False, default=0),
+    Column("errors", BigInteger, nullable=False, default=0),
+    Column("cancelled", BigInteger, nullable=False, default=0),
+    Column("refused", BigInteger, nullable=False, default=0),
+    Column("input_tokens", BigInteger, nullable=False, default=0),
+    Column("cached_input_tokens", BigInteger, nullable=False, default=0),
+    Column("cache_write_tokens", BigInteger, nullable=False, default=0),
+    Column("output_tokens", BigInteger, nullable=False, default=0),
+    Column("reasoning_tokens", BigInteger, nullable=False, default=0),
+    Column("cost_nusd", BigInteger, nullable=False, default=0),
+    Column("latency_ms_sum", Float, nullable=False, default=0.0),
+    *(Column(f"lat_b{i}", BigInteger, nullable=False, default=0) for i in range(LATENCY_BUCKETS)),
+    Index("ix_span_rollups_team_hour", "team_id", "hour"),
 )
 
 # Budgets and rate limits set through the API/CLI (the config file's live in memory only).

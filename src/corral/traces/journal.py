@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class Segment:
     path: Path
     fd: int
     records: list[dict[str, Any]] = field(default_factory=list)
+    first_at: float = 0.0  # time.monotonic() of the first append: how long its oldest waited
 
     def close(self, *, delete: bool) -> None:
         if delete:
@@ -64,8 +66,11 @@ class Journal:
 
     def append(self, *records: dict[str, Any]) -> None:
         """Make ``records`` durable against a crash of this process (one write), keep them."""
-        os.write(self.current.fd, b"".join(orjson.dumps(r) + b"\n" for r in records))
-        self.current.records.extend(records)
+        current = self.current
+        os.write(current.fd, b"".join(orjson.dumps(r) + b"\n" for r in records))
+        if not current.records:
+            current.first_at = time.monotonic()
+        current.records.extend(records)
 
     def rotate(self) -> Segment | None:
         """Start a new segment; return the old one if it holds records (still open and locked)."""

@@ -1,10 +1,17 @@
 """The record pipeline: spans journaled on the request path, stored in batches off it.
 
 ``Recorder.record`` costs one ``os.write``; a background task rotates the
-journal every ``flush_interval`` (or sooner when a batch is full) and inserts
-the batch in a worker thread with ``ON CONFLICT DO NOTHING`` on the span id,
-so a replayed journal never duplicates a row. A batch the store refuses stays
-on disk and in memory and is retried; nothing is dropped.
+journal every ``flush_interval`` (or sooner when a batch is full) and hands
+the batch to the ``SpanWriter`` in a worker thread (bodies to the blob store,
+duplicates marked, roll-ups kept, ``ON CONFLICT DO NOTHING`` on the span id,
+so a replayed journal never duplicates a row). A batch the store refuses
+stays on disk and in memory and is retried; nothing is dropped.
+
+Backpressure: ``check_capacity`` is what OTLP ingest asks before accepting a
+payload. Past ``queue_max`` spans waiting, or while the store is failing, it
+raises a 429/503 with Retry-After so the client holds on to its data and
+retries; what was accepted is already in the journal. The gateway's own
+records are never refused: a model call that happened is always recorded.
 """
 
 from __future__ import annotations
@@ -20,9 +27,12 @@ from typing import Any
 
 import orjson
 
+from corral.errors import RateLimited
 from corral.store import Store
 from corral.store.schema import spans
+from corral.traces.blobs import BlobBackend
 from corral.traces.journal import Journal, Segment
+from corral.traces.writer import SpanWriter
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +50,20 @@ class Recorder:
         journal_dir: Path,
         batch_size: int = 1000,
         flush_interval: float = 0.2,
+        blobs: BlobBackend | None = None,
+        max_body_bytes: int = 4 * 1024 * 1024,
+        queue_max: int = 200_000,
     ) -> None:
         self._store = store
-        self._sql = _insert_sql(store.is_sqlite)
+        self.writer = SpanWriter(
+            store,
+            blobs=blobs,
+            max_body_bytes=max_body_bytes,
+            insert_sql=_insert_sql(store.is_sqlite),
+            as_tuple=_as_tuple,
+        )
+        self._queue_max = queue_max
+        self._retry = False  # the last batch failed: the next may find some of it stored
         self._journal_dir = journal_dir
         self._batch_size = batch_size
         self._interval = flush_interval
@@ -55,7 +76,9 @@ class Recorder:
         self.stored = 0
         self.replayed = 0
         self.failures = 0
-        self.last_lag_s = 0.0
+        self.refused = 0  # OTLP payloads answered 429/503 by check_capacity
+        self.last_lag_s = 0.0  # accepted → stored, for the oldest span of the last batch
+        self.rate = 0.0  # spans stored per second, over the last batches
         # Called (from a worker thread) with each batch of replayed rows, once stored.
         self.on_replay: Callable[[list[dict[str, Any]]], None] | None = None
 
@@ -69,6 +92,29 @@ class Recorder:
         journal.append(*rows)
         if len(journal.current.records) >= self._batch_size:
             self._wake.set()
+
+    def check_capacity(self, spans: int) -> None:
+        """Refuse (429, or 503 while the store fails) a payload of ``spans`` that would
+        overfill the queue; the error carries how long to wait before retrying."""
+        pending = self.pending
+        if self._retry:
+            self.refused += 1
+            raise RateLimited(
+                f"the span store is failing ({self.failures} failed writes); {pending} spans "
+                "are waiting in the journal. Retry later.",
+                status=503,
+                code="store_unavailable",
+                retry_after=5.0,
+            )
+        if pending + spans > self._queue_max:
+            self.refused += 1
+            drain = max(1.0, min(30.0, pending / self.rate)) if self.rate else 5.0
+            raise RateLimited(
+                f"the ingest queue is full ({pending} spans waiting, ingest_queue_max "
+                f"{self._queue_max}); retry after {drain:.0f} s",
+                code="ingest_queue_full",
+                retry_after=round(drain),
+            )
 
     @property
     def pending(self) -> int:
@@ -111,7 +157,13 @@ class Recorder:
                 self._backlog.append(segment)
             while self._backlog:
                 segment = self._backlog[0]
-                await asyncio.to_thread(self._insert, segment.records)
+                try:
+                    await asyncio.to_thread(self._insert, segment.records, self._retry)
+                except BaseException:
+                    self._retry = True
+                    raise
+                self._retry = False
+                self.last_lag_s = time.monotonic() - segment.first_at
                 self._backlog.popleft()
                 segment.close(delete=True)
 
@@ -146,7 +198,7 @@ class Recorder:
         for path, records in self._journal.orphans():
             for start in range(0, len(records), self._batch_size):
                 batch = records[start : start + self._batch_size]
-                self._insert(batch)
+                self._insert(batch, True)
                 if self.on_replay is not None:
                     self.on_replay(batch)
             count += len(records)
@@ -154,14 +206,15 @@ class Recorder:
         self.replayed += count
         return count
 
-    def _insert(self, rows: list[dict[str, Any]]) -> None:
-        """One ``executemany`` of plain tuples: the driver's fast path, no per-row compiling."""
+    def _insert(self, rows: list[dict[str, Any]], check_existing: bool = False) -> None:
         if not rows:
             return
-        with self._store.begin() as conn:
-            conn.exec_driver_sql(self._sql, [_as_tuple(row) for row in rows])
+        started = time.perf_counter()
+        self.writer.write(rows, check_existing=check_existing)
+        took = time.perf_counter() - started
         self.stored += len(rows)
-        self.last_lag_s = max(0.0, time.time() - rows[0]["end_ns"] / 1e9)
+        current = len(rows) / took if took > 0 else 0.0
+        self.rate = current if not self.rate else 0.8 * self.rate + 0.2 * current
 
 
 _COLUMNS = tuple(str(column.name) for column in spans.columns)
@@ -178,6 +231,7 @@ def _insert_sql(sqlite: bool) -> str:
 
 
 def _as_tuple(row: dict[str, Any]) -> tuple[Any, ...]:
+    """A row as the plain tuple ``executemany`` takes: the driver's fast path."""
     return tuple(
         orjson.dumps(row[name]).decode()
         if name in _JSON_COLUMNS and row.get(name) is not None

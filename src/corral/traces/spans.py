@@ -1,21 +1,32 @@
 """The one span model: runs, steps, tool calls, LLM requests and upstream attempts.
 
 A span row is a plain dict with exactly the columns of ``corral.store.schema.spans``
-(built from ``SPAN_DEFAULTS`` so every row of a batch has the same keys).
-Kinds: ``run`` → ``step`` → ``tool`` / ``llm_request`` → ``attempt``.
-Roll-ups of spend read ``llm_request`` rows, whose tokens and cost are the sum
-of their attempts; ``attempt`` rows keep what each upstream try cost.
+(built from ``SPAN_DEFAULTS`` so every row of a batch has the same keys), plus
+optionally the transient keys in ``BODY_KEYS``: raw bodies the writer redacts,
+caps and moves to the blob store before the row is inserted.
+
+Kinds: ``run`` → ``agent`` → ``step`` → ``tool`` / ``llm_request`` → ``attempt``;
+``event`` is a point in time an agent reported (a permission decision, a
+retry), ``span`` any other span an agent sent. Roll-ups of spend read
+``llm_request`` rows, whose tokens and cost are the sum of their attempts;
+``attempt`` rows keep what each upstream try cost. An ``llm_request`` an agent
+reported that the gateway also recorded has ``duplicate_of`` set and is left
+out of every roll-up.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from typing import Any
 
 from corral.store.schema import spans
 
-SPAN_KINDS = ("run", "step", "tool", "llm_request", "attempt")
+SPAN_KINDS = ("run", "agent", "step", "tool", "llm_request", "attempt", "event", "span")
+
+# Transient row keys (never columns): the raw request/response body of the span, as text.
+BODY_KEYS = ("_request_body", "_response_body")
 
 SPAN_DEFAULTS: dict[str, Any] = {str(column.name): None for column in spans.columns}
 SPAN_DEFAULTS.update(
@@ -55,3 +66,13 @@ def parse_traceparent(value: str | None) -> tuple[str, str] | None:
 
 def traceparent(trace_id: str, span_id: str) -> str:
     return f"00-{trace_id}-{span_id}-01"
+
+
+def run_trace(run_id: str) -> tuple[str, str]:
+    """The trace id and root span id of a run, derived from its id.
+
+    Everything a run does lands in one trace even when the agent propagates no
+    context: the gateway parents a run key's requests under this root span.
+    """
+    digest = hashlib.sha256(b"corral-run:" + run_id.encode()).hexdigest()
+    return digest[:32], digest[32:48]

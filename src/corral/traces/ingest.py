@@ -1,0 +1,137 @@
+"""OTLP/HTTP ingest: ``POST /v1/traces`` and ``/v1/logs`` (protobuf or JSON, gzip).
+
+Authenticated by a Corral key (``Authorization: Bearer``, ``x-api-key``, or
+the same in ``OTEL_EXPORTER_OTLP_HEADERS``): the key, never the payload, says
+which organisation, team, user and run the spans belong to. A payload is
+decoded and mapped onto the span model (``corral.traces.otlp``), priced
+where the agent reported no cost, journaled (durable before the 200 goes
+out), and stored by the record pipeline off the request path.
+
+Backpressure follows the OTLP/HTTP specification: when the queue is full
+the answer is 429, while the store is failing 503, both with Retry-After,
+so the exporter keeps the batch and retries; nothing answered 200 is lost.
+``/v1/metrics`` is accepted and not stored: Corral derives its figures from
+spans, and an agent that exports metrics too should not log errors for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from corral.errors import (
+    ClientError,
+    CorralError,
+    PayloadTooLarge,
+    RateLimited,
+)
+from corral.gateway.http import Receive, Scope, Send, api_key, header, read_body, send_bytes
+from corral.traces.otlp import Batch, Identity, parse_logs, parse_traces, status_response
+from corral.traces.otlp import success_response as otlp_success
+from corral.traces.writer import BODY_MODE
+
+if TYPE_CHECKING:
+    from corral.app import CorralApp
+
+log = logging.getLogger(__name__)
+
+PATHS = ("/v1/traces", "/v1/logs", "/v1/metrics")
+_EMPTY_METRICS_JSON = b"{}"
+_OFFLOAD_BYTES = 256 * 1024  # decode bigger payloads in a worker thread, off the event loop
+
+
+class OtlpIngest:
+    """The ASGI endpoint for the three OTLP signal paths."""
+
+    def __init__(self, app: CorralApp) -> None:
+        self.app = app
+        self.accepted = 0  # spans answered 200
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        content_type = (header(scope, b"content-type") or "application/x-protobuf").lower()
+        try:
+            if scope["method"] != "POST":
+                raise ClientError(
+                    f"{scope['path']} takes POST (OTLP/HTTP)", status=405, code="method_not_allowed"
+                )
+            body, status_ct = await self._handle(scope, receive, content_type)
+            await send_bytes(send, 200, [(b"content-type", status_ct.encode())], body)
+        except CorralError as exc:
+            await self._reject(send, exc, content_type)
+
+    async def _handle(self, scope: Scope, receive: Receive, content_type: str) -> tuple[bytes, str]:
+        key = await self.app.keys.authenticate(api_key(scope))
+        recorder = self.app.recorder
+        recorder.check_capacity(0)  # full already: refuse before reading and decoding
+        body = await read_body(scope, receive, self.app.settings.max_body_bytes)
+        path = scope["path"]
+        if path == "/v1/metrics":
+            if "json" in content_type:
+                return _EMPTY_METRICS_JSON, "application/json"
+            return b"", "application/x-protobuf"
+        identity = Identity(
+            org_id=key.org_id,
+            team_id=key.team_id,
+            user_id=key.user_id,
+            key_id=key.key_id,
+            run_id=key.run_id,
+            owner_id=key.user_id,
+        )
+        parse = parse_traces if path == "/v1/traces" else parse_logs
+        encoding = header(scope, b"content-encoding")
+        kwargs: dict[str, Any] = {
+            "content_type": content_type,
+            "content_encoding": encoding,
+            "identity": identity,
+        }
+        if len(body) > _OFFLOAD_BYTES:
+            batch = await asyncio.to_thread(parse, body, **kwargs)
+        else:
+            batch = parse(body, **kwargs)
+        if batch.rows:
+            recorder.check_capacity(len(batch.rows))
+            self._prepare(batch, key.team_id)
+            recorder.record(*batch.rows)
+            self.accepted += len(batch.rows)
+        return otlp_success("traces" if path == "/v1/traces" else "logs", content_type, batch)
+
+    def _prepare(self, batch: Batch, team_id: str | None) -> None:
+        """Price calls the agent reported no cost for; apply the team's body policy."""
+        catalog = self.app.catalog
+        mode = self.app.trace_policy.bodies(team_id)
+        for row in batch.rows:
+            if row["kind"] == "llm_request" and row.get("cost_source") is None:
+                _price(row, catalog)
+            if "_request_body" in row or "_response_body" in row:
+                if mode == "off":
+                    row.pop("_request_body", None)
+                    row.pop("_response_body", None)
+                else:
+                    row[BODY_MODE] = mode
+
+    async def _reject(self, send: Send, exc: CorralError, content_type: str) -> None:
+        body, ct = status_response(exc.status, exc.message, content_type)
+        headers = [(b"content-type", ct.encode())]
+        if isinstance(exc, RateLimited) and exc.retry_after is not None:
+            headers.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
+        if isinstance(exc, PayloadTooLarge) or exc.status >= 500:
+            log.warning("OTLP ingest answered %d: %s", exc.status, exc.message)
+        await send_bytes(send, exc.status, headers, body)
+
+
+def _price(row: dict[str, Any], catalog: Any) -> None:
+    """Cost from Corral's price table when the model is one it knows; left unpriced else."""
+    model = row.get("model_requested") or row.get("model_served")
+    prices = catalog.prices_for(model) if model else None
+    if prices is None:
+        return
+    row["cost_nusd"] = prices.cost_nusd(
+        row["input_tokens"],
+        row["cached_input_tokens"],
+        row["cache_write_tokens"],
+        row["output_tokens"],
+        row["reasoning_tokens"],
+    )
+    row["cost_source"] = "computed"
+    row["price_version"] = catalog.price_version

@@ -1,0 +1,321 @@
+"""Usage roll-ups: spend, tokens, requests, errors and latency, grouped any way.
+
+Reads the hourly ``span_rollups`` for the whole hours inside the window and
+the raw ``llm_request`` spans (duplicates left out) for the partial hours at
+its edges, so sums are exact for any window; latency percentiles are
+interpolated within the roll-ups' histogram buckets. Filtered by the
+caller's ``Visibility`` like every trajectory query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any, Literal
+
+from sqlalchemy import (
+    Connection,
+    Select,
+    and_,
+    case,
+    func,
+    select,
+)
+from sqlalchemy.sql.elements import ColumnElement
+
+from corral.errors import InvalidRequest
+from corral.store import Store
+from corral.store.schema import keys as keys_table
+from corral.store.schema import span_rollups, spans, teams, users
+from corral.traces.query import _DAY_S, _MAX_NS, Visibility, _ns, _show, _time
+from corral.traces.rollup import (
+    BUCKET_COLUMNS,
+    HOUR_NS,
+    LATENCY_BOUNDS_MS,
+    SUM_COLUMNS,
+    TOKEN_COLUMNS,
+    percentile,
+)
+
+Dimension = Literal["team", "user", "key", "model", "provider", "day", "hour"]
+DIMENSIONS: tuple[Dimension, ...] = ("team", "user", "key", "model", "provider", "day", "hour")
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """Totals of LLM calls for one combination of the grouping dimensions.
+
+    ``group`` holds ``(dimension, label, id)`` in the order asked: the label is
+    what people read (team, user or key name, model, provider, day, hour), the
+    id the value behind it (``None`` for models, providers and times, and for
+    spans recorded without that part of the identity chain). ``requests``
+    leaves out calls refused at admission, which are counted in ``refused``.
+    """
+
+    group: tuple[tuple[str, str, str | None], ...]
+    requests: int
+    errors: int
+    cancelled: int
+    refused: int
+    input_tokens: int
+    cached_input_tokens: int
+    cache_write_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    cost_nusd: int
+    latency_ms_sum: float
+    latency_buckets: tuple[int, ...]
+
+    @property
+    def cost_usd(self) -> float:
+        """Cost in USD, rounded to the nano-dollar the store counts in."""
+        return round(self.cost_nusd / 1e9, 9)
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    def latency_ms(self, q: float) -> float | None:
+        """The ``q`` quantile of latency (interpolated within its histogram bucket)."""
+        value = percentile(self.latency_buckets, q)
+        return None if value is None else round(value, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as the API and ``corral usage --json`` show it."""
+        out: dict[str, Any] = {}
+        for dimension, label, group_id in self.group:
+            out[dimension] = label
+            if dimension in ("team", "user", "key"):
+                out[f"{dimension}_id"] = group_id
+        out.update(
+            requests=self.requests,
+            errors=self.errors,
+            error_rate=round(self.error_rate, 4),
+            cancelled=self.cancelled,
+            refused=self.refused,
+            input_tokens=self.input_tokens,
+            cached_input_tokens=self.cached_input_tokens,
+            cache_write_tokens=self.cache_write_tokens,
+            output_tokens=self.output_tokens,
+            reasoning_tokens=self.reasoning_tokens,
+            cost_usd=self.cost_usd,
+            latency_p50_ms=self.latency_ms(0.5),
+            latency_p95_ms=self.latency_ms(0.95),
+            latency_p99_ms=self.latency_ms(0.99),
+        )
+        return out
+
+
+_COUNT_COLUMNS = ("requests", "errors", "cancelled", "refused", *TOKEN_COLUMNS, "cost_nusd")
+
+
+def parse_dimensions(by: str | Sequence[str]) -> tuple[Dimension, ...]:
+    """``"team,model,day"`` (or a list) as dimensions, in order, each once."""
+    names = [p.strip() for p in (by.split(",") if isinstance(by, str) else by)]
+    out: list[Dimension] = []
+    for name in names:
+        if name not in DIMENSIONS:
+            raise InvalidRequest(
+                f"cannot group usage by {_show(name)}: use one or more of "
+                f"{', '.join(DIMENSIONS)}, separated by commas"
+            )
+        if name not in out:
+            out.append(name)
+    if not out:
+        raise InvalidRequest(f"group usage by at least one of {', '.join(DIMENSIONS)}")
+    return tuple(out)
+
+
+def usage(
+    store: Store,
+    visibility: Visibility,
+    by: str | Sequence[str],
+    since: float,
+    until: float | None = None,
+    *,
+    team_id: str | None = None,
+) -> list[UsageRow]:
+    """LLM-call totals in ``[since, until)`` (epoch seconds; no end by default) grouped
+    by ``by``.
+
+    Whole hours come from the roll-ups, the partial hours at either edge from
+    the raw spans, so sums are exact for any window. Rows with a time dimension
+    come in time order, the rest most expensive first.
+    """
+    dims = parse_dimensions(by)
+    lo, hi = _ns(since), _MAX_NS if until is None else _ns(until)
+    if hi < lo:
+        raise InvalidRequest("until must not be before since")
+    base = _base_dimensions(dims)
+    totals: dict[tuple[Any, ...], list[float]] = {}
+    first_hour = -(-lo // HOUR_NS) * HOUR_NS
+    last_hour = hi // HOUR_NS * HOUR_NS
+    with store.connect() as conn:
+        if visibility.run_id is not None or first_hour >= last_hour:
+            ranges = [(lo, hi)]  # a run's spans are few, and roll-ups know no runs
+        else:
+            ranges = [(lo, first_hour), (last_hour, hi)]
+            rollups = _rollup_query(base, visibility, first_hour, last_hour, team_id)
+            _merge(totals, dims, base, conn.execute(rollups))
+        for start, end in ranges:
+            if start < end:
+                raw = _raw_query(base, visibility, start, end, team_id)
+                _merge(totals, dims, base, conn.execute(raw))
+        labels = _labels(conn, dims)
+    rows = [_usage_row(dims, key, sums, labels) for key, sums in totals.items()]
+    timed = [i for i, d in enumerate(dims) if d in ("day", "hour")]
+    rows.sort(
+        key=lambda r: (
+            [r.group[i][1] for i in timed],
+            -r.cost_nusd,
+            -r.requests,
+            [g[1] for g in r.group],
+        )
+    )
+    return rows
+
+
+def _base_dimensions(dims: Sequence[Dimension]) -> tuple[str, ...]:
+    """The columns to group by in SQL: the identity ones asked for, and the hour for times."""
+    out = [d for d in dims if d not in ("day", "hour")]
+    if "day" in dims or "hour" in dims:
+        out.append("hour")
+    return tuple(out)
+
+
+def _rollup_query(
+    base: Sequence[str], vis: Visibility, first_ns: int, last_ns: int, team_id: str | None
+) -> Select[Any]:
+    columns = {
+        "team": span_rollups.c.team_id,
+        "user": span_rollups.c.user_id,
+        "key": span_rollups.c.key_id,
+        "model": span_rollups.c.model,
+        "provider": span_rollups.c.provider,
+        "hour": span_rollups.c.hour,
+    }
+    groups = [columns[d] for d in base]
+    sums = [func.coalesce(func.sum(span_rollups.c[name]), 0) for name in SUM_COLUMNS]
+    query = select(*groups, *sums).where(
+        span_rollups.c.hour >= first_ns // 1_000_000_000,
+        span_rollups.c.hour < last_ns // 1_000_000_000,
+        vis.rollups_clause(),
+    )
+    if team_id is not None:
+        query = query.where(span_rollups.c.team_id == team_id)
+    return query.group_by(*groups) if groups else query
+
+
+def _raw_query(
+    base: Sequence[str], vis: Visibility, start_ns: int, end_ns: int, team_id: str | None
+) -> Select[Any]:
+    """The roll-up sums computed from the ``llm_request`` spans themselves, as the writer
+    computes them (``corral.traces.rollup.contributions``)."""
+    columns = {
+        "team": func.coalesce(spans.c.team_id, ""),
+        "user": func.coalesce(spans.c.user_id, ""),
+        "key": func.coalesce(spans.c.key_id, ""),
+        "model": func.coalesce(
+            func.nullif(spans.c.model_requested, ""), func.nullif(spans.c.model_served, ""), ""
+        ),
+        "provider": func.coalesce(spans.c.provider, ""),
+        "hour": (spans.c.start_ns // HOUR_NS) * 3600,
+    }
+    groups = [columns[d] for d in base]
+    query = select(*groups, *_raw_sums()).where(
+        spans.c.kind == "llm_request",
+        spans.c.duplicate_of.is_(None),
+        spans.c.start_ns >= start_ns,
+        spans.c.start_ns < end_ns,
+        vis.spans_clause(),
+    )
+    if team_id is not None:
+        query = query.where(spans.c.team_id == team_id)
+    return query.group_by(*groups) if groups else query
+
+
+def _raw_sums() -> list[ColumnElement[Any]]:
+    """SUM_COLUMNS over raw spans; latency is summed in ns (scaled to ms when merged)."""
+    served = spans.c.status != "refused"
+    took = spans.c.end_ns - spans.c.start_ns
+    bounds = [int(b * 1_000_000) for b in LATENCY_BOUNDS_MS[:-1]]
+
+    def total(condition: ColumnElement[bool], value: Any = 1) -> ColumnElement[Any]:
+        return func.coalesce(func.sum(case((condition, value), else_=0)), 0)
+
+    buckets = [total(and_(served, took <= bounds[0]))]
+    buckets += [total(and_(served, took > low, took <= high)) for low, high in pairwise(bounds)]
+    buckets.append(total(and_(served, took > bounds[-1])))
+    assert len(buckets) == len(BUCKET_COLUMNS)
+    return [
+        total(served),
+        total(and_(served, spans.c.status == "error")),
+        total(and_(served, spans.c.status == "cancelled")),
+        total(~served),
+        *(total(served, spans.c[name]) for name in TOKEN_COLUMNS),
+        total(served, spans.c.cost_nusd),
+        total(and_(served, took > 0), took * 1e-6),
+        *buckets,
+    ]
+
+
+def _merge(
+    totals: dict[tuple[Any, ...], list[float]],
+    dims: Sequence[Dimension],
+    base: Sequence[str],
+    rows: Iterable[Any],
+) -> None:
+    width = len(base)
+    for row in rows:
+        values = dict(zip(base, row[:width], strict=True))
+        hour = int(values.get("hour") or 0)
+        key = tuple(
+            hour // _DAY_S * _DAY_S if d == "day" else hour if d == "hour" else values[d] or ""
+            for d in dims
+        )
+        acc = totals.get(key)
+        if acc is None:
+            acc = totals[key] = [0] * len(SUM_COLUMNS)
+        for i, value in enumerate(row[width:]):
+            acc[i] += value or 0
+
+
+def _labels(conn: Connection, dims: Sequence[Dimension]) -> dict[str, dict[str, str]]:
+    """Readable names for grouping ids; identity tables are small enough to read whole."""
+    out: dict[str, dict[str, str]] = {}
+    if "team" in dims:
+        out["team"] = {r.id: r.name for r in conn.execute(select(teams.c.id, teams.c.name))}
+    if "user" in dims:
+        out["user"] = {r.id: r.name for r in conn.execute(select(users.c.id, users.c.name))}
+    if "key" in dims:
+        rows = conn.execute(select(keys_table.c.id, keys_table.c.name, keys_table.c.prefix))
+        out["key"] = {r.id: r.name or f"{r.prefix}…" for r in rows}
+    return out
+
+
+def _usage_row(
+    dims: Sequence[Dimension],
+    key: tuple[Any, ...],
+    sums: list[float],
+    labels: dict[str, dict[str, str]],
+) -> UsageRow:
+    group: list[tuple[str, str, str | None]] = []
+    for dimension, value in zip(dims, key, strict=True):
+        if dimension == "day":
+            group.append((dimension, _time(value).strftime("%Y-%m-%d"), None))
+        elif dimension == "hour":
+            group.append((dimension, _time(value).strftime("%Y-%m-%dT%H:00:00Z"), None))
+        elif dimension in ("model", "provider"):
+            group.append((dimension, value or "(none)", None))
+        elif value:
+            group.append((dimension, labels[dimension].get(value, value), value))
+        else:
+            group.append((dimension, "(none)", None))
+    named = dict(zip(SUM_COLUMNS, sums, strict=True))
+    return UsageRow(
+        group=tuple(group),
+        **{name: int(named[name]) for name in _COUNT_COLUMNS},
+        latency_ms_sum=float(named["latency_ms_sum"]),
+        latency_buckets=tuple(int(named[name]) for name in BUCKET_COLUMNS),
+    )

@@ -1,0 +1,151 @@
+"""One batch of spans into the store: bodies out to the blob store, duplicates marked,
+roll-ups kept, all in one transaction; then handed to the exporter.
+
+Runs in the recorder's worker thread, never on the request path. The order
+matters: bodies are written (idempotently, by span id) before the rows that
+point at them commit, so a stored span never refers to a body that was never
+written; a batch that fails is retried whole.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, bindparam, select, update
+
+from corral.errors import CorralError
+from corral.store import Store
+from corral.store.schema import spans
+from corral.traces import dedupe, rollup
+from corral.traces.blobs import BlobBackend, Part
+from corral.traces.redact import body_metadata, prepare_body
+from corral.traces.spans import BODY_KEYS
+
+log = logging.getLogger(__name__)
+
+BODY_MODE = "_body_mode"  # transient row key: "full" or "metadata", set by whoever attached bodies
+_PARTS: tuple[tuple[str, Part, str], ...] = (
+    ("_request_body", "request", "request_blob"),
+    ("_response_body", "response", "response_blob"),
+)
+
+
+class Sink(Protocol):
+    """Something that receives every batch once it is stored (the OTLP exporter)."""
+
+    def offer(self, rows: Sequence[Mapping[str, Any]]) -> None: ...
+
+
+class SpanWriter:
+    """Stores batches of span rows; called from one worker thread at a time."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        blobs: BlobBackend | None,
+        max_body_bytes: int,
+        insert_sql: str,
+        as_tuple: Any,
+    ) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._max_body = max_body_bytes
+        self._sql = insert_sql
+        self._as_tuple = as_tuple
+        self._matcher = dedupe.Matcher()
+        self.sinks: list[Sink] = []
+
+    def write(self, rows: list[dict[str, Any]], *, check_existing: bool = False) -> int:
+        """Store ``rows``; returns how many were new. ``check_existing``: some of them may
+        already be stored (a replayed journal, a retried batch) and must not count twice."""
+        if not rows:
+            return 0
+        for row in rows:
+            if any(k in row for k in BODY_KEYS):
+                self._store_bodies(row)
+        with self._store.begin() as conn:
+            if check_existing:
+                rows = _new_only(conn, rows)
+                if not rows:
+                    return 0
+            marked = self._matcher.match(conn, rows)
+            conn.exec_driver_sql(self._sql, [self._as_tuple(row) for row in rows])
+            deltas = rollup.contributions(rows)
+            if marked:
+                changed = _mark(conn, marked)
+                _merge(deltas, rollup.contributions(changed, sign=-1))
+            rollup.apply(conn, self._store.is_sqlite, deltas)
+        for sink in self.sinks:
+            try:
+                sink.offer(rows)
+            except Exception:  # an exporter must never fail the store
+                log.exception("a span sink refused a batch")
+        return len(rows)
+
+    def _store_bodies(self, row: dict[str, Any]) -> None:
+        """Redact, cap and write the row's bodies (or keep only their shape), in place."""
+        mode = row.pop(BODY_MODE, "full")
+        meta: dict[str, Any] = {}
+        for key, part, column in _PARTS:
+            text = row.pop(key, None)
+            if not text:
+                continue
+            if mode == "metadata" or self._blobs is None:
+                meta[part] = body_metadata(text)
+                continue
+            prepared = prepare_body(text, max_bytes=self._max_body)
+            try:
+                blob_key = self._blobs.key_for(
+                    row.get("team_id"), row["start_ns"], row["span_id"], part
+                )
+                self._blobs.put(blob_key, prepared.data)
+            except CorralError as exc:  # a full disk must not hold the spans back for ever
+                log.error("span %s: %s body not stored: %s", row["span_id"], part, exc.message)
+                meta[part] = {**prepared.meta, "lost": exc.message}
+                continue
+            row[column] = blob_key
+            meta[part] = prepared.meta
+        if meta:
+            attrs = dict(row.get("attributes") or {})
+            attrs["bodies"] = meta
+            row["attributes"] = attrs
+
+
+def _new_only(conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    ids = [row["span_id"] for row in rows]
+    stored: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        stored.update(conn.scalars(select(spans.c.span_id).where(spans.c.span_id.in_(chunk))))
+    return [row for row in rows if row["span_id"] not in stored]
+
+
+_MARK = (
+    update(spans)
+    .where(spans.c.span_id == bindparam("agent_span"), spans.c.duplicate_of.is_(None))
+    .values(duplicate_of=bindparam("gateway_span"))
+)
+
+
+def _mark(conn: Connection, marked: dedupe.Marked) -> list[dict[str, Any]]:
+    """Point already-stored agent rows at the gateway record they duplicate; return those
+    this statement changed (another writer may have marked one first: count it once)."""
+    changed = []
+    for span_id, (row, gateway_span) in marked.items():
+        result = conn.execute(_MARK, {"agent_span": span_id, "gateway_span": gateway_span})
+        if result.rowcount:
+            changed.append(row)
+    return changed
+
+
+def _merge(into: dict[rollup.Key, list[float]], more: Mapping[rollup.Key, Iterable[float]]) -> None:
+    for key, values in more.items():
+        acc = into.get(key)
+        if acc is None:
+            into[key] = list(values)
+        else:
+            for i, v in enumerate(values):
+                acc[i] += v
