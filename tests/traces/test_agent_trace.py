@@ -134,3 +134,28 @@ def test_api_tree_of_the_trace(corral: Running) -> None:
     text = tree.text
     for name in ("invoke_agent fixer", "execute_tool read_file", "chat sim-standard"):
         assert name in text
+
+
+def test_a_run_keys_calls_attach_to_the_run_without_traceparent(corral: Running) -> None:
+    """No traceparent: a run key's request still lands in its run's trace, under its root."""
+    from sqlalchemy import update
+
+    from corral.store.schema import keys
+    from corral.traces.spans import run_trace
+
+    with corral.app.store.begin() as conn:
+        conn.execute(
+            update(keys)
+            .where(keys.c.id == corral.key_id)
+            .values(run_id="run_attach1", updated_at=time.time())
+        )
+    r = httpx.post(
+        f"{corral.url}/v1/chat/completions",
+        json={"model": "sim-standard", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"authorization": f"Bearer {corral.key}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    (row,) = corral.records()
+    trace_id, root = run_trace("run_attach1")
+    assert (row.run_id, row.trace_id, row.parent_span_id) == ("run_attach1", trace_id, root)

@@ -217,3 +217,29 @@ def test_bodies_are_redacted_capped_and_kept_out_of_the_row(pipe: Pipeline) -> N
     assert m.response_blob is None
     assert m.attributes["bodies"]["request"]["bytes"] > 0
     assert "_request_body" not in f._mapping
+
+
+def test_a_failing_store_answers_503_and_loses_nothing(pipe: Pipeline) -> None:
+    """While the store refuses writes, ingest is told 503 with a retry delay; the batch waits
+    in the journal and is stored once the store is back."""
+    from corral.errors import RateLimited, StoreError
+
+    rows = [gateway() for _ in range(3)]
+    with pipe.store.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE spans RENAME TO spans_away")
+    try:
+        with pytest.raises(StoreError):
+            pipe.write(*rows)
+        with pytest.raises(RateLimited) as refused:
+            pipe.recorder.check_capacity(10)
+        assert refused.value.status == 503
+        assert refused.value.retry_after
+        assert pipe.recorder.pending == 3
+    finally:
+        with pipe.store.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE spans_away RENAME TO spans")
+    pipe.loop.run_until_complete(pipe.recorder.flush())
+    pipe.recorder.check_capacity(10)  # healthy again
+    with pipe.store.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(spans)) == 3
+    assert pipe.rolled() == (3, 15_000), "rolled up once, not once per try"

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from corral.traces.otlp.decode import LONG_STRING, EventIn, Resource, SpanIn
-from corral.traces.spans import SPAN_DEFAULTS
+from corral.traces.spans import SPAN_DEFAULTS, SPAN_KINDS
 
 MAX_ATTRIBUTE_CHARS = LONG_STRING
 MAX_EVENTS = 16
@@ -205,6 +205,9 @@ def map_span(span: SpanIn, ctx: Context) -> dict[str, Any]:
     attrs = span.attributes
     operation = operation_of(span)
     kind = _OPERATION_KINDS.get(operation, "span") if operation else "span"
+    exported = attrs.get("corral.kind")  # another Corral's export: its kinds are finer
+    if exported in SPAN_KINDS and exported != kind:
+        kind = exported
     row = ctx.base.copy()
     start_ns, end_ns = span.start_ns, span.end_ns
     # Assigned one by one: this function runs for every span ingested.
@@ -224,6 +227,9 @@ def map_span(span: SpanIn, ctx: Context) -> dict[str, Any]:
     if kind == "llm_request":
         _genai_columns(row, attrs)
         _usage_columns(row, attrs)
+        duplicate = attrs.get("corral.duplicate_of")
+        if isinstance(duplicate, str) and len(duplicate) == 16:
+            row["duplicate_of"] = duplicate
     elif "gen_ai.request.model" in attrs:
         _genai_columns(row, attrs)
     if kind == "tool":
