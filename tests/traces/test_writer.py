@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from corral.traces.blobs import BlobStore
 from sqlalchemy import func, select
 
 from corral.store import Store
 from corral.store.schema import span_rollups, spans
 from corral.traces import SPAN_DEFAULTS, Recorder, new_span_id, new_trace_id
+from corral.traces.blobs import BlobStore
 from corral.traces.rollup import HOUR_NS, percentile
 
 NOW = time.time_ns()
