@@ -109,13 +109,15 @@ class Processes:
         name: str,
         argv: Sequence[str],
         *,
-        core: int,
+        core: int | None,
         env: Mapping[str, str] | None = None,
     ) -> Service:
+        """``core``: pin the process to it; None: let it use every core."""
         log = self._logdir / f"{name}.log"
+        pin = ["taskset", "-c", str(core)] if core is not None else []
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                ["taskset", "-c", str(core), *argv],
+                [*pin, *argv],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

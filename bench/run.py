@@ -24,6 +24,7 @@ import gateway_budgets
 import gateway_overhead
 import quota_admission
 import routing
+import trajectories
 from harness import REPO, BenchError, Options, Section, raise_on_sigterm
 
 BENCHMARKS: tuple[ModuleType, ...] = (
@@ -31,6 +32,7 @@ BENCHMARKS: tuple[ModuleType, ...] = (
     gateway_budgets,
     routing,
     quota_admission,
+    trajectories,
 )
 DOC = REPO / "docs" / "benchmarks.md"
 DOC_HEADER = """\

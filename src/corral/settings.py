@@ -393,7 +393,7 @@ class Settings(BaseSettings):
         default=None, description="Blob store folder for raw bodies. Default: `$CORRAL_HOME/blobs`."
     )
     ingest_queue_max: int = Field(
-        default=200_000,
+        default=50_000,
         gt=0,
         description="Spans accepted but not yet stored beyond which OTLP ingest answers 429 with "
         "Retry-After (gateway records are always journaled).",

@@ -48,7 +48,10 @@ def gateway(**fields: Any) -> dict[str, Any]:
 
 
 def agent(**fields: Any) -> dict[str, Any]:
-    return row(source="claude-code", cost_nusd=7_000, cost_source="reported", **fields)
+    """A call Claude Code reported as a log event (no ids: matched by fingerprint too)."""
+    return row(
+        source="claude-code", cost_nusd=7_000, cost_source="reported", _fingerprint=True, **fields
+    )
 
 
 class Pipeline:
@@ -243,3 +246,12 @@ def test_a_failing_store_answers_503_and_loses_nothing(pipe: Pipeline) -> None:
     with pipe.store.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(spans)) == 3
     assert pipe.rolled() == (3, 15_000), "rolled up once, not once per try"
+
+
+def test_spans_with_ids_are_not_matched_by_fingerprint(pipe: Pipeline) -> None:
+    """An agent span (not a log event) with neither link nor response id is its own call."""
+    pipe.write(gateway())
+    span = agent()
+    del span["_fingerprint"]
+    pipe.write(span)
+    assert pipe.duplicate_of(span["span_id"]) is None

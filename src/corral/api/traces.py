@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from corral.api import models as m
 from corral.api.context import Ctx
 from corral.identity.service import parse_since, parse_until
+from corral.store import Store
 from corral.traces import query as q
 
 _SPAN_ID = Annotated[str, Path(max_length=64, description="A span id (16 hex digits).")]
@@ -170,19 +171,9 @@ async def get_trace(
     ],
 ) -> Response:
     """The tree of a trace or a run: agents, steps, tool calls, LLM calls, upstream attempts."""
-    found = await asyncio.to_thread(q.tree, ctx.host.store, q.Visibility.of(ctx.caller), ref)
-    # A run can hold thousands of spans: plain dicts and orjson instead of a model per node
-    # (the route still declares the ``Trace`` model, which these dicts follow).
-    body = {
-        "ref": found.ref,
-        "kind": found.kind,
-        "trace_ids": found.trace_ids,
-        "roots": found.roots,
-        "nodes": [_node(n) for n in found.nodes],
-        "totals": _totals(found.totals).model_dump(mode="json"),
-    }
-    # OPT_UTC_Z writes times as pydantic does: 2025-01-31T12:00:00.123456Z
-    return Response(orjson.dumps(body, option=orjson.OPT_UTC_Z), media_type="application/json")
+    visibility = q.Visibility.of(ctx.caller)
+    body = await asyncio.to_thread(_trace_json, ctx.host.store, visibility, ref)
+    return Response(body, media_type="application/json")
 
 
 async def get_span(
@@ -304,7 +295,52 @@ def _times(row: dict[str, Any]) -> dict[str, Any]:
     return {"start": _time(start), "end": _time(end), "duration_ms": max(0, end - start) / 1e6}
 
 
-def _node(n: q.TreeNode) -> dict[str, Any]:
+def _trace_json(store: Store, visibility: q.Visibility, ref: str) -> bytes:
+    """The ``Trace`` of ``ref`` as JSON, built in the worker thread that reads it.
+
+    A run can hold thousands of spans: plain dicts and orjson instead of a model
+    per node, and times written as text without a ``datetime`` each.
+    """
+    found = q.tree(store, visibility, ref)
+    iso = _IsoTimes()
+    body = {
+        "ref": found.ref,
+        "kind": found.kind,
+        "trace_ids": found.trace_ids,
+        "roots": found.roots,
+        "nodes": [_node(n, iso) for n in found.nodes],
+        "totals": _totals(found.totals, iso),
+    }
+    return orjson.dumps(body)
+
+
+class _IsoTimes:
+    """Epoch nanoseconds as the text ``_time(ns)`` becomes in JSON (pydantic's and orjson's
+    ``2025-01-31T12:00:00.123456Z``; no fraction on a whole second), without a ``datetime``.
+
+    The microseconds are rounded from ``ns / 1e9`` as ``datetime.fromtimestamp`` rounds
+    them, so a span's times read the same here as in ``/spans``. The text up to the
+    minute is cached: a run's thousands of times fall in a few hundred minutes, and a
+    ``datetime`` per time would cost more than the rest of its node.
+    """
+
+    def __init__(self) -> None:
+        self._minutes: dict[int, str] = {}
+
+    def __call__(self, ns: int) -> str:
+        seconds = ns / 1e9
+        whole = int(seconds)
+        minute, us = divmod(whole * 1_000_000 + round((seconds - whole) * 1e6), 60_000_000)
+        head = self._minutes.get(minute)
+        if head is None:
+            # isoformat() up to the minute: "2025-01-31T12:00:"
+            head = datetime.fromtimestamp(minute * 60, tz=UTC).isoformat()[:17]
+            self._minutes[minute] = head
+        second, us = divmod(us, 1_000_000)
+        return f"{head}{second:02d}.{us:06d}Z" if us else f"{head}{second:02d}Z"
+
+
+def _node(n: q.TreeNode, iso: _IsoTimes) -> dict[str, Any]:
     """A ``SpanNode`` as data for orjson."""
     return {
         "span_id": n.span_id,
@@ -315,9 +351,9 @@ def _node(n: q.TreeNode) -> dict[str, Any]:
         "status": n.status,
         "error_class": n.error_class,
         "error_message": n.error_message,
-        "start": _time(n.start_ns),
-        "end": _time(n.end_ns),
-        "duration_ms": n.duration_ms,
+        "start": iso(n.start_ns),
+        "end": iso(n.end_ns),
+        "duration_ms": max(0, n.end_ns - n.start_ns) / 1e6,
         "input_tokens": n.input_tokens,
         "cached_input_tokens": n.cached_input_tokens,
         "cache_write_tokens": n.cache_write_tokens,
@@ -338,21 +374,22 @@ def _node(n: q.TreeNode) -> dict[str, Any]:
     }
 
 
-def _totals(t: q.TreeTotals) -> TraceTotals:
-    return TraceTotals(
-        spans=t.spans,
-        llm_calls=t.llm_calls,
-        errors=t.errors,
-        input_tokens=t.input_tokens,
-        cached_input_tokens=t.cached_input_tokens,
-        cache_write_tokens=t.cache_write_tokens,
-        output_tokens=t.output_tokens,
-        reasoning_tokens=t.reasoning_tokens,
-        cost_usd=_usd(t.cost_nusd),
-        start=_time(t.start_ns),
-        end=_time(t.end_ns),
-        duration_ms=max(0, t.end_ns - t.start_ns) / 1e6,
-    )
+def _totals(t: q.TreeTotals, iso: _IsoTimes) -> dict[str, Any]:
+    """``TraceTotals`` as data for orjson."""
+    return {
+        "input_tokens": t.input_tokens,
+        "cached_input_tokens": t.cached_input_tokens,
+        "cache_write_tokens": t.cache_write_tokens,
+        "output_tokens": t.output_tokens,
+        "reasoning_tokens": t.reasoning_tokens,
+        "spans": t.spans,
+        "llm_calls": t.llm_calls,
+        "errors": t.errors,
+        "cost_usd": _usd(t.cost_nusd),
+        "start": iso(t.start_ns),
+        "end": iso(t.end_ns),
+        "duration_ms": max(0, t.end_ns - t.start_ns) / 1e6,
+    }
 
 
 def _summary(row: dict[str, Any]) -> SpanSummary:

@@ -11,7 +11,7 @@ in order of certainty:
 1. **trace link**: the agent propagated ``traceparent``, so the gateway's
    record is a child of the agent's span (``parent_span_id``);
 2. **response id**: both carry the provider's response id;
-3. **fingerprint**, for telemetry with neither (Claude Code's log events):
+3. **fingerprint**, for log events, which carry neither (Claude Code's):
    same team (and run, when both have one), same model, the same input and
    output token totals, ending within ``FINGERPRINT_WINDOW_S`` of each other;
    the closest unclaimed gateway record wins.
@@ -34,8 +34,10 @@ from sqlalchemy import Connection, and_, or_, select
 from corral.store.schema import spans
 
 GATEWAY = "gateway"
+FINGERPRINT = "_fingerprint"  # transient row key: an event without ids, match it by fingerprint
 FINGERPRINT_WINDOW_S = 120.0
 PENDING_S = 180.0
+PENDING_MAX = 50_000  # events waiting for their record, at most (the oldest go first)
 _WINDOW_NS = int(FINGERPRINT_WINDOW_S * 1e9)
 
 Row = dict[str, Any]
@@ -109,6 +111,7 @@ class Matcher:
     def match(self, conn: Connection, rows: Sequence[Row]) -> Marked:
         """Set ``duplicate_of`` on agent rows of ``rows`` that a gateway record covers;
         return the stored agent rows that gateway rows of ``rows`` cover (to be marked)."""
+        self._expire()
         agents = [r for r in rows if is_agent_call(r) and not r.get("duplicate_of")]
         gateways = [r for r in rows if is_gateway(r)]
         if agents:
@@ -132,7 +135,7 @@ class Matcher:
             if gid is not None and gid not in claimed:
                 a["duplicate_of"] = gid
                 claimed.add(gid)
-            elif a.get("team_id") and any(totals(a)):
+            elif a.get(FINGERPRINT) and a.get("team_id") and any(totals(a)):
                 loose.append(a)
         if loose:
             self._fingerprint(conn, loose, batch, claimed)
@@ -177,10 +180,14 @@ class Matcher:
         self._claim_pending(gateways, marked)
         return marked
 
-    def _claim_pending(self, gateways: list[Row], marked: Marked) -> None:
+    def _expire(self) -> None:
         now = time.monotonic()
-        while self._pending and now - self._pending[0][0] > PENDING_S:
+        while self._pending and (
+            now - self._pending[0][0] > PENDING_S or len(self._pending) > PENDING_MAX
+        ):
             self._pending.popleft()
+
+    def _claim_pending(self, gateways: list[Row], marked: Marked) -> None:
         if not self._pending:
             return
         taken = {gid for _, gid in marked.values()}
@@ -205,10 +212,10 @@ def _stored_links(
 ) -> None:
     """Add the stored gateway records that link to ``agents`` to the two lookups."""
     ids = [a["span_id"] for a in agents]
-    traces = list({a["trace_id"] for a in agents})
     for chunk in _chunks(ids):
+        # Exactly the predicate of the partial index ix_spans_gateway_parent.
         query = select(spans.c.span_id, spans.c.trace_id, spans.c.parent_span_id).where(
-            spans.c.trace_id.in_(traces), spans.c.parent_span_id.in_(chunk), _llm, _is_gateway
+            spans.c.parent_span_id.in_(chunk), _llm, spans.c.source == GATEWAY
         )
         for span_id, trace_id, parent in conn.execute(query):
             by_parent.setdefault((trace_id, parent), span_id)

@@ -27,6 +27,7 @@ from corral.errors import (
     RateLimited,
 )
 from corral.gateway.http import Receive, Scope, Send, api_key, header, read_body, send_bytes
+from corral.traces.dedupe import FINGERPRINT
 from corral.traces.otlp import Batch, Identity, parse_logs, parse_traces, status_response
 from corral.traces.otlp import success_response as otlp_success
 from corral.traces.writer import BODY_MODE
@@ -91,18 +92,22 @@ class OtlpIngest:
             batch = parse(body, **kwargs)
         if batch.rows:
             recorder.check_capacity(len(batch.rows))
-            self._prepare(batch, key.team_id)
+            self._prepare(batch, key.team_id, events=path == "/v1/logs")
             recorder.record(*batch.rows)
             self.accepted += len(batch.rows)
         return otlp_success("traces" if path == "/v1/traces" else "logs", content_type, batch)
 
-    def _prepare(self, batch: Batch, team_id: str | None) -> None:
-        """Price calls the agent reported no cost for; apply the team's body policy."""
+    def _prepare(self, batch: Batch, team_id: str | None, *, events: bool) -> None:
+        """Price calls the agent reported no cost for; apply the team's body policy; let the
+        writer match calls reported as log events (no ids) to gateway records by fingerprint."""
         catalog = self.app.catalog
         mode = self.app.trace_policy.bodies(team_id)
         for row in batch.rows:
-            if row["kind"] == "llm_request" and row.get("cost_source") is None:
-                _price(row, catalog)
+            if row["kind"] == "llm_request":
+                if row.get("cost_source") is None:
+                    _price(row, catalog)
+                if events:
+                    row[FINGERPRINT] = True
             if "_request_body" in row or "_response_body" in row:
                 if mode == "off":
                     row.pop("_request_body", None)

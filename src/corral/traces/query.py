@@ -13,12 +13,12 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterable
-from dataclasses import astuple, dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import astuple, dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from itertools import product
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import orjson
 from sqlalchemy import (
@@ -128,7 +128,9 @@ class Visibility:
 
 # -- trees ------------------------------------------------------------------------
 
-_TREE_COLUMNS = (
+# The columns of a ``TreeNode`` up to ``has_bodies``, in its field order: rows become
+# nodes positionally, without a dict per row.
+_NODE_COLUMNS = (
     spans.c.span_id,
     spans.c.parent_span_id,
     spans.c.trace_id,
@@ -149,17 +151,16 @@ _TREE_COLUMNS = (
     spans.c.duplicate_of,
     spans.c.attempt,
     spans.c.http_status,
-    spans.c.request_blob,
-    spans.c.response_blob,
+    or_(spans.c.request_blob.is_not(None), spans.c.response_blob.is_not(None)),
 )
 
-_BLOBS = len(_TREE_COLUMNS) - 2  # request_blob and response_blob come last
-_IDENTITY = ("org_id", "team_id", "key_id", "run_id")
 
+class TreeNode(NamedTuple):
+    """One span as a trajectory shows it; ``children`` are span ids, ordered by start.
 
-@dataclass(slots=True)
-class TreeNode:
-    """One span as a trajectory shows it; ``children`` are span ids, ordered by start."""
+    A tuple: a run can hold thousands of spans, and every read of its tree makes
+    (and the API serialises) a node for each.
+    """
 
     span_id: str
     parent_span_id: str | None
@@ -185,9 +186,9 @@ class TreeNode:
     duplicate_of: str | None
     attempt: int | None
     http_status: int | None
-    has_bodies: bool = False
-    depth: int = 0
-    children: list[str] = field(default_factory=list)
+    has_bodies: bool
+    depth: int
+    children: list[str]
 
     @property
     def duration_ms(self) -> float:
@@ -248,79 +249,75 @@ def tree(store: Store, visibility: Visibility, ref: str) -> Tree:
         raise InvalidRequest(
             f"{_show(ref)} is neither a trace id (32 hex digits) nor a run id (run_…)"
         )
-    # Select by the run's or trace's index first, then apply visibility: without statistics
-    # SQLite would pick ix_spans_team_start for a team's visibility (it also gives the order)
-    # and read every span of the team for a run of a few thousand.
-    found = (
-        select(*_TREE_COLUMNS, *(spans.c[n] for n in _IDENTITY))
-        .where(where)
-        .cte("found")
-        .prefix_with("MATERIALIZED")
-    )
     query = (
-        select(*(found.c[str(c.name)] for c in _TREE_COLUMNS))
-        .where(visibility.spans_clause(found.c))
-        .order_by(found.c.start_ns, found.c.span_id)
+        select(*_NODE_COLUMNS)
+        .where(where, visibility.spans_clause(_Unindexed()))
+        .order_by(spans.c.start_ns, spans.c.span_id)
     )
     with store.connect() as conn:
         rows = conn.execute(query).all()
     if not rows:
         raise NotFound(f"{kind} {ref} not found")
-    nodes = [_node(row) for row in rows]
-    roots, ordered = _arrange(nodes)
+    roots, nodes = _arrange(rows)
     return Tree(
         ref=ref,
         kind=kind,
         trace_ids=sorted({n.trace_id for n in nodes}),
         roots=roots,
-        nodes=ordered,
+        nodes=nodes,
         totals=_totals(nodes),
     )
 
 
-def _node(row: Any) -> TreeNode:
-    # Positional on purpose: a dict per row costs 8x as much, and a run can have 10,000 spans.
-    node = TreeNode(*row[:_BLOBS])
-    node.has_bodies = bool(row[_BLOBS] or row[_BLOBS + 1])
-    return node
+class _Unindexed:
+    """The identity columns of ``spans`` as expressions of the same value (``team_id || ''``).
+
+    ``tree`` applies visibility to these so that no index can serve it: SQLite, without
+    statistics, would read a team's ``ix_spans_team_start`` (every span of the team) rather
+    than the few thousand rows of ``ix_spans_run`` or ``ix_spans_trace``. The rule and its
+    result are unchanged: ``NULL || ''`` is NULL on SQLite and on PostgreSQL.
+    """
+
+    def __getattr__(self, name: str) -> ColumnElement[Any]:
+        return spans.c[name].concat("")
 
 
-def _arrange(nodes: list[TreeNode]) -> tuple[list[str], list[TreeNode]]:
-    """Link children to parents and order the nodes depth first; ``nodes`` come by start.
+def _arrange(rows: Sequence[Sequence[Any]]) -> tuple[list[str], list[TreeNode]]:
+    """The roots, and the nodes depth first; ``rows`` are ``_NODE_COLUMNS``, by start.
 
     Iterative, so a deep chain cannot overflow the stack; a parent cycle (bad
     agent data) is broken at its earliest span, which becomes a root.
     """
-    by_id = {n.span_id: n for n in nodes}
+    by_id = {row[0]: row for row in rows}
     roots: list[str] = []
-    for node in nodes:
-        parent = by_id.get(node.parent_span_id) if node.parent_span_id else None
-        if parent is None or parent is node:
-            roots.append(node.span_id)
+    children: dict[str, list[str]] = {}
+    for span_id, parent, *_ in rows:
+        if parent is None or parent == span_id or parent not in by_id:
+            roots.append(span_id)
         else:
-            parent.children.append(node.span_id)
-    ordered: list[TreeNode] = []
-    seen: set[str] = set()
+            children.setdefault(parent, []).append(span_id)
+    nodes: list[TreeNode] = []
+    placed: set[str] = set()
 
     def walk(root: str) -> None:
         stack = [(root, 0)]
         while stack:
             span_id, depth = stack.pop()
-            if span_id in seen:
+            if span_id in placed:
                 continue
-            seen.add(span_id)
-            node = by_id[span_id]
-            node.depth = depth
-            ordered.append(node)
-            stack.extend((child, depth + 1) for child in reversed(node.children))
+            placed.add(span_id)
+            kids = children.get(span_id, [])
+            nodes.append(TreeNode._make((*by_id[span_id], depth, kids)))
+            stack.extend([(kid, depth + 1) for kid in reversed(kids)])
 
     for root in roots:
         walk(root)
-    for node in nodes:
-        if node.span_id not in seen:
-            roots.append(node.span_id)
-            walk(node.span_id)
-    return roots, ordered
+    if len(nodes) < len(rows):  # only a parent cycle leaves spans unplaced
+        for span_id, *_ in rows:
+            if span_id not in placed:
+                roots.append(span_id)
+                walk(span_id)
+    return roots, nodes
 
 
 def _totals(nodes: list[TreeNode]) -> TreeTotals:

@@ -25,11 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from corral.errors import RateLimited
 from corral.store import Store
-from corral.store.schema import spans
 from corral.traces.blobs import BlobBackend
 from corral.traces.journal import Journal, Segment
 from corral.traces.writer import SpanWriter
@@ -52,15 +49,13 @@ class Recorder:
         flush_interval: float = 0.2,
         blobs: BlobBackend | None = None,
         max_body_bytes: int = 4 * 1024 * 1024,
-        queue_max: int = 200_000,
+        queue_max: int = 50_000,
     ) -> None:
         self._store = store
         self.writer = SpanWriter(
             store,
             blobs=blobs,
             max_body_bytes=max_body_bytes,
-            insert_sql=_insert_sql(store.is_sqlite),
-            as_tuple=_as_tuple,
         )
         self._queue_max = queue_max
         self._retry = False  # the last batch failed: the next may find some of it stored
@@ -215,26 +210,3 @@ class Recorder:
         self.stored += len(rows)
         current = len(rows) / took if took > 0 else 0.0
         self.rate = current if not self.rate else 0.8 * self.rate + 0.2 * current
-
-
-_COLUMNS = tuple(str(column.name) for column in spans.columns)
-_JSON_COLUMNS = frozenset(str(c.name) for c in spans.columns if c.type.__class__.__name__ == "JSON")
-
-
-def _insert_sql(sqlite: bool) -> str:
-    names = ", ".join(_COLUMNS)
-    if sqlite:
-        marks = ", ".join("?" for _ in _COLUMNS)
-        return f"INSERT OR IGNORE INTO spans ({names}) VALUES ({marks})"  # noqa: S608 - fixed names
-    marks = ", ".join("%s" for _ in _COLUMNS)
-    return f"INSERT INTO spans ({names}) VALUES ({marks}) ON CONFLICT (span_id) DO NOTHING"  # noqa: S608
-
-
-def _as_tuple(row: dict[str, Any]) -> tuple[Any, ...]:
-    """A row as the plain tuple ``executemany`` takes: the driver's fast path."""
-    return tuple(
-        orjson.dumps(row[name]).decode()
-        if name in _JSON_COLUMNS and row.get(name) is not None
-        else row.get(name)
-        for name in _COLUMNS
-    )

@@ -9,10 +9,13 @@ written; a batch that fails is retried whole.
 
 from __future__ import annotations
 
+import functools
 import logging
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+import orjson
 from sqlalchemy import Connection, bindparam, select, update
 
 from corral.errors import CorralError
@@ -47,14 +50,11 @@ class SpanWriter:
         *,
         blobs: BlobBackend | None,
         max_body_bytes: int,
-        insert_sql: str,
-        as_tuple: Any,
     ) -> None:
         self._store = store
         self._blobs = blobs
         self._max_body = max_body_bytes
-        self._sql = insert_sql
-        self._as_tuple = as_tuple
+        self._insert = _insert_sqlite if store.is_sqlite else _insert_postgres
         self._matcher = dedupe.Matcher()
         self.sinks: list[Sink] = []
 
@@ -72,7 +72,7 @@ class SpanWriter:
                 if not rows:
                     return 0
             marked = self._matcher.match(conn, rows)
-            conn.exec_driver_sql(self._sql, [self._as_tuple(row) for row in rows])
+            self._insert(conn, rows)
             deltas = rollup.contributions(rows)
             if marked:
                 changed = _mark(conn, marked)
@@ -149,3 +149,57 @@ def _merge(into: dict[rollup.Key, list[float]], more: Mapping[rollup.Key, Iterab
         else:
             for i, v in enumerate(values):
                 acc[i] += v
+
+
+_COLUMNS = tuple(str(column.name) for column in spans.columns)
+_JSON_COLUMNS = frozenset(str(c.name) for c in spans.columns if c.type.__class__.__name__ == "JSON")
+
+
+_NAMES = ", ".join(_COLUMNS)
+_PG_INSERT = (
+    f"INSERT INTO spans ({_NAMES}) VALUES ({', '.join('%s' for _ in _COLUMNS)}) "  # noqa: S608
+    "ON CONFLICT (span_id) DO NOTHING"
+)
+# SQLite: many rows a statement. ``executemany`` steps once a row and releases the GIL around
+# each step; under load the event loop holds it and every re-acquisition waits up to the
+# switch interval (5 ms), starving the writer. One statement of 500 rows steps once.
+_SQLITE_ROWS = 500  # 500 x 44 columns stays under SQLite's 32,766 variables
+
+
+@functools.cache
+def _sqlite_insert(rows: int) -> str:
+    group = "(" + ", ".join("?" for _ in _COLUMNS) + ")"
+    values = ", ".join(group for _ in range(rows))
+    return f"INSERT OR IGNORE INTO spans ({_NAMES}) VALUES {values}"  # noqa: S608 - fixed names
+
+
+def _insert_sqlite(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    for start in range(0, len(rows), _SQLITE_ROWS):
+        chunk = rows[start : start + _SQLITE_ROWS]
+        params = [value for row in chunk for value in _as_tuple(row)]
+        conn.exec_driver_sql(_sqlite_insert(len(chunk)), tuple(params))
+
+
+def _insert_postgres(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    conn.exec_driver_sql(_PG_INSERT, [_as_tuple(row) for row in rows])
+
+
+_ALL_COLUMNS = operator.itemgetter(*_COLUMNS)
+_JSON_AT = tuple(i for i, name in enumerate(_COLUMNS) if name in _JSON_COLUMNS)
+
+
+def _as_tuple(row: dict[str, Any]) -> tuple[Any, ...]:
+    """A row as the plain tuple ``executemany`` takes: the driver's fast path. Rows are built
+    from ``SPAN_DEFAULTS`` so every column is there; a row journaled by an older version may
+    lack newer columns, and takes the slow path."""
+    try:
+        values: tuple[Any, ...] = _ALL_COLUMNS(row)
+    except KeyError:
+        values = tuple(row.get(name) for name in _COLUMNS)
+    if any(values[i] is not None for i in _JSON_AT):
+        out = list(values)
+        for i in _JSON_AT:
+            if out[i] is not None:
+                out[i] = orjson.dumps(out[i]).decode()
+        return tuple(out)
+    return values

@@ -23,7 +23,30 @@ def upgrade() -> None:
         batch.add_column(sa.Column("duplicate_of", sa.String(length=16), nullable=True))
         batch.add_column(sa.Column("request_blob", sa.String(length=200), nullable=True))
         batch.add_column(sa.Column("response_blob", sa.String(length=200), nullable=True))
-    op.create_index("ix_spans_response", "spans", ["response_id"], unique=False)
+    # Fewer and partial indexes: each one costs every insert of OTLP ingest.
+    op.drop_index("ix_spans_user_start", table_name="spans")
+    op.drop_index("ix_spans_key_start", table_name="spans")
+    op.drop_index("ix_spans_run", table_name="spans")
+    op.drop_index("ix_spans_request", table_name="spans")
+    for name in ("run_id", "request_id", "response_id"):
+        where = sa.text(f"{name} IS NOT NULL")
+        op.create_index(
+            f"ix_spans_{name.removesuffix('_id')}",
+            "spans",
+            [name],
+            unique=False,
+            sqlite_where=where,
+            postgresql_where=where,
+        )
+    gateway = sa.text("kind = 'llm_request' AND source = 'gateway'")
+    op.create_index(
+        "ix_spans_gateway_parent",
+        "spans",
+        ["parent_span_id"],
+        unique=False,
+        sqlite_where=gateway,
+        postgresql_where=gateway,
+    )
     with op.batch_alter_table("teams") as batch:
         batch.add_column(sa.Column("body_capture", sa.String(length=10), nullable=True))
         batch.add_column(sa.Column("retention_days", sa.Float(), nullable=True))
@@ -68,7 +91,13 @@ def downgrade() -> None:
     with op.batch_alter_table("teams") as batch:
         batch.drop_column("retention_days")
         batch.drop_column("body_capture")
-    op.drop_index("ix_spans_response", table_name="spans")
+    op.drop_index("ix_spans_gateway_parent", table_name="spans")
+    for name in ("response", "request", "run"):
+        op.drop_index(f"ix_spans_{name}", table_name="spans")
+    op.create_index("ix_spans_request", "spans", ["request_id"], unique=False)
+    op.create_index("ix_spans_run", "spans", ["run_id"], unique=False)
+    op.create_index("ix_spans_key_start", "spans", ["key_id", "start_ns"], unique=False)
+    op.create_index("ix_spans_user_start", "spans", ["user_id", "start_ns"], unique=False)
     with op.batch_alter_table("spans") as batch:
         batch.drop_column("response_blob")
         batch.drop_column("request_blob")
