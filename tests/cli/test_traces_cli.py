@@ -101,9 +101,9 @@ def test_trace_prints_the_tree_with_errors_duplicates_and_totals(live: Running) 
         "└── agent claude-code  ",
         "    └── step user_prompt  ",
         "        ├── tool execute_tool Bash  ",
-        "        ├── llm_request chat sim-economy  ",
-        "        │   └── attempt attempt sim/sim-economy  ",
-        "        └── llm_request chat sim-economy  ",
+        "        ├── llm_request chat sim-economy (gateway)  ",
+        "        │   └── attempt sim/sim-economy  ",
+        "        └── llm_request chat sim-economy (claude-code)  ",
     ]
     assert len(lines) == len(expected) + 2
     for line, start in zip(lines[1:-1], expected, strict=True):
@@ -117,6 +117,7 @@ def test_trace_prints_the_tree_with_errors_duplicates_and_totals(live: Running) 
     assert "tok" in gateway_line
     assert "$" in gateway_line
     assert "(bodies)" in gateway_line
+    assert all(line.rstrip().endswith(tuple("0123456789abcdef")) for line in lines[1:-1])
     assert lines[-1].startswith("Total: 6 spans, 1 LLM call, ")
     assert "1 error" in lines[-1]
 

@@ -61,8 +61,11 @@ def render_tree(found: dict[str, Any]) -> Tree:
 def node_line(node: dict[str, Any]) -> Text:
     """``kind name  duration  in→out tok  $cost  status``; errors in red, duplicates dimmed."""
     line = Text()
-    line.append(node["kind"], style="cyan")
-    line.append(f" {node['name']}")
+    kind, name = node["kind"], node["name"]
+    line.append(kind, style="cyan")
+    line.append(f" {name.removeprefix(kind + ' ')}")  # "attempt attempt sim/x" reads badly
+    if kind == "llm_request" and node.get("source"):
+        line.append(f" ({node['source']})", style="dim")
     if node.get("model") and node["model"] not in node["name"]:
         line.append(f" [{node['model']}]", style="dim")
     line.append(f"  {duration(node['duration_ms'])}", style="dim")
@@ -84,6 +87,7 @@ def node_line(node: dict[str, Any]) -> Text:
         line.append(f"  {_DUPLICATE}", style="dim italic")
     if node["has_bodies"]:
         line.append("  (bodies)", style="dim")
+    line.append(f"  {node['span_id']}", style="dim")  # for `corral spans show`
     return line
 
 
