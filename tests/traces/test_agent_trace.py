@@ -8,6 +8,7 @@ request record and attempt nest under the agent's ``chat`` span.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +20,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from sqlalchemy import func, select
 
 from corral.store.schema import span_rollups, spans
-from tests.gateway.conftest import Running
+from tests.conftest import StartCorral
+from tests.gateway.conftest import Running, gateway_corral
 
 SECRET = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
 
@@ -159,3 +161,31 @@ def test_a_run_keys_calls_attach_to_the_run_without_traceparent(corral: Running)
     (row,) = corral.records()
     trace_id, root = run_trace("run_attach1")
     assert (row.run_id, row.trace_id, row.parent_span_id) == ("run_attach1", trace_id, root)
+
+
+def test_a_stream_past_the_body_cap_is_kept_cut_with_a_marker(
+    tmp_path: Path, store_url: str, start_corral: StartCorral
+) -> None:
+    """The gateway holds a stream only up to the cap; the stored body says how much it was."""
+    with gateway_corral(tmp_path / "home", store_url, trace_body_max_bytes=300) as corral:
+        body = {
+            "model": "sim-standard",
+            "stream": True,
+            "max_tokens": 200,
+            "messages": [{"role": "user", "content": "write a long answer"}],
+        }
+        with httpx.stream(
+            "POST",
+            f"{corral.url}/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {corral.key}"},
+            timeout=30,
+        ) as r:
+            sent = b"".join(r.iter_bytes())
+        assert len(sent) > 300
+        (row,) = corral.records()
+        stored = corral.app.blobs.get(row.response_blob)
+        assert stored is not None
+        assert stored.startswith(sent[:300])
+        assert stored.endswith(f"[corral: body truncated: kept 300 of {len(sent)} bytes]".encode())
+        assert row.attributes["bodies"]["response"]["truncated"] is True

@@ -38,6 +38,7 @@ class Call:
         "request_id",
         "response_body",
         "response_dropped",
+        "response_kept",
         "route_reason",
         "skipped",
         "span_id",
@@ -85,6 +86,7 @@ class Call:
         # response as the client got it, and the request as sent upstream when that differs.
         self.bodies = "off"
         self.response_body: list[bytes] = []
+        self.response_kept = 0  # bytes in response_body
         self.response_dropped = 0  # stream bytes past the cap, counted but not kept
         self.upstream_body: bytes | None = None
 
@@ -93,13 +95,14 @@ class Call:
         anyway; a stream is not held in memory past it)."""
         if self.bodies == "off" or not chunk:
             return
-        kept = sum(len(c) for c in self.response_body)
-        room = cap - kept
+        room = cap - self.response_kept
         if room >= len(chunk):
             self.response_body.append(chunk)
+            self.response_kept += len(chunk)
             return
         if room > 0:
             self.response_body.append(chunk[:room])
+            self.response_kept = cap
         self.response_dropped += len(chunk) - max(room, 0)
 
     def overhead_ms(self, now: float) -> float:

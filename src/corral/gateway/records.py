@@ -231,10 +231,9 @@ def _attach_bodies(call: Call, row: dict[str, Any], attempt: dict[str, Any]) -> 
     row[BODY_MODE] = call.bodies
     row["_request_body"] = call.body.decode("utf-8", "replace")
     if call.response_body:
-        text = b"".join(call.response_body).decode("utf-8", "replace")
-        if call.response_dropped:
-            text += f"\n[corral: body truncated: {call.response_dropped} more bytes not kept]"
-        row["_response_body"] = text
+        row["_response_body"] = b"".join(call.response_body).decode("utf-8", "replace")
+        if call.response_dropped:  # past the cap: the writer's marker counts them
+            row["_response_dropped"] = call.response_dropped
     if call.upstream_body is not None:
         attempt[BODY_MODE] = call.bodies
         attempt["_request_body"] = call.upstream_body.decode("utf-8", "replace")

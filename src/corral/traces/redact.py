@@ -226,20 +226,21 @@ class PreparedBody:
     meta: dict[str, Any]
 
 
-def prepare_body(text: str, *, max_bytes: int) -> PreparedBody:
+def prepare_body(text: str, *, max_bytes: int, dropped: int = 0) -> PreparedBody:
     """Redact ``text``, then cap it at ``max_bytes`` of UTF-8.
 
     A longer body is cut at a character boundary and ends with a line
     ``[corral: body truncated: kept K of N bytes]`` (N: the redacted size), so
-    what is stored exceeds ``max_bytes`` by that marker at most. ``meta``:
-    ``bytes`` (the original size), ``stored``, ``sha256`` (of the stored,
-    redacted bytes, never of the raw text, which would fingerprint its
-    secrets), ``redactions`` and ``truncated``.
+    what is stored exceeds ``max_bytes`` by that marker at most. ``dropped``:
+    bytes the caller already cut from the end (a stream is not held in memory
+    past the cap); they count in N. ``meta``: ``bytes`` (the original size),
+    ``stored``, ``sha256`` (of the stored, redacted bytes, never of the raw
+    text, which would fingerprint its secrets), ``redactions`` and ``truncated``.
     """
-    original = _utf8_size(text)
+    original = _utf8_size(text) + dropped
     redacted, count = redact(text)
     data = _utf8(redacted)
-    full = len(data)
+    full = len(data) + dropped
     truncated = full > max_bytes
     if truncated:
         kept = _cut(data, max_bytes)
@@ -265,6 +266,8 @@ def _utf8_size(text: str) -> int:
 
 def _cut(data: bytes, limit: int) -> bytes:
     """The longest prefix of ``data`` of at most ``limit`` bytes that ends on a character."""
+    if len(data) <= limit:
+        return data
     end = limit
     while end > 0 and data[end] & 0xC0 == 0x80:  # a continuation byte: the char began before
         end -= 1

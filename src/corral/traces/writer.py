@@ -86,25 +86,35 @@ class SpanWriter:
         return len(rows)
 
     def _store_bodies(self, row: dict[str, Any]) -> None:
-        """Redact, cap and write the row's bodies (or keep only their shape), in place."""
+        """Redact, cap and write the row's bodies (or keep only their shape), in place.
+
+        A body that cannot be kept (a full disk, or a fault of ours in handling it) is
+        logged and marked ``lost`` on the span: a bad body must never hold spans back.
+        """
         mode = row.pop(BODY_MODE, "full")
+        dropped = row.pop("_response_dropped", 0)
         meta: dict[str, Any] = {}
         for key, part, column in _PARTS:
             text = row.pop(key, None)
             if not text:
                 continue
-            if mode == "metadata" or self._blobs is None:
-                meta[part] = body_metadata(text)
-                continue
-            prepared = prepare_body(text, max_bytes=self._max_body)
             try:
+                if mode == "metadata" or self._blobs is None:
+                    meta[part] = body_metadata(text)
+                    continue
+                cut = dropped if part == "response" else 0
+                prepared = prepare_body(text, max_bytes=self._max_body, dropped=cut)
                 blob_key = self._blobs.key_for(
                     row.get("team_id"), row["start_ns"], row["span_id"], part
                 )
                 self._blobs.put(blob_key, prepared.data)
-            except CorralError as exc:  # a full disk must not hold the spans back for ever
+            except CorralError as exc:  # a full disk
                 log.error("span %s: %s body not stored: %s", row["span_id"], part, exc.message)
-                meta[part] = {**prepared.meta, "lost": exc.message}
+                meta[part] = {"lost": exc.message}
+                continue
+            except Exception as exc:  # never retry a batch for ever over one body
+                log.exception("span %s: %s body not stored", row["span_id"], part)
+                meta[part] = {"lost": f"{exc.__class__.__name__}: {exc}"}
                 continue
             row[column] = blob_key
             meta[part] = prepared.meta
