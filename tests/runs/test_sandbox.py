@@ -174,3 +174,28 @@ def test_wall_clock_limit_kills_the_whole_tree(box: Sandbox) -> None:
     assert time.monotonic() - started < 8
     assert result.returncode != 0
     assert "NEVER" not in result.stdout
+
+
+def test_an_agent_edits_its_workspace_and_the_diff_shows_it(runs: Path, tmp_path: Path) -> None:
+    """A clone handed to the run's uid is editable inside; .git is not; the patch is right."""
+    from corral.runs.workspace import diff, hand_over, prepare
+    from tests.runs.test_workspace import git
+
+    source = tmp_path / "repo"
+    source.mkdir()
+    git(source, "init", "--quiet", "--initial-branch=main")
+    (source / "calc.py").write_text("def add(a, b):\n    return a - b\n")
+    git(source, "add", ".")
+    git(source, "commit", "--quiet", "-m", "one")
+    ws = prepare(str(source), None, runs / "runs", "run_edit")
+    hand_over(ws, 65534)
+    box = Sandbox(ws.path, ws.scratch)
+    script = (
+        "sed -i 's/a - b/a + b/' calc.py && echo EDITED; "
+        "echo x > .git/HEAD || echo GIT_DENIED; git --version >/dev/null 2>&1; true"
+    )
+    _, out = sh(box, script)
+    assert "EDITED" in out, out
+    assert "GIT_DENIED" in out
+    patch = diff(ws)
+    assert "+    return a + b" in patch

@@ -1,0 +1,149 @@
+"""A run's workspace: its own clone of the repository at the ref, and what it changed.
+
+The clone is Corral's, never the engineer's checkout: a local repository is
+cloned with ``--no-local`` (objects copied, not hard-linked, so nothing the
+agent does can reach the source's object store), a URL is fetched. The
+workspace is checked out detached at the ref's commit, which is recorded as
+the base; ``diff`` compares the working tree against it from outside the
+sandbox (the agent cannot rewrite ``.git``), untracked files included.
+
+Layout under the runs folder: ``RUN/workspace`` (the clone), ``RUN/scratch``
+(the agent's scratch and ``/tmp``), ``RUN/artifacts`` (logs, the report, the
+diff, and what the agent writes there).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.errors import InvalidRequest
+
+_GIT_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",  # never wait for credentials on a terminal
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "LC_ALL": "C",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Workspace:
+    root: Path
+    base: str  # the commit the run started from
+
+    @property
+    def path(self) -> Path:
+        return self.root / "workspace"
+
+    @property
+    def scratch(self) -> Path:
+        return self.root / "scratch"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+
+def prepare(repo: str, ref: str | None, runs: Path, run_id: str) -> Workspace:
+    """Clone ``repo`` (a local path or a URL) at ``ref`` (branch, tag or commit; default:
+    its HEAD) into ``runs/run_id``; raise ``InvalidRequest`` naming what is wrong."""
+    root = runs / run_id
+    if root.exists():
+        raise InvalidRequest(f"run folder {root} already exists")
+    source = _source(repo)
+    runs.mkdir(parents=True, exist_ok=True)
+    runs.chmod(0o711)  # the run's unprivileged uid must traverse it, not list it
+    root.mkdir(mode=0o711)
+    try:
+        _git("clone", "--quiet", "--no-local", "--no-checkout", source, str(root / "workspace"))
+        workspace = root / "workspace"
+        commit = _resolve(workspace, ref or "HEAD", repo)
+        _git("-C", str(workspace), "checkout", "--quiet", "--detach", commit)
+        for sub in ("scratch", "artifacts"):
+            (root / sub).mkdir(mode=0o700)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return Workspace(root, commit)
+
+
+def diff(ws: Workspace) -> str:
+    """The change against the base commit as a patch, new files included (binary as git
+    binary patches), whatever the agent staged or not."""
+    index = ws.root / "diff.index"  # a private index: the workspace's own is left as it is
+    env = {"GIT_INDEX_FILE": str(index)}
+    # The working tree belongs to the run's uid now; this clone is Corral's own, so git's
+    # ownership check is waived for it (and only it).
+    here = ("-c", f"safe.directory={ws.path}", "-C", str(ws.path))
+    try:
+        _git(*here, "read-tree", ws.base, env=env)
+        _git(*here, "add", "--all", ".", env=env)
+        return _git(*here, "diff", "--cached", "--binary", ws.base, env=env)
+    finally:
+        index.unlink(missing_ok=True)
+
+
+def hand_over(ws: Workspace, uid: int) -> None:
+    """Give the working tree and the scratch folder to the run's uid (``.git`` stays
+    Corral's: the sandbox binds it read-only and ``diff`` reads it from outside)."""
+    for top in (ws.path, ws.scratch):
+        os.chown(top, uid, uid)
+        for folder, dirs, files in os.walk(top):
+            if folder == str(ws.path) and ".git" in dirs:
+                dirs.remove(".git")
+            for name in (*dirs, *files):
+                os.chown(os.path.join(folder, name), uid, uid, follow_symlinks=False)
+
+
+def remove(ws: Workspace) -> None:
+    """Delete the run's folder (workspace, scratch and artifacts)."""
+    shutil.rmtree(ws.root, ignore_errors=True)
+
+
+def _source(repo: str) -> str:
+    if "://" in repo or repo.startswith("git@"):
+        return repo
+    path = Path(repo).expanduser().resolve()
+    if not (path / ".git").exists() and not (path / "HEAD").exists():
+        raise InvalidRequest(f"--repo {repo}: not a git repository (no .git there)")
+    return str(path)
+
+
+def _resolve(workspace: Path, ref: str, repo: str) -> str:
+    for candidate in (f"origin/{ref}", ref):
+        try:
+            return _git(
+                "-C", str(workspace), "rev-parse", "--verify", "--quiet", f"{candidate}^{{commit}}"
+            ).strip()
+        except InvalidRequest:
+            continue
+    raise InvalidRequest(f"--ref {ref}: no such branch, tag or commit in {repo}")
+
+
+def _git(*args: str, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(
+        ["git", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **_GIT_ENV, **(env or {})},
+        timeout=600,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise InvalidRequest(f"git {_verb(args)} failed: {result.stderr.strip()[:500]}")
+    return result.stdout
+
+
+def _verb(args: tuple[str, ...]) -> str:
+    """The git command of ``args`` (past ``-C path`` and ``-c name=value``), for messages."""
+    skip = False
+    for arg in args:
+        if skip or arg in ("-C", "-c"):
+            skip = not skip
+            continue
+        if not arg.startswith("-"):
+            return arg
+    return ""
