@@ -93,7 +93,15 @@ class OtlpIngest:
         if batch.rows:
             recorder.check_capacity(len(batch.rows))
             self._prepare(batch, key.team_id, events=path == "/v1/logs")
-            recorder.record(*batch.rows)
+            try:
+                recorder.record(*batch.rows)
+            except OSError as exc:  # the journal's disk: nothing was accepted, say retry
+                raise RateLimited(
+                    f"spans cannot be journaled ({exc.strerror}); retry later",
+                    status=503,
+                    code="store_unavailable",
+                    retry_after=5.0,
+                ) from exc
             self.accepted += len(batch.rows)
         return otlp_success("traces" if path == "/v1/traces" else "logs", content_type, batch)
 
