@@ -199,3 +199,13 @@ def test_an_agent_edits_its_workspace_and_the_diff_shows_it(runs: Path, tmp_path
     assert "GIT_DENIED" in out
     patch = diff(ws)
     assert "+    return a + b" in patch
+
+
+def test_runs_are_refused_where_the_sandbox_cannot_start(runs: Path) -> None:
+    """No bubblewrap: the refusal says why and what to install."""
+    from corral.errors import ConfigError
+    from corral.runs import require
+
+    require(runs)  # this host isolates
+    with pytest.raises(ConfigError, match="corral-no-such-bwrap is not installed"):
+        require(runs, bwrap="corral-no-such-bwrap")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from corral.errors import CorralError, UpstreamError, UpstreamTimeout
 from corral.gateway.wire import Outcome, Usage
 from corral.tokens import count_tokens
-from corral.traces.spans import SPAN_DEFAULTS
+from corral.traces.spans import SPAN_DEFAULTS, identity_columns
 from corral.traces.writer import BODY_MODE
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ class Records:
             return
         now = time.perf_counter()
         row = SPAN_DEFAULTS.copy()
+        row.update(identity_columns(key))
         row.update(
             span_id=call.attempt_span_id,
             trace_id=call.trace_id,
@@ -46,12 +47,6 @@ class Records:
             name=f"attempt {deployment.id}",
             request_id=call.request_id,
             attempt=len(call.failed) + 1,
-            org_id=key.org_id,
-            team_id=key.team_id,
-            user_id=key.user_id,
-            key_id=key.key_id,
-            run_id=key.run_id,
-            owner_id=key.user_id,
             protocol=call.wire.name,
             operation="chat",
             model_requested=call.model,
@@ -137,6 +132,7 @@ class Records:
         end_ns = call.start_ns + int((now - call.t0) * 1e9)
         upstream_ms = ((call.t_up_end or now) - call.t_up) * 1000 if call.t_up else None
         row = SPAN_DEFAULTS.copy()
+        row.update(identity_columns(key))
         row.update(
             span_id=call.span_id,
             trace_id=call.trace_id,
@@ -144,12 +140,6 @@ class Records:
             kind="llm_request",
             name=f"chat {call.model}",
             request_id=call.request_id,
-            org_id=key.org_id,
-            team_id=key.team_id,
-            user_id=key.user_id,
-            key_id=key.key_id,
-            run_id=key.run_id,
-            owner_id=key.user_id,
             protocol=call.wire.name,
             operation="chat",
             model_requested=call.model,

@@ -30,6 +30,7 @@ from corral.gateway.http import Receive, Scope, Send, api_key, header, read_body
 from corral.traces.dedupe import FINGERPRINT
 from corral.traces.otlp import Batch, Identity, parse_logs, parse_traces, status_response
 from corral.traces.otlp import success_response as otlp_success
+from corral.traces.spans import identity_columns
 from corral.traces.writer import BODY_MODE
 
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ class OtlpIngest:
 
     def __init__(self, app: CorralApp) -> None:
         self.app = app
-        self.accepted = 0  # spans answered 200
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         content_type = (header(scope, b"content-type") or "application/x-protobuf").lower()
@@ -71,14 +71,7 @@ class OtlpIngest:
             if "json" in content_type:
                 return _EMPTY_METRICS_JSON, "application/json"
             return b"", "application/x-protobuf"
-        identity = Identity(
-            org_id=key.org_id,
-            team_id=key.team_id,
-            user_id=key.user_id,
-            key_id=key.key_id,
-            run_id=key.run_id,
-            owner_id=key.user_id,
-        )
+        identity = Identity(**identity_columns(key))
         parse = parse_traces if path == "/v1/traces" else parse_logs
         encoding = header(scope, b"content-encoding")
         kwargs: dict[str, Any] = {
@@ -102,7 +95,6 @@ class OtlpIngest:
                     code="store_unavailable",
                     retry_after=5.0,
                 ) from exc
-            self.accepted += len(batch.rows)
         return otlp_success("traces" if path == "/v1/traces" else "logs", content_type, batch)
 
     def _prepare(self, batch: Batch, team_id: str | None, *, events: bool) -> None:

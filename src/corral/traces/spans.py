@@ -19,9 +19,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from corral.store.schema import spans
+
+if TYPE_CHECKING:
+    from corral.identity.keys import KeyInfo
 
 SPAN_KINDS = ("run", "agent", "step", "tool", "llm_request", "attempt", "event", "span")
 
@@ -76,3 +79,25 @@ def run_trace(run_id: str) -> tuple[str, str]:
     """
     digest = hashlib.sha256(b"corral-run:" + run_id.encode()).hexdigest()
     return digest[:32], digest[32:48]
+
+
+class IdentityColumns(TypedDict):
+    org_id: str
+    team_id: str | None
+    user_id: str | None
+    key_id: str
+    run_id: str | None
+    owner_id: str | None
+
+
+def identity_columns(key: KeyInfo) -> IdentityColumns:
+    """The identity chain a span sent with ``key`` carries, written once at ingest. The owner
+    is the key's user until runs have owners of their own."""
+    return {
+        "org_id": key.org_id,
+        "team_id": key.team_id,
+        "user_id": key.user_id,
+        "key_id": key.key_id,
+        "run_id": key.run_id,
+        "owner_id": key.user_id,
+    }
