@@ -15,6 +15,7 @@ import gc
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from corral.clock import Clock, SystemClock
 from corral.errors import ConfigError
@@ -118,6 +119,14 @@ class CorralApp:
         self.generated_admin_key: str | None = None
         self.on_startup: list[Callable[[CorralApp], None]] = []
         self.metrics = Metrics(self)
+        from corral.identity.service import IdentityService
+        from corral.runs.executor import LocalExecutor
+        from corral.runs.profiles import default_profiles
+        from corral.runs.service import RunService
+
+        identity = IdentityService(self.store, self.clock)
+        self.runs = RunService(self.store, self.clock, identity)
+        self.executor = LocalExecutor(self, self, self.runs, identity, default_profiles())
         self.started = False
 
     @property
@@ -167,6 +176,7 @@ class CorralApp:
         await self.quotas.start()
         await self.gateway.start()
         await self.keys.start()
+        await self.executor.start()
         self._retention_task = asyncio.create_task(
             self.retention.run_forever(self.settings.trace_retention_interval),
             name="corral-retention",
@@ -182,6 +192,10 @@ class CorralApp:
         self.started = True
         for hook in self.on_startup:
             hook(self)
+
+    def record_spans(self, *rows: dict[str, Any]) -> None:
+        """Hand spans Corral made itself (a run's root span) to the record pipeline."""
+        self.recorder.record(*rows)
 
     async def reload_routes(self) -> None:
         """Re-read the route policy rules and the teams' trace policies set through the API."""
@@ -204,6 +218,7 @@ class CorralApp:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._route_refresher = self._retention_task = None
+        await self.executor.stop()
         await self.keys.stop()
         await self.gateway.stop()
         await self.quotas.stop()
@@ -217,7 +232,7 @@ class CorralApp:
 
     async def _start_sim(self) -> str:
         """Serve the simulator in this process on a loopback port of its own."""
-        self._sim = SimServer(SimConfig())
+        self._sim = SimServer(SimConfig(script=self.settings.sim_script))
         await self._sim.start(bind_socket("127.0.0.1", 0))
         return self._sim.url
 

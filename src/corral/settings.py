@@ -431,6 +431,89 @@ class Settings(BaseSettings):
         description="Distinct `team` label values on /metrics; further teams are reported as "
         "`other` so cardinality stays bounded (models are bounded by the catalog).",
     )
+    runs_dir: Path | None = Field(
+        default=None,
+        description="Folder of run workspaces, scratch folders and artifacts. Default: "
+        "`$CORRAL_HOME/runs`. The run's unprivileged uid must be able to traverse its parents "
+        "(the start-up probe says when it cannot).",
+    )
+    run_slots: int = Field(
+        default=2, ge=0, description="Runs this process executes at once (0: it runs none)."
+    )
+    run_team_concurrency: int = Field(
+        default=2,
+        gt=0,
+        description="Live runs (admitted or running) a team may have at once, across processes; "
+        "further runs wait in the queue, first come first served.",
+    )
+    run_team_limits: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per-team overrides of `run_team_concurrency`, by team name "
+        "(`run_team_limits = { payments = 4 }`).",
+    )
+    run_default_timeout: float = Field(
+        default=1800.0, gt=0, description="Wall-clock limit of a run without `--timeout`, seconds."
+    )
+    run_max_timeout: float = Field(
+        default=86400.0, gt=0, description="The longest `--timeout` a run may ask for, seconds."
+    )
+    run_default_model: str | None = Field(
+        default=None,
+        description="The model an agent is given without `--model`. Default: the catalog's "
+        "first model.",
+    )
+    run_memory_mb: int = Field(default=4096, gt=0, description="Memory cap of a run (cgroup), MiB.")
+    run_processes: int = Field(
+        default=256, gt=0, description="Processes and threads a run may have at once (cgroup)."
+    )
+    run_open_files: int = Field(
+        default=1024, gt=0, description="Open files per process of a run (RLIMIT_NOFILE)."
+    )
+    run_cpu_seconds: int = Field(
+        default=3600, gt=0, description="CPU seconds per process of a run (RLIMIT_CPU)."
+    )
+    run_uid: int = Field(
+        default=65534,
+        ge=1,
+        description="The unprivileged uid (and gid) agents run as when Corral runs as root. "
+        "Otherwise they run as Corral's own uid.",
+    )
+    run_grace: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds between SIGTERM and SIGKILL when a run is cancelled or times out.",
+    )
+    run_heartbeat_interval: float = Field(
+        default=2.0, gt=0, description="How often a process records that its live runs are alive."
+    )
+    run_stale_after: float = Field(
+        default=30.0,
+        gt=0,
+        description="A live run whose process has not recorded a heartbeat for this long is "
+        "marked failed by another process (its executor died).",
+    )
+    run_agent_path: str | None = Field(
+        default=None,
+        description="Where agent CLIs (claude, codex, aider, gemini) are looked up, in PATH "
+        "syntax. Default: the server's PATH.",
+    )
+    run_workspace_retention: float = Field(
+        default=86400.0,
+        ge=0,
+        description="Seconds a finished run's workspace (the clone) is kept for inspection; "
+        "0 removes it as the run ends. Artifacts (diff, logs, report) are kept.",
+    )
+    unsafe_no_sandbox: bool = Field(
+        default=False,
+        description="Run agents without the sandbox, as Corral's own user with the host's "
+        "files and network (`corral serve --unsafe-no-sandbox`). For development only; every "
+        "run records it.",
+    )
+    sim_script: Path | None = Field(
+        default=None,
+        description="Scripted conversations for the in-process simulator (see "
+        "docs/simulator.md); the demo's runs use one.",
+    )
     budgets: list[BudgetConfig] = Field(
         default_factory=list, description="Budgets; see the Budgets section."
     )

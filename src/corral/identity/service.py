@@ -370,10 +370,12 @@ class IdentityService:
         expires_at: float | None = None,
         role: KeyRole = "virtual",
         created_by: str | None = None,
+        run_id: str | None = None,
     ) -> tuple[Key, str]:
         """Mint a key for ``user`` in ``team`` (ids or names); return it and its secret.
 
-        The secret is returned here once and never stored.
+        The secret is returned here once and never stored. A key with ``run_id`` speaks for
+        that run (corral.runs mints one as a run starts and revokes it as it ends).
         """
         now = self._clock.now()
         _check_new_key(role, name, expires_at, now)
@@ -388,7 +390,7 @@ class IdentityService:
             org_id=owner_team.org_id,
             team_id=owner_team.id,
             user_id=owner.id,
-            run_id=None,
+            run_id=run_id,
             allowed_models=tuple(dict.fromkeys(models)) if models is not None else None,
             expires_at=expires_at,
             revoked_at=None,

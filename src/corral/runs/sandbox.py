@@ -25,6 +25,7 @@ The wall clock is the caller's (``run`` kills the whole tree when it passes).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import resource
 import shutil
@@ -35,6 +36,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from corral.errors import ConfigError
 
@@ -69,8 +71,19 @@ class Sandbox:
     gateway_socket: Path | None = None
     uid: int = NOBODY
     bwrap: str = "bwrap"
+    cgroup_name: str | None = None  # default: a fresh random name
+    binds: Sequence[tuple[Path, str]] = ()  # more writable folders: (host path, inside path)
+    ro_binds: Sequence[tuple[Path, str]] = ()  # more read-only folders, bound elsewhere
+    enabled: bool = True  # False: --unsafe-no-sandbox (same limits, no bubblewrap)
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """What the command sees: the profile's variables, nothing of the host's."""
+        return {"HOME": "/scratch", "TMPDIR": _TMP, "PATH": "/usr/bin:/bin", **self.env}
 
     def argv(self, command: Sequence[str]) -> list[str]:
+        if not self.enabled:
+            return list(command)
         args = [self.bwrap, "--die-with-parent", "--new-session", "--unshare-all"]
         args += ["--ro-bind", "/usr", "/usr"]
         for link in _SYSTEM_LINKS:
@@ -88,13 +101,16 @@ class Sandbox:
         args += ["--bind", str(self.scratch), "/scratch", "--bind", str(self.scratch), _TMP]
         for bound in self.read_only:
             args += ["--ro-bind", str(bound), str(bound)]
+        for host, inside in self.binds:
+            args += ["--bind", str(host), inside]
+        for host, inside in self.ro_binds:
+            args += ["--ro-bind", str(host), inside]
         if self.gateway_socket is not None:
             args += ["--ro-bind", str(self.gateway_socket), GATEWAY_SOCKET]
         # bubblewrap's root is a tmpfs: make it read-only too, so the binds are all that takes
         # writes (and /workspace/.git, bound read-only over the workspace, stays so).
         args += ["--remount-ro", "/", "--chdir", "/workspace", "--clearenv"]
-        env = {"HOME": "/scratch", "TMPDIR": _TMP, "PATH": "/usr/bin:/bin", **self.env}
-        for name, value in env.items():
+        for name, value in self.environment.items():
             args += ["--setenv", name, value]
         return [*args, "--", *command]
 
@@ -103,7 +119,7 @@ class Sandbox:
         """Per-run cgroups capping memory and process count (removed afterwards); empty when
         the host offers none (``probe`` says so)."""
         made: list[Path] = []
-        name = f"corral-{uuid.uuid4().hex[:12]}"
+        name = self.cgroup_name or f"corral-{uuid.uuid4().hex[:12]}"
         wanted = {
             "memory": ("memory.limit_in_bytes", self.limits.memory_bytes),
             "pids": ("pids.max", self.limits.processes),
@@ -125,6 +141,39 @@ class Sandbox:
         finally:
             for group in made:
                 _remove_cgroup(group)
+
+    def spawn(
+        self,
+        command: Sequence[str],
+        groups: Sequence[Path],
+        *,
+        stdout: IO[bytes],
+        stderr: IO[bytes],
+    ) -> subprocess.Popen[bytes]:
+        """Start ``command`` inside (in the cgroups ``groups``, made by ``cgroups``); the caller
+        waits. Without the sandbox it runs in the workspace with only the profile's variables
+        (and the host's PATH) as the uid given."""
+        drop = (
+            {"user": self.uid, "group": self.uid, "extra_groups": []}
+            if self.uid != os.geteuid()
+            else {}
+        )
+        env = (
+            self.environment
+            if self.enabled
+            else {**self.env, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        )
+        return subprocess.Popen(  # type: ignore[call-overload,no-any-return]
+            self.argv(command),
+            **drop,
+            env=None if self.enabled else env,
+            cwd=None if self.enabled else self.workspace,
+            start_new_session=True,
+            preexec_fn=_confine(self.limits, groups, die_with_parent=not self.enabled),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+        )
 
     def run(
         self, command: Sequence[str], *, grace: float = 5.0
@@ -167,8 +216,55 @@ def stop_tree(proc: subprocess.Popen[str], grace: float) -> None:
         proc.wait()
 
 
-def _confine(limits: Limits, groups: Sequence[Path]) -> Callable[[], None]:
+def signal_tree(groups: Sequence[Path], leader: int, sig: int) -> None:
+    """Send ``sig`` to every process of a run: those in its cgroups and its process group.
+
+    SIGTERM spares bubblewrap's own processes: their default action would end the sandbox
+    at once (``--die-with-parent``) instead of giving the agent its grace period.
+    """
+    pids: set[int] = set()
+    for group in groups:
+        with contextlib.suppress(OSError):
+            pids.update(int(p) for p in (group / "cgroup.procs").read_text().split())
+    for pid in pids:
+        if sig == signal.SIGTERM and _is_bwrap(pid):
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+    if sig != signal.SIGTERM or not groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(leader, sig)
+
+
+def _is_bwrap(pid: int) -> bool:
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe")) == "bwrap"
+    except OSError:
+        return False
+
+
+def remove_leftovers(name: str) -> int:
+    """Kill whatever is left in the cgroups named ``name`` (a dead server's run) and remove
+    them; return how many processes were killed."""
+    killed = 0
+    for controller in ("memory", "pids"):
+        group = _CGROUP_ROOT / controller / name
+        if group.is_dir():
+            with contextlib.suppress(OSError):
+                killed = max(killed, len((group / "cgroup.procs").read_text().split()))
+            _remove_cgroup(group)
+    return killed
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _confine(
+    limits: Limits, groups: Sequence[Path], *, die_with_parent: bool = False
+) -> Callable[[], None]:
     def preexec() -> None:  # in the child, after dropping to the run's uid, before exec
+        if die_with_parent:  # bubblewrap does this itself; without it, do it here
+            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         for group in groups:
             (group / "cgroup.procs").write_text(str(os.getpid()))
         resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))

@@ -17,10 +17,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.errors import InvalidRequest
+from corral.errors import Conflict, InvalidRequest
 
 _GIT_ENV = {
     "GIT_TERMINAL_PROMPT": "0",  # never wait for credentials on a terminal
@@ -98,9 +99,68 @@ def hand_over(ws: Workspace, uid: int) -> None:
                 os.chown(os.path.join(folder, name), uid, uid, follow_symlinks=False)
 
 
+def remove_tree(path: Path) -> None:
+    """Delete one folder of a run (its workspace once it is no longer needed)."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def remove(ws: Workspace) -> None:
     """Delete the run's folder (workspace, scratch and artifacts)."""
     shutil.rmtree(ws.root, ignore_errors=True)
+
+
+def check_source(repo: str, ref: str | None) -> str:
+    """Check before queueing that ``repo`` is a repository holding ``ref``; return the
+    repository as it will be cloned (a local path resolved, a URL as given). A URL's ref is
+    checked when the run starts (a failed clone fails the run, saying why)."""
+    source = _source(repo)
+    if "://" not in source and not source.startswith("git@"):
+        _resolve(Path(source), ref or "HEAD", repo, remote=False)
+    return source
+
+
+def deliver_branch(
+    repo: str, base: str, patch: str, branch: str, *, message: str, author: str
+) -> str:
+    """Create ``branch`` in ``repo`` holding ``patch`` applied to ``base``; return its commit.
+
+    The commit is made in a private clone and pushed to the new branch, so the repository's
+    checked-out working tree and index are never touched. An existing branch is refused.
+    """
+    source = _source(repo)
+    if not branch or branch.startswith("-") or " " in branch:
+        raise InvalidRequest(f"--branch {branch!r}: not a usable branch name")
+    _git("check-ref-format", "--branch", branch)
+    existing = subprocess.run(
+        ["git", "ls-remote", "--heads", source, f"refs/heads/{branch}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **_GIT_ENV},
+        timeout=120,
+        check=False,
+    )
+    if existing.stdout.strip():
+        raise Conflict(f"branch {branch} already exists in {repo}; choose another --branch")
+    with tempfile.TemporaryDirectory(prefix="corral-deliver-") as tmp:
+        clone = Path(tmp) / "clone"
+        _git("clone", "--quiet", "--no-local", "--no-checkout", source, str(clone))
+        env = {
+            "GIT_INDEX_FILE": str(Path(tmp) / "index"),
+            "GIT_AUTHOR_NAME": author,
+            "GIT_AUTHOR_EMAIL": "runs@corral.invalid",
+            "GIT_COMMITTER_NAME": "Corral",
+            "GIT_COMMITTER_EMAIL": "runs@corral.invalid",
+        }
+        here = ("-C", str(clone))
+        _git(*here, "read-tree", base, env=env)
+        if patch.strip():
+            patch_file = Path(tmp) / "change.patch"
+            patch_file.write_text(patch)
+            _git(*here, "apply", "--cached", "--binary", str(patch_file), env=env)
+        tree = _git(*here, "write-tree", env=env).strip()
+        commit = _git(*here, "commit-tree", tree, "-p", base, "-m", message, env=env).strip()
+        _git(*here, "push", "--quiet", "origin", f"{commit}:refs/heads/{branch}")
+    return commit
 
 
 def _source(repo: str) -> str:
@@ -112,8 +172,8 @@ def _source(repo: str) -> str:
     return str(path)
 
 
-def _resolve(workspace: Path, ref: str, repo: str) -> str:
-    for candidate in (f"origin/{ref}", ref):
+def _resolve(workspace: Path, ref: str, repo: str, *, remote: bool = True) -> str:
+    for candidate in (f"origin/{ref}", ref) if remote else (ref,):
         try:
             return _git(
                 "-C", str(workspace), "rev-parse", "--verify", "--quiet", f"{candidate}^{{commit}}"

@@ -256,6 +256,63 @@ route_policies = Table(
     Column("created_by", String(40), nullable=True),
 )
 
+# Agent runs (corral.runs). ``state`` is one of corral.runs.model.STATES; every change of it
+# is a row of ``run_events`` saying when, from what, to what, who or what caused it and why.
+# ``executor`` names the process that admitted the run ("host:pid:started"); it writes
+# ``heartbeat_at`` while the run is live, so another process can tell a dead one's runs.
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("org_id", String(40), ForeignKey("orgs.id"), nullable=False),
+    Column("team_id", String(40), ForeignKey("teams.id"), nullable=False),
+    Column("requester_id", String(40), nullable=True),
+    Column("requested_by_key", String(40), nullable=True),
+    Column("owner_id", String(40), ForeignKey("users.id"), nullable=False),
+    Column("profile", String(40), nullable=False),
+    Column("repo", Text, nullable=False),
+    Column("ref", String(200), nullable=False),
+    Column("base_commit", String(64), nullable=True),
+    Column("task", Text, nullable=False),
+    Column("command", JSON, nullable=True),
+    Column("model", String(200), nullable=False),
+    Column("allowed_models", JSON, nullable=False),
+    Column("priority", String(8), nullable=False),
+    Column("budget_nusd", BigInteger, nullable=True),
+    Column("timeout_s", Float, nullable=False),
+    Column("handoff_from", String(40), nullable=True),
+    Column("sandbox", String(20), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("key_id", String(40), nullable=True),
+    Column("executor", String(200), nullable=True),
+    Column("heartbeat_at", Float, nullable=True),
+    Column("exit_code", Integer, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("ended_at", Float, nullable=True),
+    Column("updated_at", Float, nullable=False),
+    Column("workspace_removed_at", Float, nullable=True),
+    Column("delivered_to", Text, nullable=True),
+    # who asked a live run to stop (its executor stops it, then records the cancellation)
+    Column("cancel_requested", String(200), nullable=True),
+    Index("ix_runs_team_created", "team_id", "created_at"),
+    Index("ix_runs_state", "state"),
+)
+
+run_events = Table(
+    "run_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(40), ForeignKey("runs.id"), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("from_state", String(20), nullable=True),
+    Column("to_state", String(20), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("reason", Text, nullable=True),
+    Index("ix_run_events_run", "run_id", "id"),
+)
+
 # Settings the store keeps for itself (the generated admin key's hash, ...).
 meta_kv = Table(
     "meta_kv",

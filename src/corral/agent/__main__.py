@@ -1,0 +1,5 @@
+"""``python -m corral.agent``: run the reference agent (see ``--help``)."""
+
+from corral.agent.command import main
+
+raise SystemExit(main())

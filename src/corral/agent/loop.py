@@ -1,0 +1,128 @@
+"""The agent loop: ask the model, run the tools it asks for, repeat until it answers.
+
+Each turn is one model call with the whole conversation so far. The answer
+either asks for tool calls, which are run in order and appended as ``tool``
+messages, or has none, and then its text is the final summary. The loop also
+ends at the turn limit, or when the gateway refuses a call.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from opentelemetry.trace import Span, Status, StatusCode
+
+from corral.agent.errors import AgentError
+from corral.agent.model import ModelClient
+from corral.agent.telemetry import Telemetry, chat_done, tool_done
+from corral.agent.tools import Toolbox, tool_specs
+
+SYSTEM_PROMPT = """\
+You are a coding agent. You work in the directory {workdir}; every path is relative to it.
+You act only through your tools: list_files, read_file, search, write_file, edit_file, and run
+(a shell command in that directory). Look before you change anything, make the smallest change
+that does the task, and run the tests or commands that show it works. When you are done, answer
+without calling a tool: that answer is your final report, so say what you changed and how you
+checked it."""
+
+Ending = Literal["completed", "turn_limit", "error"]
+EXIT_CODES: dict[Ending, int] = {"completed": 0, "turn_limit": 3, "error": 1}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a run ended: its status, the model's last text, turns used, the error if any."""
+
+    status: Ending
+    summary: str
+    turns: int
+    trace_id: str
+    error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.status]
+
+
+@dataclass
+class Agent:
+    """One conversation: the model, the tools, the spans, and how to log progress."""
+
+    model: str
+    client: ModelClient
+    toolbox: Toolbox
+    telemetry: Telemetry
+    max_turns: int = 30
+    log: Callable[[str], None] = lambda line: None
+
+    def run(self, task: str) -> Outcome:
+        """Work on ``task`` until the model answers without tool calls, or the loop must stop."""
+        system = SYSTEM_PROMPT.format(workdir=self.toolbox.workdir)
+        messages: list[dict[str, Any]] = [
+            {"role": "system", "content": system},
+            {"role": "user", "content": task},
+        ]
+        summary, turns = "", 0
+        with self.telemetry.agent_span(self.model) as span:
+            trace_id = self.telemetry.trace_id(span)
+            try:
+                while turns < self.max_turns:
+                    answer = self.ask(messages)
+                    turns += 1  # a turn counts once answered
+                    messages.append(answer)
+                    summary = answer.get("content") or summary
+                    if not answer.get("tool_calls"):
+                        return finish(span, Outcome("completed", summary, turns, trace_id))
+                    for call in answer["tool_calls"]:
+                        messages.append(self.use_tool(call, turns))
+                return finish(span, Outcome("turn_limit", summary, turns, trace_id))
+            except KeyboardInterrupt:  # Ctrl-C: stop like on SIGTERM, with a report
+                return finish(span, Outcome("error", summary, turns, trace_id, "interrupted"))
+            except AgentError as exc:
+                return finish(span, Outcome("error", summary, turns, trace_id, exc.message))
+
+    def ask(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        """One model call under its ``chat`` span; the assistant message to append."""
+        body = {"model": self.model, "messages": messages, "tools": tool_specs()}
+        with self.telemetry.chat_span(self.model, self.client.url) as (span, headers):
+            answer = self.client.chat(body, headers)
+            chat_done(span, answer)
+        message = answer["choices"][0]["message"]
+        kept = {"role": "assistant", "content": message.get("content")}
+        if message.get("tool_calls"):
+            kept["tool_calls"] = message["tool_calls"]
+        return kept
+
+    def use_tool(self, call: dict[str, Any], turn: int) -> dict[str, Any]:
+        """Run one tool call under its ``execute_tool`` span; the ``tool`` message to append."""
+        function = call.get("function") or {}
+        name, arguments = str(function.get("name")), str(function.get("arguments") or "{}")
+        call_id = str(call.get("id", ""))
+        self.log(f"[turn {turn}] {name} {preview(arguments)}")
+        with self.telemetry.tool_span(name, call_id, arguments) as span:
+            result = self.toolbox.call(name, arguments)
+            tool_done(span, result.text, result.ok)
+        return {"role": "tool", "tool_call_id": call_id, "content": result.text}
+
+
+def finish(span: Span, outcome: Outcome) -> Outcome:
+    """Record the outcome on the agent span and return it."""
+    span.set_attribute("corral.agent.outcome", outcome.status)
+    span.set_attribute("corral.agent.turns", outcome.turns)
+    if outcome.error:
+        span.set_status(Status(StatusCode.ERROR, outcome.error))
+    return outcome
+
+
+def preview(arguments: str, limit: int = 120) -> str:
+    """The arguments as one short line for the progress log."""
+    try:
+        values = json.loads(arguments)
+        text = " ".join(str(v) for v in values.values()) if isinstance(values, dict) else arguments
+    except json.JSONDecodeError:
+        text = arguments
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

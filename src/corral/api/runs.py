@@ -1,0 +1,435 @@
+"""Routes for agent runs: submit, list, show, logs, cancel, artifacts, deliver.
+
+A team's keys see and act on their team's runs, the organisation admin on
+every run; another team's run is 404, as one that does not exist. A run's own
+key may do none of this (a run neither submits runs nor delivers itself).
+Store and git work runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import UTC, datetime
+from pathlib import Path as FsPath
+from typing import Annotated, Protocol, cast
+
+from fastapi import APIRouter, Path, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
+
+from corral.api.context import Ctx, Host
+from corral.errors import InvalidRequest, NotFound, PermissionDenied, StoreError
+from corral.identity.service import parse_duration
+from corral.runs import workspace as workspaces
+from corral.runs.executor import LocalExecutor
+from corral.runs.model import ACTIVE, STATES, Run
+from corral.runs.profiles import AgentContext
+from corral.runs.service import (
+    RunRequest,
+    RunService,
+    actor_of,
+    command_line,
+    refuse_run_keys,
+)
+from corral.store.schema import spans, users
+from corral.traces.spans import run_trace
+
+_RUN_ID = Annotated[str, Path(max_length=40, description="A run id (run_…).")]
+_NANO = 1e9
+
+
+class RunsHost(Host, Protocol):
+    @property
+    def runs(self) -> RunService: ...
+    @property
+    def executor(self) -> LocalExecutor: ...
+
+
+# -- models ---------------------------------------------------------------------------------
+
+
+class SubmitRun(BaseModel):
+    """A run to queue. ``team`` defaults to the key's team, ``owner`` to its user."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str = Field(description="The agent profile: corral, claude-code, codex, aider, "
+                       "gemini or command.")  # fmt: skip
+    repo: str = Field(min_length=1, description="A git repository: a path on the server or a URL.")
+    task: str = Field(description="What the agent is asked to do.")
+    team: str | None = None
+    ref: str | None = Field(default=None, description="Branch, tag or commit (default: HEAD).")
+    command: list[str] | str | None = Field(
+        default=None, description="The command line of the `command` profile."
+    )
+    model: str | None = Field(default=None, description="The model the agent is given.")
+    allow_models: list[str] = Field(
+        default_factory=list, description="Further models the run's key may call."
+    )
+    priority: str = Field(default="normal", description="low, normal or high.")
+    budget_usd: float | None = Field(default=None, description="The run's spending cap.")
+    timeout: str | float | None = Field(
+        default=None, description="Wall-clock limit: seconds, or a duration like 30m or 2h."
+    )
+    owner: str | None = None
+    handoff_from: str | None = Field(
+        default=None, description="A finished run whose artifacts are mounted at /handoff."
+    )
+
+
+class RunEventOut(BaseModel):
+    at: datetime
+    from_state: str | None
+    to_state: str
+    actor: str
+    reason: str | None
+
+
+class RunOut(BaseModel):
+    id: str
+    state: str = Field(description=", ".join(STATES))
+    reason: str | None = Field(description="Why the run is in its state.")
+    team: str
+    owner: str
+    requester: str | None
+    agent: str
+    repo: str
+    ref: str
+    base_commit: str | None
+    task: str
+    command: list[str] | None
+    model: str
+    allowed_models: list[str]
+    priority: str
+    budget_usd: float | None
+    timeout_s: float
+    handoff_from: str | None
+    sandbox: str
+    exit_code: int | None
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    trace_id: str
+    delivered_to: str | None
+    cancel_requested: str | None
+    llm_calls: int = 0
+    cost_usd: float = 0.0
+    events: list[RunEventOut] = Field(default_factory=list)
+
+
+class RunList(BaseModel):
+    runs: list[RunOut]
+
+
+class Artifact(BaseModel):
+    path: str
+    size: int
+
+
+class ArtifactList(BaseModel):
+    artifacts: list[Artifact]
+
+
+class Deliver(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    branch: str | None = Field(default=None, description="Create this branch in the repository.")
+    patch: bool = Field(default=False, description="Answer the change as a patch instead.")
+
+
+class Delivered(BaseModel):
+    run: RunOut
+    branch: str | None = None
+    commit: str | None = None
+    patch: str | None = None
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _host(ctx: Ctx) -> RunsHost:
+    return cast(RunsHost, ctx.host)
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+def _out(ctx: Ctx, run: Run, *, detail: bool = False) -> RunOut:
+    host = _host(ctx)
+    names = _names(ctx, [u for u in (run.owner_id, run.requester_id) if u])
+    calls, cost = 0, 0
+    events: list[RunEventOut] = []
+    if detail:
+        with host.store.connect() as conn:
+            row = conn.execute(
+                select(func.count(), func.coalesce(func.sum(spans.c.cost_nusd), 0)).where(
+                    spans.c.run_id == run.id,
+                    spans.c.kind == "llm_request",
+                    spans.c.duplicate_of.is_(None),
+                )
+            ).one()
+        calls, cost = int(row[0]), int(row[1])
+        events = [
+            RunEventOut(
+                at=cast(datetime, _dt(e.at)), from_state=e.from_state, to_state=e.to_state,
+                actor=e.actor, reason=e.reason,
+            )
+            for e in host.runs.events(run.id)
+        ]  # fmt: skip
+    return RunOut(
+        id=run.id, state=run.state, reason=run.reason,
+        team=ctx.service.get_team(run.team_id).name,
+        owner=names.get(run.owner_id, run.owner_id),
+        requester=names.get(run.requester_id or "", run.requester_id),
+        agent=run.profile, repo=run.repo, ref=run.ref, base_commit=run.base_commit,
+        task=run.task, command=run.command, model=run.model,
+        allowed_models=list(run.allowed_models), priority=run.priority,
+        budget_usd=None if run.budget_nusd is None else run.budget_nusd / _NANO,
+        timeout_s=run.timeout_s, handoff_from=run.handoff_from, sandbox=run.sandbox,
+        exit_code=run.exit_code, created_at=cast(datetime, _dt(run.created_at)),
+        started_at=_dt(run.started_at), ended_at=_dt(run.ended_at),
+        trace_id=run_trace(run.id)[0], delivered_to=run.delivered_to,
+        cancel_requested=run.cancel_requested, llm_calls=calls, cost_usd=cost / _NANO,
+        events=events,
+    )  # fmt: skip
+
+
+def _names(ctx: Ctx, user_ids: list[str]) -> dict[str, str]:
+    with _host(ctx).store.connect() as conn:
+        rows = conn.execute(select(users.c.id, users.c.name).where(users.c.id.in_(user_ids)))
+        return {r.id: r.name for r in rows}
+
+
+def _timeout(value: str | float | None, default: float, most: float) -> float:
+    if value is None:
+        return default
+    seconds = float(value) if isinstance(value, int | float) else parse_duration(value)
+    if seconds <= 0 or seconds > most:
+        raise InvalidRequest(f"--timeout must be more than 0 and at most {most:g} seconds")
+    return seconds
+
+
+def _submit(ctx: Ctx, body: SubmitRun) -> Run:
+    host = _host(ctx)
+    refuse_run_keys(ctx.caller, "submit runs")
+    executor = host.executor
+    if executor.refusal:
+        raise StoreError(executor.refusal, status=503, code="runs_refused")
+    profile = executor.profiles.get(body.agent)
+    if profile is None:
+        known = ", ".join(sorted(executor.profiles))
+        raise InvalidRequest(f"unknown agent profile {body.agent!r}; known: {known}")
+    s = host.settings
+    models = list(host.catalog.models)
+    model = body.model or s.run_default_model or (models[0] if models else "")
+    for name in (model, *body.allow_models):
+        if name not in host.catalog.models:
+            raise InvalidRequest(f"model {name!r} is not in the catalog ({', '.join(models)})")
+    req = RunRequest(
+        team=body.team, profile=body.agent, repo=body.repo, task=body.task, ref=body.ref,
+        command=body.command, model=model, allow_models=body.allow_models,
+        priority=body.priority, budget_usd=body.budget_usd, owner=body.owner,
+        handoff_from=body.handoff_from,
+    )  # fmt: skip
+    probe = AgentContext(
+        run_id="", team="", owner="", task=body.task, model=model, key="", gateway="",
+        traceparent="", workspace="", artifacts="", home="", runtime=executor.runtime,
+        command=_argv(body.command),
+        agent_path=s.run_agent_path or os.environ.get("PATH", ""),
+    )  # fmt: skip
+    profile.check(probe)
+    source = workspaces.check_source(body.repo, body.ref)
+    return host.runs.new_run(
+        req, ctx.caller, source=source, model=model,
+        allowed=list(dict.fromkeys([model, *body.allow_models])),
+        timeout_s=_timeout(body.timeout, s.run_default_timeout, s.run_max_timeout),
+        sandbox=executor.sandbox_label,
+    )  # fmt: skip
+
+
+def _argv(command: list[str] | str | None) -> list[str] | None:
+    return command_line(command)
+
+
+def _folder(host: RunsHost, run: Run) -> FsPath:
+    return host.executor.dir / run.id
+
+
+def _artifacts(host: RunsHost, run: Run) -> list[Artifact]:
+    root = _folder(host, run)
+    found: list[Artifact] = []
+    for name in ("diff.patch", "report.md", "stdout.log", "stderr.log"):
+        path = root / "output" / name
+        if path.is_file():
+            found.append(Artifact(path=name, size=path.stat().st_size))
+    arts = root / "artifacts"
+    if arts.is_dir():
+        for path in sorted(arts.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                found.append(
+                    Artifact(path=f"artifacts/{path.relative_to(arts)}", size=path.stat().st_size)
+                )
+    return found
+
+
+def _artifact_path(host: RunsHost, run: Run, name: str) -> FsPath:
+    root = _folder(host, run)
+    if name in ("diff.patch", "report.md", "stdout.log", "stderr.log"):
+        path = root / "output" / name
+    elif name.startswith("artifacts/"):
+        base = (root / "artifacts").resolve()
+        path = (root / name).resolve()
+        if base not in path.parents:
+            raise NotFound(f"artifact {name} not found")
+    else:
+        raise NotFound(f"artifact {name} not found")
+    if not path.is_file() or path.is_symlink():
+        raise NotFound(f"artifact {name} not found for run {run.id}")
+    return path
+
+
+def _deliver(ctx: Ctx, run_id: str, body: Deliver) -> Delivered:
+    host = _host(ctx)
+    refuse_run_keys(ctx.caller, "deliver runs")
+    run = host.runs.get(run_id, ctx.caller)
+    if (body.branch is None) == (not body.patch):
+        raise InvalidRequest("say how to deliver: a branch name, or patch = true")
+    if run.state not in ("awaiting_review", "approved"):
+        raise InvalidRequest(
+            f"run {run.id} is {run.state.replace('_', ' ')}; only a run awaiting review or "
+            "approved can be delivered"
+        )
+    if ctx.caller.user_id is None and ctx.caller.role != "admin":
+        raise PermissionDenied("delivery needs a person's key")
+    patch_file = _folder(host, run) / "output" / "diff.patch"
+    patch = patch_file.read_text() if patch_file.is_file() else ""
+    actor = actor_of(ctx.caller)
+    if body.branch is not None:
+        if run.base_commit is None:
+            raise InvalidRequest(f"run {run.id} has no base commit to deliver onto")
+        message = (
+            f"{_first_line(run.task)}\n\nCorral run {run.id} ({run.profile}), delivered by {actor}."
+        )
+        commit = workspaces.deliver_branch(
+            run.repo,
+            run.base_commit,
+            patch,
+            body.branch,
+            message=message,
+            author=f"corral {run.id}",
+        )
+        target = f"branch {body.branch} ({commit[:12]})"
+    else:
+        commit, target = None, "patch"
+    if run.state == "awaiting_review":
+        host.runs.transition(
+            run.id, "approved", actor=actor, reason="approved by delivering it (no review gate yet)"
+        )
+    done = host.runs.transition(
+        run.id, "delivered", actor=actor, reason=f"delivered as {target}", delivered_to=target
+    )
+    return Delivered(
+        run=_out(ctx, done, detail=True), branch=body.branch, commit=commit,
+        patch=patch if body.patch else None,
+    )  # fmt: skip
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else "agent run"
+    return line[:72]
+
+
+# -- routes ----------------------------------------------------------------------------------
+
+
+def router() -> APIRouter:
+    r = APIRouter(prefix="/api/v1/runs", tags=["runs"])
+
+    @r.post("", status_code=201, summary="Queue an agent run")
+    async def submit(ctx: Ctx, body: SubmitRun) -> RunOut:
+        run = await asyncio.to_thread(_submit, ctx, body)
+        _host(ctx).executor.wake()
+        return await asyncio.to_thread(_out, ctx, run, detail=True)
+
+    @r.get("", summary="List runs, newest first")
+    async def list_runs(
+        ctx: Ctx,
+        team: str | None = None,
+        state: Annotated[list[str] | None, Query(description="Repeat to match several.")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    ) -> RunList:
+        def work() -> RunList:
+            found = _host(ctx).runs.find(ctx.caller, team=team, states=state or (), limit=limit)
+            return RunList(runs=[_out(ctx, run) for run in found])
+
+        return await asyncio.to_thread(work)
+
+    @r.get("/{run_id}", summary="One run, with its history, calls and cost")
+    async def show(ctx: Ctx, run_id: _RUN_ID) -> RunOut:
+        def work() -> RunOut:
+            return _out(ctx, _host(ctx).runs.get(run_id, ctx.caller), detail=True)
+
+        return await asyncio.to_thread(work)
+
+    @r.post("/{run_id}/cancel", summary="Cancel a run (a live one is stopped first)")
+    async def cancel(ctx: Ctx, run_id: _RUN_ID) -> RunOut:
+        host = _host(ctx)
+        run = await asyncio.to_thread(host.runs.request_cancel, run_id, ctx.caller)
+        if run.state in ACTIVE:
+            host.executor.cancel_local(run_id, actor_of(ctx.caller))
+            deadline = host.settings.run_grace + 2 * host.settings.run_heartbeat_interval + 10
+            loop = asyncio.get_running_loop()
+            end = loop.time() + deadline
+            while run.state in ACTIVE and loop.time() < end:
+                await asyncio.sleep(0.1)
+                run = await asyncio.to_thread(host.runs.load, run_id)
+        return await asyncio.to_thread(_out, ctx, run, detail=True)
+
+    @r.get("/{run_id}/logs", summary="The agent's stdout or stderr, from an offset")
+    async def logs(
+        ctx: Ctx,
+        run_id: _RUN_ID,
+        stream: Annotated[str, Query(pattern="^(stdout|stderr)$")] = "stdout",
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> Response:
+        def work() -> Response:
+            host = _host(ctx)
+            run = host.runs.get(run_id, ctx.caller)
+            path = _folder(host, run) / "output" / f"{stream}.log"
+            data = b""
+            if path.is_file():
+                with path.open("rb") as f:
+                    f.seek(offset)
+                    data = f.read(4 * 1024 * 1024)
+            headers = {
+                "x-corral-next-offset": str(offset + len(data)),
+                "x-corral-run-state": run.state,
+            }
+            return Response(data, media_type="text/plain; charset=utf-8", headers=headers)
+
+        return await asyncio.to_thread(work)
+
+    @r.get("/{run_id}/artifacts", summary="What a run left: diff, report, logs, its artifacts")
+    async def artifacts(ctx: Ctx, run_id: _RUN_ID) -> ArtifactList:
+        def work() -> ArtifactList:
+            host = _host(ctx)
+            return ArtifactList(artifacts=_artifacts(host, host.runs.get(run_id, ctx.caller)))
+
+        return await asyncio.to_thread(work)
+
+    @r.get("/{run_id}/artifacts/{name:path}", summary="One artifact's content")
+    async def artifact(ctx: Ctx, run_id: _RUN_ID, name: str) -> Response:
+        def work() -> Response:
+            host = _host(ctx)
+            path = _artifact_path(host, host.runs.get(run_id, ctx.caller), name)
+            return Response(path.read_bytes(), media_type="application/octet-stream")
+
+        return await asyncio.to_thread(work)
+
+    @r.post("/{run_id}/deliver", summary="Deliver a run's change as a branch or a patch")
+    async def deliver(ctx: Ctx, run_id: _RUN_ID, body: Deliver) -> Delivered:
+        return await asyncio.to_thread(_deliver, ctx, run_id, body)
+
+    return r

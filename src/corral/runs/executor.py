@@ -1,0 +1,628 @@
+"""The local executor: runs agents as sandboxed subprocesses of this process.
+
+Each process has ``run_slots`` slots. Its loop admits queued runs (priority,
+then first come first served; a team at its ``run_team_concurrency`` is
+skipped, not waited on), records a heartbeat for its live runs, stops the runs
+someone asked to cancel, fails the runs of executors that died, and removes
+old workspaces. Admission is a compare-and-set on the run's state, so two
+processes never start the same run.
+
+A run's life here: clone the workspace, mint the run key (limited to the
+run's models, its budget a level of the quota chain), start the agent in the
+sandbox with the gateway reachable over a Unix socket, wait for it (the
+wall-clock limit, a cancel, or the server stopping end it: SIGTERM to every
+process of the run, SIGKILL after ``run_grace``), revoke the key, collect the
+diff, logs and report, record the run span, and leave the run awaiting review
+or failed, saying why.
+
+A server that stops takes its runs' processes with it (bubblewrap's
+``--die-with-parent``, ``PR_SET_PDEATHSIG`` without the sandbox) and marks
+them failed when it can. One that dies leaves its runs live in the store; the
+next process to start on this host (or any process, once the heartbeat is
+``run_stale_after`` old) kills what is left in their cgroups and marks them
+failed with the reason. No run is re-attached: its agent died with the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from corral.clock import Clock
+from corral.errors import ClientError, ConfigError, CorralError, InvalidRequest
+from corral.identity.keys import KeyCache
+from corral.identity.service import IdentityService
+from corral.quota import Level
+from corral.quota.gate import QuotaGate
+from corral.runs import sandbox as sandboxes
+from corral.runs import workspace as workspaces
+from corral.runs.model import LIVE, PRIORITIES, Run
+from corral.runs.profiles import AgentContext, Profile
+from corral.runs.runtime import Runtime, find
+from corral.runs.service import RunService
+from corral.settings import Settings
+from corral.store import Store
+from corral.traces.spans import SPAN_DEFAULTS, run_trace, traceparent
+
+log = logging.getLogger(__name__)
+
+INSIDE_PORT = 4000
+"""The loopback port the gateway relay listens on inside a sandbox."""
+SYSTEM = "executor"
+
+
+class RunHost(Protocol):
+    """What the executor needs from the application object."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def keys(self) -> KeyCache: ...
+    @property
+    def quotas(self) -> QuotaGate: ...
+    def record_spans(self, *rows: dict[str, Any]) -> None: ...
+
+
+@dataclass(slots=True)
+class _Live:
+    run: Run
+    task: asyncio.Task[None]
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    stop_reason: tuple[str, str, str] | None = None  # (state, actor, reason)
+
+
+def executor_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
+
+
+class LocalExecutor:
+    def __init__(
+        self,
+        host: RunHost,
+        asgi: Callable[..., Any],
+        runs: RunService,
+        identity: IdentityService,
+        profiles: dict[str, Profile],
+    ) -> None:
+        s = host.settings
+        self.host = host
+        self._asgi = asgi
+        self.runs = runs
+        self.identity = identity
+        self.profiles = profiles
+        self.dir = (s.runs_dir or s.home / "runs").resolve()
+        self.id = executor_id()
+        self.unsafe = s.unsafe_no_sandbox
+        self.uid = s.run_uid if os.geteuid() == 0 else os.geteuid()
+        self.refusal: str | None = None
+        self.runtime: Runtime | None = None
+        self._live: dict[str, _Live] = {}
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._server: Any = None
+        self._socket = self.dir / f".gateway-{os.getpid()}.sock"
+
+    @property
+    def sandbox_label(self) -> str:
+        return "none (unsafe)" if self.unsafe else "bubblewrap"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Probe the sandbox, serve the gateway socket, recover dead runs, start the loop."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o711)
+        self.refusal = await asyncio.to_thread(self._probe)
+        if self.refusal:
+            log.warning("%s", self.refusal)
+        await self._serve_socket()
+        await asyncio.to_thread(self._recover)
+        self._loop_task = asyncio.create_task(self._loop(), name="corral-runs")
+
+    async def stop(self) -> None:
+        """Stop the loop; stop every live run (failed: the server stopped) and wait for it."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        for live in list(self._live.values()):
+            self._request_stop(live, "failed", SYSTEM, "the server stopped while the run was live")
+        if self._live:
+            await asyncio.gather(
+                *(live.task for live in self._live.values()), return_exceptions=True
+            )
+        if self._server is not None:
+            self._server.should_exit = True
+            await self._server.shutdown()
+            self._server = None
+        self._socket.unlink(missing_ok=True)
+
+    def _probe(self) -> str | None:
+        problems: list[str] = []
+        try:
+            self.runtime = find(self.uid)
+        except ConfigError as exc:
+            problems.append(exc.message)
+        if not self.unsafe:
+            problems += sandboxes.probe(self.dir / ".probe").problems
+        if not _reachable(self.dir, self.uid):
+            problems.append(
+                f"the runs folder {self.dir} is inside a folder the run's uid {self.uid} "
+                "cannot enter; set runs_dir to a folder under one others may traverse"
+            )
+        if not problems:
+            return None
+        fix = "" if self.unsafe else " (--unsafe-no-sandbox runs them anyway, for development)"
+        return "agent runs are refused on this server: " + "; ".join(problems) + fix
+
+    async def _serve_socket(self) -> None:
+        import uvicorn  # the server is only needed where runs are executed
+
+        self._socket.unlink(missing_ok=True)
+        config = uvicorn.Config(
+            self._asgi, uds=str(self._socket), lifespan="off", log_level="warning",
+            http="httptools", loop="none", timeout_graceful_shutdown=5,
+        )  # fmt: skip
+        config.load()
+        server = uvicorn.Server(config)
+        server.lifespan = config.lifespan_class(config)
+        await server.startup()
+        self._socket.chmod(0o666)  # the run's uid connects; keys still authenticate each call
+        self._server = server
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        interval = self.host.settings.run_heartbeat_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()
+            try:
+                admitted = await asyncio.to_thread(self._tick)
+            except Exception:  # the store may be briefly unavailable; the loop must go on
+                log.exception("the run executor's loop failed; retrying")
+                continue
+            for run in admitted:
+                self._live[run.id] = _Live(run, asyncio.create_task(self._guarded(run.id)))
+
+    def _tick(self) -> list[Run]:
+        now = self.host.clock.now()
+        if self._live:
+            for run_id in list(self._live):
+                self.runs.update(run_id, heartbeat_at=now)
+            for run_id, who in self.runs.cancel_requests(list(self._live)).items():
+                live = self._live.get(run_id)
+                if live is not None:
+                    self._request_stop(live, "cancelled", who, "cancelled; the run was stopped")
+        self._fail_stale(now)
+        self._sweep_workspaces(now)
+        return self._admit()
+
+    def _admit(self) -> list[Run]:
+        """Claim queued runs for this process's free slots (the loop starts them)."""
+        admitted: list[Run] = []
+        free = self.host.settings.run_slots - len(self._live)
+        if free <= 0 or self.refusal:
+            return admitted
+        queued = sorted(self.runs.queued(), key=lambda r: (PRIORITIES[r.priority], r.created_at))
+        if not queued:
+            return admitted
+        live_by_team: dict[str, int] = {}
+        for run in self.runs.in_states(tuple(LIVE)):
+            live_by_team[run.team_id] = live_by_team.get(run.team_id, 0) + 1
+        for run in queued:
+            if free <= 0:
+                break
+            if live_by_team.get(run.team_id, 0) >= self._team_limit(run.team_id):
+                continue
+            try:
+                run = self.runs.transition(
+                    run.id, "admitted", actor=SYSTEM, reason=f"admitted by {self.id}",
+                    executor=self.id, heartbeat_at=self.host.clock.now(),
+                )  # fmt: skip
+            except ClientError:
+                continue  # another process took it, or it was cancelled
+            live_by_team[run.team_id] = live_by_team.get(run.team_id, 0) + 1
+            free -= 1
+            admitted.append(run)
+        return admitted
+
+    def _team_limit(self, team_id: str) -> int:
+        s = self.host.settings
+        if s.run_team_limits:
+            name = self.identity.get_team(team_id).name
+            if name in s.run_team_limits:
+                return s.run_team_limits[name]
+        return s.run_team_concurrency
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Fail the live runs of executors on this host that no longer exist."""
+        here = socket.gethostname()
+        for run in self.runs.in_states(tuple(LIVE)):
+            host, pid = _host_pid(run.executor)
+            if host == here and pid is not None and not _alive(pid):
+                self._fail_dead(run, f"the server process that ran it ({run.executor}) ended")
+
+    def _fail_stale(self, now: float) -> None:
+        stale = self.host.settings.run_stale_after
+        for run in self.runs.in_states(tuple(LIVE)):
+            if run.id in self._live or run.executor == self.id:
+                continue
+            if run.heartbeat_at is None or now - run.heartbeat_at > stale:
+                self._fail_dead(
+                    run, f"its executor ({run.executor}) sent no heartbeat for {stale:.0f} s"
+                )
+
+    def _fail_dead(self, run: Run, why: str) -> None:
+        killed = sandboxes.remove_leftovers(_cgroup(run.id))
+        if run.key_id:
+            with contextlib.suppress(CorralError):
+                self.identity.revoke_key(run.key_id)
+        reason = f"{why} while the run was {run.state}; " + (
+            f"{killed} leftover processes were killed" if killed else "no process was left"
+        )
+        with contextlib.suppress(ClientError):
+            self.runs.transition(
+                run.id, "failed", actor=SYSTEM, reason=reason, ended_at=self.host.clock.now()
+            )
+            log.warning("run %s failed: %s", run.id, reason)
+
+    def _sweep_workspaces(self, now: float) -> None:
+        keep = self.host.settings.run_workspace_retention
+        for folder in self.dir.glob("run_*/workspace"):
+            run_id = folder.parent.name
+            if run_id in self._live:
+                continue
+            try:
+                run = self.runs.load(run_id)
+            except ClientError:
+                continue
+            if run.ended_at is not None and now - run.ended_at >= keep:
+                workspaces.remove_tree(folder)
+                self.runs.update(run_id, workspace_removed_at=now)
+
+    # -- one run -------------------------------------------------------------------------------
+
+    def cancel_local(self, run_id: str, actor: str) -> bool:
+        """Stop a run this process holds now (without waiting for the next tick)."""
+        live = self._live.get(run_id)
+        if live is None:
+            return False
+        self._request_stop(live, "cancelled", actor, "cancelled; the run was stopped")
+        return True
+
+    def _request_stop(self, live: _Live, state: str, actor: str, reason: str) -> None:
+        if live.stop_reason is None:
+            live.stop_reason = (state, actor, reason)
+        live.task.get_loop().call_soon_threadsafe(live.stop.set)
+
+    async def _guarded(self, run_id: str) -> None:
+        try:
+            await self._execute(run_id)
+        except Exception as exc:
+            log.exception("run %s failed in the executor", run_id)
+            with contextlib.suppress(CorralError):
+                await asyncio.to_thread(
+                    self.runs.transition, run_id, "failed", actor=SYSTEM,
+                    reason=f"Corral failed to run it: {exc}", ended_at=self.host.clock.now(),
+                )  # fmt: skip
+        finally:
+            self._live.pop(run_id, None)
+            self._wake.set()
+
+    async def _execute(self, run_id: str) -> None:
+        live = self._live[run_id]
+        run = live.run
+        try:
+            ws = await asyncio.to_thread(workspaces.prepare, run.repo, run.ref, self.dir, run.id)
+        except InvalidRequest as exc:
+            await asyncio.to_thread(
+                self.runs.transition, run.id, "failed", actor=SYSTEM,
+                reason=f"the workspace could not be made: {exc.message}",
+                ended_at=self.host.clock.now(),
+            )  # fmt: skip
+            return
+        await asyncio.to_thread(self.runs.update, run.id, base_commit=ws.base)
+        key_id, raw = await self._mint_key(run)
+        try:
+            outcome = await self._run_agent(live, ws, raw)
+        finally:
+            await asyncio.to_thread(self._end_key, key_id)
+        await self._finish(live, ws, outcome)
+
+    async def _mint_key(self, run: Run) -> tuple[str, str]:
+        """The run's key (its models, expiring after the wall clock) and its budget level."""
+        expires = self.host.clock.now() + run.timeout_s + 2 * self.host.settings.run_grace + 60
+        key, raw = await asyncio.to_thread(
+            self.identity.create_key, run.team_id, run.owner_id, name=f"run {run.id}",
+            models=run.allowed_models, expires_at=expires, run_id=run.id, created_by=SYSTEM,
+        )  # fmt: skip
+        if run.budget_nusd is not None:
+            level = Level("run", run.id, run.id)
+            await asyncio.to_thread(
+                self.host.quotas.rules.set_budget, level, "usd", "total", run.budget_nusd,
+                by=SYSTEM,
+            )  # fmt: skip
+            await self.host.quotas.reload()
+        await asyncio.to_thread(self.runs.update, run.id, key_id=key.id)
+        return key.id, raw
+
+    def _end_key(self, key_id: str) -> None:
+        key = self.identity.revoke_key(key_id)
+        self.host.keys.forget(key.key_hash)
+
+    def _context(self, run: Run, raw: str, gateway: str, ws: workspaces.Workspace) -> AgentContext:
+        team = self.identity.get_team(run.team_id).name
+        owner = self.identity.get_user(run.owner_id).name
+        trace_id, root = run_trace(run.id)
+        inside = self.unsafe is False
+        return AgentContext(
+            run_id=run.id,
+            team=team,
+            owner=owner,
+            task=run.task,
+            model=run.model,
+            key=raw,
+            gateway=gateway,
+            traceparent=traceparent(trace_id, root),
+            workspace="/workspace" if inside else str(ws.path),
+            artifacts="/artifacts" if inside else str(ws.artifacts),
+            home="/scratch" if inside else str(ws.scratch),
+            handoff=("/handoff" if inside else str(self._handoff(run)))
+            if run.handoff_from
+            else None,
+            command=run.command,
+            runtime=self.runtime,
+            agent_path=self.host.settings.run_agent_path or os.environ.get("PATH", ""),
+        )
+
+    def _handoff(self, run: Run) -> Path:
+        return self.dir / str(run.handoff_from) / "artifacts"
+
+    async def _run_agent(self, live: _Live, ws: workspaces.Workspace, raw: str) -> _Outcome:
+        run = live.run
+        port = INSIDE_PORT if not self.unsafe else _free_port()
+        ctx = self._context(run, raw, f"http://127.0.0.1:{port}", ws)
+        profile = self.profiles[run.profile]
+        profile.check(ctx)
+        home = ws.scratch
+        for rel, text in profile.files(ctx).items():
+            target = home / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        extra_ro = profile.read_only(ctx)
+        assert self.runtime is not None  # the probe found it, or runs are refused
+        relay = [*self.runtime.module("corral.runs.forward"), "--listen", f"127.0.0.1:{port}"]
+        relay += ["--socket", sandboxes.GATEWAY_SOCKET if not self.unsafe else str(self._socket)]
+        command = [*relay, "--", *profile.command(ctx)]
+        box = sandboxes.Sandbox(
+            workspace=ws.path,
+            scratch=ws.scratch,
+            env=profile.environment(ctx),
+            limits=self._limits(run),
+            read_only=[*self.runtime.read_only, *extra_ro],
+            gateway_socket=self._socket,
+            uid=self.uid,
+            cgroup_name=_cgroup(run.id),
+            enabled=not self.unsafe,
+            binds=[(ws.artifacts, "/artifacts")],
+            ro_binds=[(self._handoff(run), "/handoff")] if run.handoff_from else [],
+        )
+        await asyncio.to_thread(_hand_over, ws, self.uid)
+        logs = ws.root / "output"
+        logs.mkdir(exist_ok=True)
+        now = self.host.clock.now()
+        live.run = await asyncio.to_thread(
+            self.runs.transition, run.id, "running", actor=SYSTEM,
+            reason=f"started {run.profile} ({self.sandbox_label})", started_at=now,
+        )  # fmt: skip
+        with (
+            box.cgroups() as groups,
+            (logs / "stdout.log").open("wb") as out,
+            (logs / "stderr.log").open("wb") as err,
+        ):
+            proc = await asyncio.to_thread(box.spawn, command, groups, stdout=out, stderr=err)
+            return await self._wait(live, proc, groups)
+
+    def _limits(self, run: Run) -> sandboxes.Limits:
+        s = self.host.settings
+        return sandboxes.Limits(
+            memory_bytes=s.run_memory_mb * 1024 * 1024,
+            processes=s.run_processes,
+            open_files=s.run_open_files,
+            cpu_seconds=s.run_cpu_seconds,
+            wall_seconds=run.timeout_s,
+        )
+
+    async def _wait(
+        self, live: _Live, proc: subprocess.Popen[bytes], groups: list[Path]
+    ) -> _Outcome:
+        waiter = asyncio.ensure_future(_exited(proc))
+        stopper = asyncio.ensure_future(live.stop.wait())
+        done, _ = await asyncio.wait(
+            {waiter, stopper}, timeout=live.run.timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        if waiter in done:
+            stopper.cancel()
+            return _Outcome(proc.returncode, None)
+        if live.stop_reason is None:
+            live.stop_reason = (
+                "failed", SYSTEM, f"the wall-clock limit ({_duration(live.run.timeout_s)}) passed",
+            )  # fmt: skip
+        stopper.cancel()
+        grace = self.host.settings.run_grace
+        sandboxes.signal_tree(groups, proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), grace)
+        except TimeoutError:
+            sandboxes.signal_tree(groups, proc.pid, signal.SIGKILL)
+            await waiter
+        return _Outcome(proc.returncode, live.stop_reason)
+
+    async def _finish(self, live: _Live, ws: workspaces.Workspace, outcome: _Outcome) -> None:
+        run = live.run
+        out = ws.root / "output"
+        patch = await asyncio.to_thread(workspaces.diff, ws)
+        (out / "diff.patch").write_text(patch)
+        stdout = (out / "stdout.log").read_text(errors="replace")[-200_000:]
+        report = self.profiles[run.profile].report(ws.artifacts, stdout)
+        if report is not None:
+            (out / "report.md").write_text(report)
+        state, actor, reason = outcome.verdict(patch)
+        now = self.host.clock.now()
+        live.run = await asyncio.to_thread(
+            self.runs.transition, run.id, state, actor=actor, reason=reason, ended_at=now,
+            exit_code=outcome.code,
+        )  # fmt: skip
+        self.host.record_spans(_run_span(live.run))
+        if self.host.settings.run_workspace_retention == 0:
+            await asyncio.to_thread(workspaces.remove_tree, ws.path)
+            await asyncio.to_thread(self.runs.update, run.id, workspace_removed_at=now)
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    code: int | None
+    stopped: tuple[str, str, str] | None  # (state, actor, reason) when Corral stopped it
+
+    def verdict(self, patch: str) -> tuple[str, str, str]:
+        if self.stopped is not None:
+            return self.stopped
+        if self.code != 0:
+            how = (
+                f"signal {-self.code}"
+                if self.code is not None and self.code < 0
+                else f"code {self.code}"
+            )
+            return "failed", SYSTEM, f"the agent exited with {how}"
+        files = sum(1 for line in patch.splitlines() if line.startswith("diff --git "))
+        change = f"{files} file{'s' if files != 1 else ''} changed" if files else "no change"
+        return "awaiting_review", SYSTEM, f"the agent finished: {change}"
+
+
+def _run_span(run: Run) -> dict[str, Any]:
+    trace_id, root = run_trace(run.id)
+    start = run.started_at or run.created_at
+    return {
+        **SPAN_DEFAULTS,
+        "span_id": root,
+        "trace_id": trace_id,
+        "kind": "run",
+        "name": f"run {run.profile}",
+        "org_id": run.org_id,
+        "team_id": run.team_id,
+        "user_id": run.owner_id,
+        "key_id": run.key_id,
+        "run_id": run.id,
+        "owner_id": run.owner_id,
+        "model_requested": run.model,
+        "status": "ok" if run.state == "awaiting_review" else "error",
+        "error_message": None if run.state == "awaiting_review" else run.reason,
+        "start_ns": int(start * 1e9),
+        "end_ns": int((run.ended_at or start) * 1e9),
+        "source": "corral",
+        "attributes": {
+            "run.state": run.state,
+            "run.profile": run.profile,
+            "run.exit_code": run.exit_code,
+            "run.sandbox": run.sandbox,
+            "run.repo": run.repo,
+            "run.base_commit": run.base_commit,
+        },
+    }
+
+
+def _hand_over(ws: workspaces.Workspace, uid: int) -> None:
+    if uid == os.geteuid():
+        return
+    workspaces.hand_over(ws, uid)
+    os.chown(ws.artifacts, uid, uid)
+
+
+def _cgroup(run_id: str) -> str:
+    return f"corral-{run_id}"
+
+
+def _host_pid(executor: str | None) -> tuple[str | None, int | None]:
+    if not executor:
+        return None, None
+    parts = executor.split(":")
+    try:
+        return parts[0], int(parts[1])
+    except (IndexError, ValueError):
+        return parts[0], None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reachable(folder: Path, uid: int) -> bool:
+    from corral.runs.runtime import reachable
+
+    return uid == os.geteuid() or reachable(folder, uid)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:.0f}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds:g}s"
+
+
+async def _exited(proc: subprocess.Popen[bytes]) -> int:
+    """Wait for ``proc`` without holding a thread: its pidfd becomes readable when it exits."""
+    loop = asyncio.get_running_loop()
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except OSError:  # no pidfd (old kernel): poll
+        while proc.poll() is None:  # noqa: ASYNC110 - nothing to wait on but the process
+            await asyncio.sleep(0.1)
+        return proc.returncode
+    done: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    return proc.wait()

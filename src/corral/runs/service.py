@@ -1,0 +1,289 @@
+"""Runs in the store: submit, read, move between states, ask to cancel.
+
+Every state change is a compare-and-set on ``runs.state`` plus a ``run_events``
+row in the same transaction, so two processes (or a cancel racing the
+executor) can never both move a run, and the history never disagrees with the
+state. All methods block (call them in a thread).
+
+Who may do what: the organisation admin, any run; a team's keys (admin or
+not), their team's runs; a run's own key, nothing here (a run neither submits
+runs nor delivers itself).
+"""
+
+from __future__ import annotations
+
+import shlex
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from corral.clock import Clock
+from corral.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
+from corral.identity.keys import KeyInfo
+from corral.identity.service import IdentityService
+from corral.runs.model import ACTIVE, PRIORITIES, Run, RunEvent, check_transition
+from corral.store import Store
+from corral.store.schema import run_events, runs
+
+MAX_TASK_CHARS = 200_000
+NANO_PER_USD = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """What ``corral runs submit`` sends; names (team, owner) may be names or ids."""
+
+    team: str | None
+    profile: str
+    repo: str
+    task: str
+    ref: str | None = None
+    command: Sequence[str] | str | None = None
+    model: str | None = None
+    allow_models: Sequence[str] = ()
+    priority: str = "normal"
+    budget_usd: float | None = None
+    timeout_s: float | None = None
+    owner: str | None = None
+    handoff_from: str | None = None
+
+
+def actor_of(key: KeyInfo) -> str:
+    """How a key appears in a run's history: its user, else the key itself."""
+    if key.role == "admin":
+        return "admin"
+    return f"user:{key.user_id}" if key.user_id else f"key:{key.key_id}"
+
+
+def refuse_run_keys(key: KeyInfo, what: str) -> None:
+    if key.run_id is not None:
+        raise PermissionDenied(f"a run's own key may not {what}; use a person's key")
+
+
+class RunService:
+    def __init__(self, store: Store, clock: Clock, identity: IdentityService) -> None:
+        self._store = store
+        self._clock = clock
+        self._identity = identity
+
+    # -- submit ------------------------------------------------------------------------
+
+    def new_run(
+        self,
+        req: RunRequest,
+        key: KeyInfo,
+        *,
+        source: str,
+        model: str,
+        allowed: list[str],
+        timeout_s: float,
+        sandbox: str,
+    ) -> Run:
+        """Insert a queued run (the caller has checked profile, repo and model)."""
+        refuse_run_keys(key, "submit runs")
+        team = self._identity.get_team(req.team or key.team_id or "")
+        if key.role != "admin" and team.id != key.team_id:
+            raise PermissionDenied(
+                f"this key may only submit runs for its own team, not {team.name}"
+            )
+        owner_ref = req.owner or key.user_id
+        if owner_ref is None:
+            raise InvalidRequest("name the run's owner (--owner USER): the admin key has no user")
+        owner = self._identity.get_user(owner_ref, team_id=team.id)
+        if req.priority not in PRIORITIES:
+            raise InvalidRequest(f"--priority must be one of {', '.join(PRIORITIES)}")
+        if not req.task.strip():
+            raise InvalidRequest("the task is empty: give --task TEXT or --task-file FILE")
+        if len(req.task) > MAX_TASK_CHARS:
+            raise InvalidRequest(f"the task is longer than {MAX_TASK_CHARS} characters")
+        if req.handoff_from is not None:
+            earlier = self.get(req.handoff_from, key)
+            if earlier.team_id != team.id:
+                raise NotFound(f"run {req.handoff_from} not found")
+            if earlier.state in ACTIVE:
+                raise Conflict(
+                    f"run {earlier.id} is {earlier.state}; hand off from a run that has ended"
+                )
+        budget = None
+        if req.budget_usd is not None:
+            if req.budget_usd <= 0:
+                raise InvalidRequest("--budget-usd must be more than 0")
+            budget = round(req.budget_usd * NANO_PER_USD)
+        now = self._clock.now()
+        run_id = "run_" + uuid.uuid4().hex[:20]
+        values: dict[str, Any] = {
+            "id": run_id,
+            "org_id": team.org_id,
+            "team_id": team.id,
+            "requester_id": key.user_id,
+            "requested_by_key": key.key_id,
+            "owner_id": owner.id,
+            "profile": req.profile,
+            "repo": source,
+            "ref": req.ref or "HEAD",
+            "task": req.task,
+            "command": command_line(req.command),
+            "model": model,
+            "allowed_models": allowed,
+            "priority": req.priority,
+            "budget_nusd": budget,
+            "timeout_s": timeout_s,
+            "handoff_from": req.handoff_from,
+            "sandbox": sandbox,
+            "state": "queued",
+            "created_at": now,
+            "updated_at": now,
+        }
+        with self._store.begin() as conn:
+            conn.execute(runs.insert().values(**values))
+            conn.execute(
+                run_events.insert().values(
+                    run_id=run_id, at=now, from_state=None, to_state="queued",
+                    actor=actor_of(key), reason=f"submitted ({req.profile}, sandbox {sandbox})",
+                )
+            )  # fmt: skip
+        return self.load(run_id)
+
+    # -- read ----------------------------------------------------------------------------
+
+    def load(self, run_id: str) -> Run:
+        """A run by id, whoever asks (for the executor)."""
+        with self._store.connect() as conn:
+            row = conn.execute(select(runs).where(runs.c.id == run_id)).first()
+        if row is None:
+            raise NotFound(f"run {run_id} not found")
+        return Run.from_row(row)
+
+    def get(self, run_id: str, key: KeyInfo) -> Run:
+        """A run ``key`` may see; another team's run is 404 exactly like a missing one."""
+        refuse_run_keys(key, "read runs")
+        run = self.load(run_id) if len(run_id) <= 40 else None
+        if run is None or (key.role != "admin" and run.team_id != key.team_id):
+            raise NotFound(f"run {run_id[:40]} not found")
+        return run
+
+    def find(
+        self,
+        key: KeyInfo,
+        *,
+        team: str | None = None,
+        states: Sequence[str] = (),
+        owner: str | None = None,
+        limit: int = 50,
+    ) -> list[Run]:
+        refuse_run_keys(key, "read runs")
+        query = select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)
+        if key.role != "admin":
+            query = query.where(runs.c.team_id == key.team_id)
+        if team is not None:
+            team_row = self._identity.get_team(team)
+            if key.role != "admin" and team_row.id != key.team_id:
+                raise NotFound(f"team {team} not found")
+            query = query.where(runs.c.team_id == team_row.id)
+        if states:
+            query = query.where(runs.c.state.in_(list(states)))
+        if owner is not None:
+            query = query.where(runs.c.owner_id == owner)
+        with self._store.connect() as conn:
+            return [Run.from_row(r) for r in conn.execute(query)]
+
+    def events(self, run_id: str) -> list[RunEvent]:
+        with self._store.connect() as conn:
+            rows = conn.execute(
+                select(run_events).where(run_events.c.run_id == run_id).order_by(run_events.c.id)
+            )
+            return [RunEvent.from_row(r) for r in rows]
+
+    def queued(self) -> list[Run]:
+        """Queued runs, oldest first (the executor orders them by priority)."""
+        with self._store.connect() as conn:
+            rows = conn.execute(
+                select(runs).where(runs.c.state == "queued").order_by(runs.c.created_at)
+            )
+            return [Run.from_row(r) for r in rows]
+
+    def in_states(self, states: Sequence[str]) -> list[Run]:
+        with self._store.connect() as conn:
+            rows = conn.execute(select(runs).where(runs.c.state.in_(list(states))))
+            return [Run.from_row(r) for r in rows]
+
+    # -- change ----------------------------------------------------------------------------
+
+    def transition(
+        self, run_id: str, new: str, *, actor: str, reason: str | None = None, **fields: Any
+    ) -> Run:
+        """Move a run to ``new`` (compare-and-set on its current state); ``Conflict`` when it
+        is no longer in a state that may become ``new``."""
+        run = self.load(run_id)
+        check_transition(run_id, run.state, new)
+        now = self._clock.now()
+        values = {"state": new, "updated_at": now, "reason": reason, **fields}
+        with self._store.begin() as conn:
+            done = conn.execute(
+                runs.update().where(runs.c.id == run_id, runs.c.state == run.state).values(**values)
+            ).rowcount
+            if done != 1:
+                raise Conflict(f"run {run_id} changed state meanwhile; it is no longer {run.state}")
+            conn.execute(
+                run_events.insert().values(
+                    run_id=run_id, at=now, from_state=run.state, to_state=new, actor=actor,
+                    reason=reason,
+                )
+            )  # fmt: skip
+        return self.load(run_id)
+
+    def update(self, run_id: str, **fields: Any) -> None:
+        """Change fields that are not the state (heartbeat, base commit, key id...)."""
+        with self._store.begin() as conn:
+            conn.execute(runs.update().where(runs.c.id == run_id).values(**fields))
+
+    def request_cancel(self, run_id: str, key: KeyInfo) -> Run:
+        """Cancel a queued run now; ask the executor holding a live one to stop it."""
+        refuse_run_keys(key, "cancel runs")
+        run = self.get(run_id, key)
+        actor = actor_of(key)
+        if run.state == "queued":
+            try:
+                return self.transition(run_id, "cancelled", actor=actor, reason="cancelled")
+            except Conflict:
+                run = self.load(run_id)  # admitted meanwhile: stop it like a live one
+        if run.state not in ACTIVE:
+            raise Conflict(f"run {run_id} is {run.state.replace('_', ' ')}; nothing to cancel")
+        self.update(run_id, cancel_requested=actor)
+        return self.load(run_id)
+
+    def cancel_requests(self, run_ids: Sequence[str]) -> dict[str, str]:
+        """Which of ``run_ids`` someone asked to cancel, and who."""
+        if not run_ids:
+            return {}
+        with self._store.connect() as conn:
+            rows = conn.execute(
+                select(runs.c.id, runs.c.cancel_requested).where(
+                    runs.c.id.in_(list(run_ids)), runs.c.cancel_requested.is_not(None)
+                )
+            )
+            return {r.id: r.cancel_requested for r in rows}
+
+
+def command_line(command: Sequence[str] | str | None) -> list[str] | None:
+    """``--command`` as argv: a string is split like a shell would (no shell runs it)."""
+    if command is None:
+        return None
+    argv = shlex.split(command) if isinstance(command, str) else list(command)
+    if not argv:
+        raise InvalidRequest("--command is empty")
+    return argv
+
+
+def owner_names(identity: IdentityService, user_ids: Sequence[str]) -> dict[str, str]:
+    """User names by id, for showing runs to people."""
+    found: dict[str, str] = {}
+    for user_id in set(user_ids):
+        try:
+            found[user_id] = identity.get_user(user_id).name
+        except NotFound:
+            continue
+    return found
