@@ -67,12 +67,14 @@ def test_every_row_is_a_complete_span_row(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ALL_FIXTURES)
-def test_identity_comes_from_the_key_and_run_from_the_resource(name: str) -> None:
-    """Team, user, key and owner are the key's; run_id is the resource's corral.run_id claim."""
+def test_identity_comes_from_the_key_and_a_claimed_run_is_only_an_attribute(name: str) -> None:
+    """Team, user, key and owner are the key's; a resource's corral.run_id claim made with a
+    key that is not that run's is kept as an attribute, never as the span's run."""
     for row in load(name).rows:
         assert (row["org_id"], row["team_id"], row["user_id"]) == ("org_1", "team_pay", "usr_ada")
-        assert (row["key_id"], row["owner_id"], row["run_id"]) == ("key_ada", "usr_ada", "run_x")
+        assert (row["key_id"], row["owner_id"], row["run_id"]) == ("key_ada", "usr_ada", None)
         assert row["attributes"]["resource"]["corral.team"] == "payments"
+        assert row["attributes"]["resource"]["corral.run_id"] == "run_x"
 
 
 def test_a_run_key_s_run_wins_over_the_claimed_one() -> None:

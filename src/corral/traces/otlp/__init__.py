@@ -18,9 +18,9 @@ Encodings
 
 Every row
     * Identity columns (org, team, user, key, owner) come from the key, never
-      the payload. ``run_id`` is the key's run, else the resource attribute
-      ``corral.run_id`` (Corral launches agents with
-      ``OTEL_RESOURCE_ATTRIBUTES=corral.run_id=…,corral.team=…,corral.owner=…``).
+      the payload. ``run_id`` is the key's run only (the resource
+      attribute ``corral.run_id`` that Corral's runs also carry is a claim, kept as an
+      attribute).
     * ``source`` is the resource's ``service.name`` (``otlp`` when absent).
     * ``attributes`` holds the item's attributes, strings over 4 KiB cut with a
       ``…[cut N chars]`` marker, plus ``resource``: the resource facts worth

@@ -92,14 +92,15 @@ class Context:
 def context(identity: Identity, resource: Resource) -> Context:
     """The shared columns of a resource group.
 
-    ``run_id`` is the key's run, else the resource's claimed ``corral.run_id``;
-    ``source`` is the resource's ``service.name`` (``otlp`` when absent).
+    ``run_id`` is the key's run and nothing else: a resource's ``corral.run_id`` is a claim
+    anyone can write (it is kept among the resource attributes), while a run's own key is
+    minted for that run alone. ``source`` is the resource's ``service.name`` (``otlp`` when
+    absent).
     """
     attrs = resource.attributes
     service = attrs.get("service.name")
     service = service if isinstance(service, str) and service else "otlp"
-    claimed_run = attrs.get("corral.run_id")
-    run_id = identity.run_id or (claimed_run if isinstance(claimed_run, str) else None) or None
+    run_id = identity.run_id
     facts = {key: attrs[key] for key in _RESOURCE_FACTS if key in attrs}
     facts.update((key, value) for key, value in attrs.items() if key.startswith("corral."))
     if resource.scope_name:
