@@ -1,0 +1,250 @@
+"""Runs end to end in the real sandbox: states and who moved them, the run key, the run's
+budget, cancel and the wall clock, delivery. Agents here are the ``command`` profile running
+small scripts with the system's Python inside the sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from sqlalchemy import select
+
+from corral.store.schema import keys, spans
+from tests.runs.conftest import Runs
+
+# Inside the sandbox: call the gateway through the relay with the run's key.
+CALL = """
+import json, os, urllib.request, urllib.error
+def call(model, max_tokens=16):
+    body = json.dumps({"model": model, "max_tokens": max_tokens,
+                       "messages": [{"role": "user", "content": "hello"}]}).encode()
+    req = urllib.request.Request(os.environ["OPENAI_BASE_URL"] + "/chat/completions", data=body,
+        headers={"authorization": "Bearer " + os.environ["OPENAI_API_KEY"],
+                 "content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+"""
+
+
+def script(body: str) -> list[str]:
+    return ["/usr/bin/python3", "-c", CALL + body]
+
+
+def test_a_run_goes_from_queued_to_awaiting_review_with_its_history(runs: Runs) -> None:
+    """Each transition is stored with its time, actor and reason; the change comes back as
+    a diff, stdout as the report, and the owner defaults to the requester."""
+    run = runs.submit(command=["sh", "-c", "echo fixed > README; echo all done"])
+    assert (run["state"], run["owner"], run["requester"]) == ("queued", "ada", "ada")
+    done = runs.wait(run["id"])
+    assert done["state"] == "awaiting_review", done
+    assert done["reason"] == "the agent finished: 1 file changed"
+    steps = [(e["from_state"], e["to_state"], e["actor"]) for e in done["events"]]
+    assert steps == [
+        (None, "queued", f"user:{runs.user_id}"),
+        ("queued", "admitted", "executor"),
+        ("admitted", "running", "executor"),
+        ("running", "awaiting_review", "executor"),
+    ]
+    assert done["sandbox"] == "bubblewrap" and done["exit_code"] == 0
+    assert "+fixed" in runs.artifact(run["id"], "diff.patch")
+    assert runs.artifact(run["id"], "report.md").strip() == "all done"
+    assert (runs.repo / "README").read_text() == "hello\n"  # the source is never touched
+
+
+def test_the_run_key_exists_only_while_the_run_runs(runs: Runs) -> None:
+    """No key exists for a queued run; the run's key calls its models only, is refused for
+    others, and is refused altogether once the run has ended."""
+    body = """
+import pathlib
+pathlib.Path("/artifacts/key").write_text(os.environ["OPENAI_API_KEY"])
+ok = call("sim-standard")
+other = call("sim-frontier")
+pathlib.Path("/artifacts/codes.json").write_text(json.dumps([ok[0], other[0], other[1]]))
+"""
+    run = runs.submit(command=script(body), model="sim-standard")
+    with runs.corral.app.store.connect() as conn:
+        minted = conn.execute(select(keys.c.id).where(keys.c.run_id == run["id"])).all()
+    assert runs.get(run["id"])["state"] != "queued" or minted == []
+    done = runs.wait(run["id"])
+    assert done["state"] == "awaiting_review", done
+    ok, refused, error = json.loads(runs.artifact(run["id"], "artifacts/codes.json"))
+    assert (ok, refused) == (200, 403)
+    assert "not allowed" in error["error"]["message"]
+    key = runs.artifact(run["id"], "artifacts/key")
+    with runs.api(key) as c:
+        after = c.post(
+            "/v1/chat/completions",
+            json={"model": "sim-standard", "messages": [{"role": "user", "content": "hi"}]},
+        )
+    assert after.status_code == 401
+    assert "revoked" in after.json()["error"]["message"]
+    calls = _gateway_calls(runs, run["id"])
+    assert calls and {(c.team_id, c.user_id, c.owner_id) for c in calls} == {
+        (runs.team_id, runs.user_id, runs.user_id)
+    }
+
+
+def test_a_run_past_its_budget_is_refused_and_every_level_is_charged(runs: Runs) -> None:
+    """The run's budget is a level of the quota chain: its calls count against the run, its
+    owner and its team, and once the run's budget is spent the agent sees a 402 naming it."""
+    with runs.api(runs.corral.admin_key) as c:
+        for scope in ({"kind": "team", "ref": "payments"}, {"kind": "user", "ref": "ada"}):
+            r = c.put(
+                "/api/v1/budgets",
+                json={"scope": scope, "resource": "usd", "window": "month", "limit": 100.0},
+            )
+            assert r.status_code == 200, r.text
+    body = """
+import pathlib
+codes = []
+for _ in range(200):
+    status, answer = call("sim-standard", 64)
+    codes.append(status)
+    if status != 200:
+        pathlib.Path("/artifacts/refusal.json").write_text(json.dumps([status, answer]))
+        break
+print(len(codes), "calls")
+"""
+    run = runs.submit(command=script(body), budget_usd=0.0005, model="sim-standard")
+    done = runs.wait(run["id"])
+    status, answer = json.loads(runs.artifact(run["id"], "artifacts/refusal.json"))
+    assert status == 402, answer
+    assert answer["error"]["code"] == "budget_exceeded"
+    assert f"run {run['id']}" in answer["error"]["message"]
+    with runs.api(runs.corral.admin_key) as c:
+        budgets = c.get("/api/v1/budgets").json()["budgets"]
+    spent = {b["scope"]["kind"]: b["spent"] for b in budgets}
+    assert spent["run"] > 0
+    assert spent["team"] >= spent["run"] and spent["user"] >= spent["run"]
+    assert done["budget_usd"] == 0.0005
+
+
+def test_cancel_stops_the_whole_tree_within_the_grace_period(runs: Runs) -> None:
+    """Cancel sends SIGTERM to every process of the run and SIGKILL after the grace: even
+    children that ignore SIGTERM are gone, and the run says who cancelled it."""
+    tree = (
+        "trap '' TERM; (trap '' TERM; sleep 3011) & sleep 3012 & "
+        "touch /artifacts/started; /usr/bin/python3 -c "
+        "'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(3013)'"
+    )
+    run = runs.submit(command=["sh", "-c", tree])
+    _wait_for_file(runs.dir / "runs" / run["id"] / "artifacts" / "started")
+    assert _processes("301") >= 3
+    started = time.monotonic()
+    with runs.api() as c:
+        cancelled = c.post(f"/api/v1/runs/{run['id']}/cancel").json()
+    took = time.monotonic() - started
+    assert cancelled["state"] == "cancelled", cancelled
+    assert took < 2.0 + 3.0  # the grace (2 s) and a little
+    assert _processes("301") == 0
+    last = cancelled["events"][-1]
+    assert (last["to_state"], last["actor"]) == ("cancelled", f"user:{runs.user_id}")
+    assert not Path(f"/sys/fs/cgroup/pids/corral-{run['id']}").exists()
+
+
+def test_the_wall_clock_limit_fails_the_run_saying_so(runs: Runs) -> None:
+    """A run past its --timeout is stopped and failed with the limit in the reason."""
+    run = runs.submit(command=["sleep", "30"], timeout="1s")
+    done = runs.wait(run["id"], limit=30)
+    assert done["state"] == "failed"
+    assert done["reason"] == "the wall-clock limit (1s) passed"
+
+
+def test_a_failing_agent_fails_the_run_with_its_exit_code(runs: Runs) -> None:
+    """A non-zero exit is a failed run; its stderr is kept."""
+    run = runs.submit(command=["sh", "-c", "echo broken >&2; exit 3"])
+    done = runs.wait(run["id"])
+    assert (done["state"], done["reason"]) == ("failed", "the agent exited with code 3")
+    assert runs.artifact(run["id"], "stderr.log") == "broken\n"
+
+
+def test_delivery_makes_a_branch_without_touching_the_checkout(runs: Runs) -> None:
+    """deliver --branch creates the branch in the source repository (its working tree and
+    index untouched); the run cannot deliver itself; delivered is recorded with who."""
+    (runs.repo / "scratch.txt").write_text("uncommitted work of the engineer\n")
+    run = runs.submit(
+        command=["sh", "-c", "echo fixed > README; mkdir -p src; echo x > src/new.py"]
+    )
+    assert runs.wait(run["id"])["state"] == "awaiting_review"
+    with runs.api() as c:
+        r = c.post(f"/api/v1/runs/{run['id']}/deliver", json={"branch": "corral/fix-readme"})
+    assert r.status_code == 200, r.text
+    commit = r.json()["commit"]
+    git = ["git", "-C", str(runs.repo)]
+    show = subprocess.run(
+        [*git, "show", "corral/fix-readme:README"], capture_output=True, text=True
+    )
+    assert show.stdout == "fixed\n"
+    assert (
+        subprocess.run(
+            [*git, "rev-parse", "corral/fix-readme"], capture_output=True, text=True
+        ).stdout.strip()
+        == commit
+    )
+    status = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True).stdout
+    assert status == "?? scratch.txt\n"
+    assert (runs.repo / "README").read_text() == "hello\n"
+    done = runs.get(run["id"])
+    assert done["state"] == "delivered"
+    assert [e["to_state"] for e in done["events"]][-2:] == ["approved", "delivered"]
+    assert done["events"][-1]["actor"] == f"user:{runs.user_id}"
+    with runs.api() as c:
+        again = c.post(f"/api/v1/runs/{run['id']}/deliver", json={"patch": True})
+    assert again.status_code == 400 and "delivered" in again.json()["error"]["message"]
+
+
+def test_another_team_cannot_see_or_touch_a_run(runs: Runs) -> None:
+    """Another team's key gets 404 for the run, its logs, artifacts, cancel and delivery."""
+    team = runs.identity.create_team("search")
+    user = runs.identity.create_user("bob", team.id)
+    _, other = runs.identity.create_key(team.id, user.id)
+    run = runs.submit(command=["true"])
+    runs.wait(run["id"])
+    with runs.api(other) as c:
+        for method, path in (
+            ("GET", ""), ("GET", "/logs"), ("GET", "/artifacts"), ("GET", "/artifacts/diff.patch"),
+            ("POST", "/cancel"),
+        ):  # fmt: skip
+            r = c.request(method, f"/api/v1/runs/{run['id']}{path}")
+            assert r.status_code == 404, (path, r.text)
+        assert c.get("/api/v1/runs").json()["runs"] == []
+
+
+def _gateway_calls(runs: Runs, run_id: str) -> list[object]:
+    deadline = time.monotonic() + 10
+    while True:
+        with runs.corral.app.store.connect() as conn:
+            rows = conn.execute(
+                select(spans).where(spans.c.run_id == run_id, spans.c.kind == "llm_request")
+            ).all()
+        if rows or time.monotonic() > deadline:
+            return list(rows)
+        time.sleep(0.1)
+
+
+def _wait_for_file(path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def _processes(marker: str) -> int:
+    """Processes on this host whose command line mentions ``marker``."""
+    found = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if marker.encode() in cmdline and b"pytest" not in cmdline:
+            found += 1
+    return found
