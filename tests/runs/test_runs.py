@@ -51,7 +51,8 @@ def test_a_run_goes_from_queued_to_awaiting_review_with_its_history(runs: Runs) 
         ("admitted", "running", "executor"),
         ("running", "awaiting_review", "executor"),
     ]
-    assert done["sandbox"] == "bubblewrap" and done["exit_code"] == 0
+    assert done["sandbox"] == "bubblewrap"
+    assert done["exit_code"] == 0
     assert "+fixed" in runs.artifact(run["id"], "diff.patch")
     assert runs.artifact(run["id"], "report.md").strip() == "all done"
     assert (runs.repo / "README").read_text() == "hello\n"  # the source is never touched
@@ -85,7 +86,8 @@ pathlib.Path("/artifacts/codes.json").write_text(json.dumps([ok[0], other[0], ot
     assert after.status_code == 401
     assert "revoked" in after.json()["error"]["message"]
     calls = _gateway_calls(runs, run["id"])
-    assert calls and {(c.team_id, c.user_id, c.owner_id) for c in calls} == {
+    assert calls
+    assert {(c.team_id, c.user_id, c.owner_id) for c in calls} == {
         (runs.team_id, runs.user_id, runs.user_id)
     }
 
@@ -121,7 +123,8 @@ print(len(codes), "calls")
         budgets = c.get("/api/v1/budgets").json()["budgets"]
     spent = {b["scope"]["kind"]: b["spent"] for b in budgets}
     assert spent["run"] > 0
-    assert spent["team"] >= spent["run"] and spent["user"] >= spent["run"]
+    assert spent["team"] >= spent["run"]
+    assert spent["user"] >= spent["run"]
     assert done["budget_usd"] == 0.0005
 
 
@@ -196,7 +199,8 @@ def test_delivery_makes_a_branch_without_touching_the_checkout(runs: Runs) -> No
     assert done["events"][-1]["actor"] == f"user:{runs.user_id}"
     with runs.api() as c:
         again = c.post(f"/api/v1/runs/{run['id']}/deliver", json={"patch": True})
-    assert again.status_code == 400 and "delivered" in again.json()["error"]["message"]
+    assert again.status_code == 400
+    assert "delivered" in again.json()["error"]["message"]
 
 
 def test_another_team_cannot_see_or_touch_a_run(runs: Runs) -> None:
