@@ -20,12 +20,19 @@ def main() -> None:
 
 
 def _register() -> None:
-    from corral.cli import admin, quotas, routing, serve, traces
+    from corral.cli import admin, agent, quotas, routing, runs, serve, traces
     from corral.sim import cli as sim_cli
 
     main.add_command(serve.serve)
     main.add_command(sim_cli.sim)
-    for command in [*admin.COMMANDS, *quotas.COMMANDS, *routing.COMMANDS, *traces.COMMANDS]:
+    main.add_command(agent.agent)
+    for command in [
+        *admin.COMMANDS,
+        *quotas.COMMANDS,
+        *routing.COMMANDS,
+        *runs.COMMANDS,
+        *traces.COMMANDS,
+    ]:
         main.add_command(command)
 
 

@@ -28,10 +28,28 @@ from corral.settings import load_settings
     default=None,
     help="Serve the simulator's models from this external `corral sim` (with no providers).",
 )
-def serve(host: str | None, port: int | None, config_file: str | None, sim_url: str | None) -> None:
+@click.option(
+    "--unsafe-no-sandbox",
+    is_flag=True,
+    default=None,
+    help="Run agents without the sandbox (development only; every run records it).",
+)
+def serve(
+    host: str | None,
+    port: int | None,
+    config_file: str | None,
+    sim_url: str | None,
+    unsafe_no_sandbox: bool | None,
+) -> None:
     """Run Corral: gateway (/v1), admin API (/api/v1), status page (/)."""
     try:
-        settings = load_settings(config_file, host=host, port=port, sim_url=sim_url)
+        settings = load_settings(
+            config_file,
+            host=host,
+            port=port,
+            sim_url=sim_url,
+            unsafe_no_sandbox=True if unsafe_no_sandbox else None,
+        )
         app = create_app(settings)
     except CorralError as exc:
         raise click.ClickException(exc.message) from exc
@@ -64,6 +82,14 @@ def _announce(app: CorralApp) -> None:
                 f"{provider.api_key_env}, which is not set: its models will answer 502",
                 file=out,
             )
+    runs = app.executor
+    if runs.refusal:
+        print(f"  warning: {runs.refusal}", file=out)
+    else:
+        print(
+            f"  runs: {s.run_slots} slots, sandbox {runs.sandbox_label}, folder {runs.dir}",
+            file=out,
+        )
     if app.generated_admin_key:
         print(
             "  admin key (shown once, only its hash is kept; export it as CORRAL_ADMIN_KEY):\n"
