@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -25,10 +26,12 @@ from corral.agent import main
 from corral.sim import SimConfig
 from corral.sim.testing import running_sim
 from corral.store.schema import span_rollups, spans
+from tests.agent.test_tools import alive
 from tests.conftest import StartCorral
 from tests.gateway.conftest import Running, gateway_corral
 
 SCRIPT = Path(__file__).parent / "data" / "script.toml"
+BUILD = "sleep 30 & echo $! > sleep.pid; echo building; wait"  # the "slow" conversation's
 SRC = Path(__file__).parents[2] / "src"
 SITE_PACKAGES = Path(sys.prefix, "lib", "python3.11", "site-packages")
 SANDBOX_PYTHON = "/usr/bin/python3.11"
@@ -74,7 +77,7 @@ def trace_rows(corral: Running, trace_id: str, want: int) -> list[Any]:
     deadline = time.monotonic() + 10
     while True:
         with corral.app.store.connect() as conn:
-            rows = conn.execute(select(spans).where(spans.c.trace_id == trace_id)).fetchall()
+            rows = list(conn.execute(select(spans).where(spans.c.trace_id == trace_id)))
         if len(rows) >= want or time.monotonic() > deadline:
             return rows
         time.sleep(0.05)
@@ -117,7 +120,8 @@ def test_agent_fixes_the_failing_test_and_reports_one_trace(
     )
     chats = [r for r in by_kind["llm_request"] if r.source == "corral-agent"]
     gateway = {r.span_id: r for r in by_kind["llm_request"] if r.source == "gateway"}
-    assert len(chats) == 4 and len(gateway) == 4
+    assert len(chats) == 4
+    assert len(gateway) == 4
     for chat in chats:
         assert chat.name == "chat sim-standard"
         assert chat.parent_span_id == agent.span_id
@@ -174,18 +178,24 @@ def test_path_outside_the_workdir_is_refused_as_a_tool_result(
     assert [r.status for r in failed] == ["error", "error"]
 
 
-def sandbox_agent(corral: Running, workdir: Path, artifacts: Path) -> subprocess.CompletedProcess[str]:
-    """The agent as a run's sandbox starts it: Debian's Python, PYTHONPATH, a clean environment."""
-    env = {
+def sandbox_env(corral: Running, artifacts: Path) -> dict[str, str]:
+    """The environment a run's sandbox gives the agent: nothing of the host's."""
+    return {
         "PATH": "/usr/bin:/bin",
         "PYTHONPATH": f"{SRC}{os.pathsep}{SITE_PACKAGES}",
         "CORRAL_ARTIFACTS": str(artifacts),
         **agent_environ(corral),
     }
+
+
+def sandbox_agent(
+    corral: Running, workdir: Path, artifacts: Path
+) -> subprocess.CompletedProcess[str]:
+    """The agent as a run's sandbox starts it: Debian's Python, PYTHONPATH, a clean environment."""
     return subprocess.run(
         [SANDBOX_PYTHON, "-m", "corral.agent", "--task", "Fix the failing test."],
         cwd=workdir,
-        env=env,
+        env=sandbox_env(corral, artifacts),
         capture_output=True,
         text=True,
         timeout=60,
@@ -239,10 +249,45 @@ def test_revoked_key_stops_with_exit_1(
         if probe.status_code == 401 or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    code = main(["--task", "Fix the failing test.", "--workdir", str(repo)], agent_environ(scripted))
+    code = main(
+        ["--task", "Fix the failing test.", "--workdir", str(repo)], agent_environ(scripted)
+    )
     captured = capsys.readouterr()
     assert code == 1
     message = captured.err.strip().splitlines()[-1]
     assert message.startswith("corral-agent: the gateway refused the call: ")
     assert "revoked" in message
     assert f"- Outcome: stopped: {message.removeprefix('corral-agent: ')}" in captured.out
+
+
+@pytest.mark.skipif(not Path(SANDBOX_PYTHON).exists(), reason="no Debian python3.11")
+def test_sigterm_stops_the_command_and_still_reports(
+    scripted: Running, repo: Path, tmp_path: Path
+) -> None:
+    """SIGTERM mid-command: the command's group is killed, the report written, the trace sent."""
+    agent = subprocess.Popen(
+        [SANDBOX_PYTHON, "-m", "corral.agent", "--task", "Wait for the build."],
+        cwd=repo,
+        env=sandbox_env(scripted, tmp_path / "artifacts"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert agent.stderr is not None
+    assert agent.stderr.readline() == f"corral-agent: [turn 1] run: {BUILD}\n"
+    time.sleep(0.3)  # the command is running
+    agent.send_signal(signal.SIGTERM)
+    out, err = agent.communicate(timeout=30)
+    assert agent.returncode == 1
+    assert err == "corral-agent: interrupted by SIGTERM\n"
+    assert "- Outcome: stopped: interrupted by SIGTERM" in out
+    assert f"- `{BUILD}`: interrupted" in out
+    assert (tmp_path / "artifacts" / "report.md").read_text() == out
+    rows = trace_rows(scripted, reported_trace(out), want=4)
+    (root,) = [r for r in rows if r.kind == "agent"]
+    assert root.status == "error"
+    sleeper = int((repo / "sleep.pid").read_text())
+    deadline = time.monotonic() + 5
+    while alive(sleeper):
+        assert time.monotonic() < deadline, "the command's process group outlived the agent"
+        time.sleep(0.02)

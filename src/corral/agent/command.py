@@ -113,7 +113,7 @@ def configure(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
     config = Config(
         task=read_task(args),
         model=required(
-            args.model or environ.get("CORRAL_MODEL"), "model", "--model or CORRAL_MODEL"
+            args.model or environ.get("CORRAL_MODEL"), "model", "pass --model or set CORRAL_MODEL"
         ),
         base_url=required(
             args.base_url or environ.get("OPENAI_BASE_URL"),

@@ -73,14 +73,15 @@ class Agent:
                     answer = self.ask(messages)
                     turns += 1  # a turn counts once answered
                     messages.append(answer)
-                    summary = answer.get("content") or summary
+                    summary = text_of(answer) or summary
                     if not answer.get("tool_calls"):
                         return finish(span, Outcome("completed", summary, turns, trace_id))
                     for call in answer["tool_calls"]:
                         messages.append(self.use_tool(call, turns))
                 return finish(span, Outcome("turn_limit", summary, turns, trace_id))
-            except KeyboardInterrupt:  # Ctrl-C: stop like on SIGTERM, with a report
-                return finish(span, Outcome("error", summary, turns, trace_id, "interrupted"))
+            except KeyboardInterrupt:  # Ctrl-C: stop as on SIGTERM, with a report
+                stopped = Outcome("error", summary, turns, trace_id, "interrupted by SIGINT")
+                return finish(span, stopped)
             except AgentError as exc:
                 return finish(span, Outcome("error", summary, turns, trace_id, exc.message))
 
@@ -101,11 +102,19 @@ class Agent:
         function = call.get("function") or {}
         name, arguments = str(function.get("name")), str(function.get("arguments") or "{}")
         call_id = str(call.get("id", ""))
-        self.log(f"[turn {turn}] {name} {preview(arguments)}")
+        self.log(f"[turn {turn}] {name}: {preview(arguments)}")
         with self.telemetry.tool_span(name, call_id, arguments) as span:
             result = self.toolbox.call(name, arguments)
             tool_done(span, result.text, result.ok)
         return {"role": "tool", "tool_call_id": call_id, "content": result.text}
+
+
+def text_of(message: dict[str, Any]) -> str:
+    """A message's text: a string, or the text parts of a list of content parts."""
+    content = message.get("content")
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else ""
 
 
 def finish(span: Span, outcome: Outcome) -> Outcome:
@@ -117,12 +126,14 @@ def finish(span: Span, outcome: Outcome) -> Outcome:
     return outcome
 
 
-def preview(arguments: str, limit: int = 120) -> str:
-    """The arguments as one short line for the progress log."""
+def preview(arguments: str, limit: int = 100) -> str:
+    """The call's first argument (a path, a pattern, a command) as one short line, for the
+    progress log."""
     try:
         values = json.loads(arguments)
-        text = " ".join(str(v) for v in values.values()) if isinstance(values, dict) else arguments
     except json.JSONDecodeError:
-        text = arguments
-    text = " ".join(text.split())
+        values = arguments
+    if isinstance(values, dict):
+        values = next(iter(values.values()), "")
+    text = " ".join(str(values).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"

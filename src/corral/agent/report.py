@@ -1,7 +1,7 @@
 """The final report: how the run ended, what the model said, what it did and changed.
 
 Changed files are found by comparing two snapshots of the workdir (skipping
-``.git``), taken before and after the run: a file's size, modification time
+``.git`` and ``__pycache__``), taken before and after the run: a file's size, modification time
 and, for files up to ``HASH_MAX_BYTES``, a content hash (a same-size edit
 within the clock's granularity would otherwise go unseen). This catches the
 changes commands made too, in a git checkout or not.
@@ -95,8 +95,7 @@ def render(
         lines.append(f"(only the first {SNAPSHOT_MAX_FILES} files of the workdir were compared)")
     lines += ["", "## Commands", ""]
     for run in toolbox.commands:
-        status = "timed out" if run.exit_code is None else f"exit {run.exit_code}"
-        lines.append(f"- {code(run.command)}: {status} ({run.seconds:.1f}s)")
+        lines.append(f"- {code(run.command)}: {run.ending} ({run.seconds:.1f}s)")
     if not toolbox.commands:
         lines.append("(none)")
     return "\n".join(lines) + "\n"

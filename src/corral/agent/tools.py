@@ -32,7 +32,7 @@ SEARCH_MAX_FILE_BYTES = 2_000_000
 SEARCH_LINE_CHARS = 300
 OUTPUT_HEAD_BYTES = 4_000  # a command's output keeps its start (the command echoing) ...
 OUTPUT_TAIL_BYTES = 12_000  # ... and mostly its end, where test summaries and errors are
-SKIP_DIRS = frozenset({".git"})
+SKIP_DIRS = frozenset({".git", "__pycache__"})  # history and bytecode: noise to every tool
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +45,12 @@ class ToolResult:
 
 @dataclass(frozen=True, slots=True)
 class CommandRun:
-    """One ``run`` call, for the report: the command and its exit code (None: timed out)."""
+    """One ``run`` call, for the report: the command, its exit code (None when it was killed)
+    and how it ended (``exit 0``, ``timed out after 120s``, ``interrupted``)."""
 
     command: str
     exit_code: int | None
+    ending: str
     seconds: float
 
 
@@ -103,7 +105,8 @@ def describe_os_error(exc: OSError | ValueError) -> str:
 
 
 def walk_files(root: Path) -> Iterator[Path]:
-    """Files under ``root`` (or ``root`` itself), sorted, skipping ``.git``, not following links."""
+    """Files under ``root`` (or ``root`` itself), sorted, skipping ``SKIP_DIRS``, not following
+    links."""
     if not root.is_dir():
         yield root
         return
@@ -204,17 +207,19 @@ def run(box: Toolbox, command: str, timeout: float | None = None) -> str:
             stderr=subprocess.STDOUT,
             process_group=0,
         )
+        exit_code, ending = None, "interrupted"
         try:
-            exit_code: int | None = process.wait(timeout=limit)
+            exit_code = process.wait(timeout=limit)
+            ending = f"exit {exit_code}"
         except subprocess.TimeoutExpired:
-            exit_code = None
+            ending = f"timed out after {limit:g}s"
         finally:
-            if process.poll() is None:  # timed out, or we were interrupted while waiting
+            if process.poll() is None:  # timed out, or the agent was interrupted while waiting
                 kill_group(process)
+            box.commands.append(CommandRun(command, exit_code, ending, time.monotonic() - started))
         output = capped_output(out)
-    box.commands.append(CommandRun(command, exit_code, time.monotonic() - started))
     if exit_code is None:
-        return f"{output}\n[timed out after {limit:g}s: the command and its children were killed]"
+        return f"{output}\n[{ending}: the command and its children were killed]"
     return f"{output}\n[exit code {exit_code}]"
 
 
