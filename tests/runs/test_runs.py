@@ -12,8 +12,10 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from corral.identity.service import IdentityService
 from corral.store.schema import keys, spans
-from tests.runs.conftest import Runs
+from tests.conftest import run_corral
+from tests.runs.conftest import QUICK, Runs, make_repo, need_sandbox
 
 # Inside the sandbox: call the gateway through the relay with the run's key.
 CALL = """
@@ -252,3 +254,27 @@ def _processes(marker: str) -> int:
         if marker.encode() in cmdline and b"pytest" not in cmdline:
             found += 1
     return found
+
+
+def test_without_the_sandbox_the_run_says_so_and_still_runs_unprivileged(
+    shared_dir: Path, tmp_path: Path
+) -> None:
+    """--unsafe-no-sandbox: the run records "none (unsafe)", the agent runs in the workspace
+    as the unprivileged uid, reaches the gateway through the relay and dies with the server."""
+    need_sandbox()
+    repo = make_repo(shared_dir / "repo", {"README": "hello\n"})
+    settings = {**QUICK, "runs_dir": shared_dir / "runs", "unsafe_no_sandbox": True}
+    with run_corral(tmp_path / "home", f"sqlite:///{tmp_path}/c.db", **settings) as corral:
+        identity = IdentityService(corral.app.store, corral.app.clock)
+        team = identity.create_team("payments")
+        user = identity.create_user("ada", team.id)
+        _, raw = identity.create_key(team.id, user.id)
+        unsafe = Runs(corral, identity, raw, user.id, team.id, repo, shared_dir)
+        body = "import pathlib; print(os.getuid(), call('sim-standard')[0], pathlib.Path.cwd())"
+        run = unsafe.submit(command=script(body), model="sim-standard")
+        assert run["sandbox"] == "none (unsafe)"
+        done = unsafe.wait(run["id"])
+        assert done["state"] == "awaiting_review", done
+        uid, status, cwd = unsafe.artifact(run["id"], "stdout.log").split()
+        assert (uid, status) == ("65534", "200")
+        assert cwd == str(shared_dir / "runs" / run["id"] / "workspace")
