@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from corral.identity.service import IdentityService
+from corral.runs import sample
 from tests.conftest import Corral, run_corral
 from tests.services import missing_service
 
@@ -114,7 +115,7 @@ class Runs:
 def runs(shared_dir: Path, tmp_path: Path) -> Iterator[Runs]:
     need_sandbox()
     repo = make_repo(shared_dir / "repo", {"README": "hello\n"})
-    settings = {**QUICK, "runs_dir": shared_dir / "runs"}
+    settings = {**QUICK, "runs_dir": shared_dir / "runs", "sim_script": sample.SCRIPT}
     with run_corral(tmp_path / "home", f"sqlite:///{tmp_path}/corral.db", **settings) as corral:
         identity = IdentityService(corral.app.store, corral.app.clock)
         team = identity.create_team("payments")

@@ -5,9 +5,9 @@ row in the same transaction, so two processes (or a cancel racing the
 executor) can never both move a run, and the history never disagrees with the
 state. All methods block (call them in a thread).
 
-Who may do what: the organisation admin, any run; a team's keys (admin or
-not), their team's runs; a run's own key, nothing here (a run neither submits
-runs nor delivers itself).
+Who may do what: the organisation admin, any run; a team admin key, its team's
+runs; a person's key, the runs that person requested or owns; a run's own key,
+nothing here (a run neither submits runs nor delivers itself).
 """
 
 from __future__ import annotations
@@ -160,8 +160,11 @@ class RunService:
     def get(self, run_id: str, key: KeyInfo) -> Run:
         """A run ``key`` may see; another team's run is 404 exactly like a missing one."""
         refuse_run_keys(key, "read runs")
-        run = self.load(run_id) if len(run_id) <= 40 else None
-        if run is None or (key.role != "admin" and run.team_id != key.team_id):
+        try:
+            run = self.load(run_id) if len(run_id) <= 40 else None
+        except NotFound:
+            run = None
+        if run is None or not _may_see(key, run):
             raise NotFound(f"run {run_id[:40]} not found")
         return run
 
@@ -178,6 +181,9 @@ class RunService:
         query = select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)
         if key.role != "admin":
             query = query.where(runs.c.team_id == key.team_id)
+        if key.role == "virtual":
+            mine = (runs.c.owner_id == key.user_id) | (runs.c.requester_id == key.user_id)
+            query = query.where(mine)
         if team is not None:
             team_row = self._identity.get_team(team)
             if key.role != "admin" and team_row.id != key.team_id:
@@ -266,6 +272,14 @@ class RunService:
                 )
             )
             return {r.id: r.cancel_requested for r in rows}
+
+
+def _may_see(key: KeyInfo, run: Run) -> bool:
+    if key.role == "admin":
+        return True
+    if run.team_id != key.team_id:
+        return False
+    return key.role == "team_admin" or key.user_id in (run.owner_id, run.requester_id)
 
 
 def command_line(command: Sequence[str] | str | None) -> list[str] | None:

@@ -74,14 +74,16 @@ class BlobReader(Protocol):
 class Visibility:
     """The spans a caller may read; every field set narrows them (``Visibility()``: all).
 
-    ``key_id`` and ``run_id`` together mean *either*: a run's key sees the spans
-    it sent and every span of its run.
+    ``key_id``, ``run_id`` and ``owner_id`` together mean *any of*: a run's key sees
+    the spans it sent and every span of its run; a person's key sees the spans it sent
+    and those of the runs that person owns.
     """
 
     org_id: str | None = None
     team_id: str | None = None
     key_id: str | None = None
     run_id: str | None = None
+    owner_id: str | None = None
     nothing: bool = False
 
     @classmethod
@@ -92,7 +94,10 @@ class Visibility:
         if caller.role == "team_admin" and caller.team_id is not None:
             return cls(team_id=caller.team_id)
         if caller.role == "virtual" and caller.team_id is not None:
-            return cls(team_id=caller.team_id, key_id=caller.key_id, run_id=caller.run_id)
+            owner = caller.user_id if caller.run_id is None else None
+            return cls(
+                team_id=caller.team_id, key_id=caller.key_id, run_id=caller.run_id, owner_id=owner
+            )
         return cls(nothing=True)  # an unknown role reads nothing
 
     def spans_clause(self, c: Any = spans.c) -> ColumnElement[bool]:
@@ -105,12 +110,17 @@ class Visibility:
             parts.append(or_(c.org_id == self.org_id, c.org_id.is_(None)))
         if self.team_id is not None:
             parts.append(c.team_id == self.team_id)
-        if self.key_id is not None and self.run_id is not None:
-            parts.append(or_(c.key_id == self.key_id, c.run_id == self.run_id))
-        elif self.key_id is not None:
-            parts.append(c.key_id == self.key_id)
-        elif self.run_id is not None:
-            parts.append(c.run_id == self.run_id)
+        either = [
+            column == value
+            for column, value in (
+                (c.key_id, self.key_id),
+                (c.run_id, self.run_id),
+                (c.owner_id, self.owner_id),
+            )
+            if value is not None
+        ]
+        if either:
+            parts.append(or_(*either))
         return and_(true(), *parts)
 
     def rollups_clause(self) -> ColumnElement[bool]:
