@@ -26,6 +26,7 @@ from corral.app import CorralApp, create_app
 from corral.errors import Conflict, CorralError
 from corral.identity.keys import KEY_PREFIX
 from corral.identity.service import IdentityService
+from corral.runs import sample
 from corral.settings import load_settings
 from corral.sim import SimConfig, SimServer
 
@@ -61,7 +62,7 @@ def main() -> None:
 
 async def _run(console: Console, admin_key: str, port: int, sim_port: int) -> None:
     sim_sock = _bind(sim_port)
-    sim = SimServer(SimConfig(ttft_ms=120, tokens_per_second=150))
+    sim = SimServer(SimConfig(ttft_ms=120, tokens_per_second=150, script=sample.SCRIPT))
     await sim.start(sim_sock)
     settings = load_settings(port=port, admin_key=admin_key, sim_url=f"http://127.0.0.1:{sim_port}")
     app = create_app(settings)
@@ -101,11 +102,74 @@ async def _run(console: Console, admin_key: str, port: int, sim_port: int) -> No
         f"\nAn agent's turn, from its own spans down to the gateway's attempt and raw bodies:\n"
         f"  CORRAL_URL={base} CORRAL_ADMIN_KEY={admin_key} corral trace {traces[0]}"
     )
+    await _demo_runs(console, app, base, keys, admin_key)
     console.print(f"\nDashboard (status page): {base}/   — Ctrl-C to stop.")
     try:
         await serving
     finally:
         await sim.stop()
+
+
+async def _demo_runs(
+    console: Console, app: CorralApp, base: str, keys: dict[str, str], admin_key: str
+) -> None:
+    """Three runs of the reference agent on the sample repository, in the sandbox: a fix,
+    and a plan handed to an implementation."""
+    if app.executor.refusal:
+        console.print(f"\n[yellow]No demo runs[/]: {app.executor.refusal}")
+        return
+    repo = app.settings.home.resolve() / "demo-repo"
+    if not repo.exists():
+        await asyncio.to_thread(sample.make_repo, repo)
+    console.print(f"\ndemo runs: the reference agent on {repo} (a failing test), sandboxed …")
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+
+        async def submit(who: str, task: str, **extra: Any) -> dict[str, Any]:
+            body = {"agent": "corral", "repo": str(repo), "task": task, **extra}
+            auth = {"authorization": f"Bearer {keys[who]}"}
+            r = await client.post(
+                "/api/v1/runs", json={"model": "sim-standard", **body}, headers=auth
+            )
+            if r.status_code != 201:
+                raise CorralError(f"the demo run was refused: {r.text}")
+            return await _finished(client, r.json()["id"], auth)
+
+        fix, plan = await asyncio.gather(
+            submit("payments/ada", "Fix the failing test in test_calc.py"),
+            submit("search/linus", "Plan: add mean() to calc.py"),
+        )
+        done = [fix, plan]
+        if plan["state"] == "awaiting_review":
+            done.append(
+                await submit(
+                    "search/linus", "Implement the plan handed over", handoff_from=plan["id"]
+                )
+            )
+    table = Table(title="Runs")
+    for column in ("run", "owner", "state", "why", "calls"):
+        table.add_column(column)
+    for run in done:
+        table.add_row(
+            run["id"], run["owner"], run["state"], run["reason"] or "", str(run["llm_calls"])
+        )
+    console.print(table)
+    env = f"CORRAL_URL={base} CORRAL_ADMIN_KEY={admin_key}"
+    console.print(
+        f"See a run, its change and its trajectory:\n  {env} corral runs show {fix['id']}\n"
+        f"  {env} corral runs artifacts {fix['id']} diff.patch\n"
+        f"  {env} corral trace {fix['trace_id']}"
+    )
+
+
+async def _finished(
+    client: httpx.AsyncClient, run_id: str, auth: dict[str, str], limit: float = 120
+) -> dict[str, Any]:
+    deadline = time.monotonic() + limit
+    while True:
+        run: dict[str, Any] = (await client.get(f"/api/v1/runs/{run_id}", headers=auth)).json()
+        if run["state"] not in ("queued", "admitted", "running") or time.monotonic() > deadline:
+            return run
+        await asyncio.sleep(0.25)
 
 
 def _demo_keys(app: CorralApp) -> dict[str, str]:
