@@ -64,6 +64,19 @@ class CorralClient:
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Call ``/api/v1{path}`` and return the decoded JSON answer (None for 204), or raise
         ``CLIError``."""
+        response = self.raw(method, path, **kwargs)
+        if response.status_code == 204:
+            return None
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise CLIError(
+                f"Corral at {self.url} answered with something that is not JSON"
+            ) from exc
+
+    def raw(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Call ``/api/v1{path}`` and return the answer as it came (logs and artifacts are
+        bytes), or raise ``CLIError``."""
         try:
             response = self._http.request(method, f"/api/v1{path}", **kwargs)
         except httpx.ConnectError as exc:
@@ -75,14 +88,7 @@ class CorralClient:
             raise CLIError(f"request to Corral at {self.url} failed: {exc}") from exc
         if response.is_error:
             raise CLIError(self._describe(response))
-        if response.status_code == 204:
-            return None
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise CLIError(
-                f"Corral at {self.url} answered with something that is not JSON"
-            ) from exc
+        return response
 
     def _describe(self, response: httpx.Response) -> str:
         try:

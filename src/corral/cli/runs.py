@@ -14,13 +14,12 @@ import os
 import re
 import shlex
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO, TypeVar
 
 import click
-import httpx
 from rich.markup import escape
 from rich.table import Table
 
@@ -41,32 +40,8 @@ _NUMBER = re.compile(r"^\d+(\.\d+)?$")
 _REASON_WIDTH = 60
 
 
-class RunsClient(CorralClient):
-    """``CorralClient`` plus the two answers of the runs API that are bytes, not JSON."""
-
-    def raw(self, path: str, params: Mapping[str, str] | None = None) -> httpx.Response:
-        """GET ``/api/v1{path}`` and return the response as it came, or raise ``CLIError``."""
-        try:
-            response = self._http.get(f"/api/v1{path}", params=params)
-        except httpx.ConnectError as exc:
-            raise CLIError(
-                f"cannot reach Corral at {self.url}: is `corral serve` running? "
-                "(set CORRAL_URL to point elsewhere)"
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise CLIError(f"request to Corral at {self.url} failed: {exc}") from exc
-        if response.is_error:
-            raise CLIError(self._describe(response))
-        return response
-
-    def __enter__(self) -> RunsClient:
-        return self
-
-
-def _client() -> RunsClient:
-    api = RunsClient.from_env()
-    assert isinstance(api, RunsClient)  # from_env builds the class it is called on
-    return api
+def _client() -> CorralClient:
+    return CorralClient.from_env()
 
 
 def _run_path(run_id: str, *rest: str) -> str:
@@ -147,7 +122,7 @@ def _repo(repo: str) -> str:
     return os.path.abspath(os.path.expanduser(repo))
 
 
-def _wait(api: RunsClient, run: dict[str, Any]) -> dict[str, Any]:
+def _wait(api: CorralClient, run: dict[str, Any]) -> dict[str, Any]:
     """Poll the run until it leaves the active states, telling each step of its history
     on the way on stderr (from the history, so a step between two polls is not missed)."""
     told = 0
@@ -301,7 +276,7 @@ def logs(run_id: str, use_stderr: bool, follow: bool) -> None:
     params = {"stream": "stderr" if use_stderr else "stdout", "offset": "0"}
     with _client() as api:
         while True:
-            response = api.raw(_run_path(run_id, "logs"), params)
+            response = api.raw("GET", _run_path(run_id, "logs"), params=params)
             if response.content:
                 click.echo(response.content, nl=False)  # bytes go to the binary stream
                 params["offset"] = response.headers["x-corral-next-offset"]
@@ -356,9 +331,9 @@ def artifacts(run_id: str, path: str | None, out: Path | None, as_json: bool) ->
         _table("Artifacts", ["path", "size"], ([a["path"], f"{a['size']:,}"] for a in found))
 
 
-def _fetch(api: RunsClient, run_id: str, name: str, out: Path | None) -> None:
+def _fetch(api: CorralClient, run_id: str, name: str, out: Path | None) -> None:
     """Write artifact ``name`` to ``out`` (into it when it is a folder), or to stdout."""
-    data = api.raw(_run_path(run_id, "artifacts", _safe(name).as_posix())).content
+    data = api.raw("GET", _run_path(run_id, "artifacts", _safe(name).as_posix())).content
     if out is None:
         click.echo(data, nl=False)
         return
