@@ -112,6 +112,7 @@ class LocalExecutor:
         self.runtime: Runtime | None = None
         self._live: dict[str, _Live] = {}
         self._wake = asyncio.Event()
+        self._swept_at = 0.0
         self._loop_task: asyncio.Task[None] | None = None
         self._server: Any = None
         self._socket = self.dir / f".gateway-{os.getpid()}.sock"
@@ -289,6 +290,11 @@ class LocalExecutor:
             log.warning("run %s failed: %s", run.id, reason)
 
     def _sweep_workspaces(self, now: float) -> None:
+        """Remove the workspace and scratch of runs ended ``run_workspace_retention`` ago
+        (looked at once a minute: it walks the runs folder)."""
+        if now - self._swept_at < 60:
+            return
+        self._swept_at = now
         keep = self.host.settings.run_workspace_retention
         for folder in self.dir.glob("run_*/workspace"):
             run_id = folder.parent.name
@@ -300,6 +306,7 @@ class LocalExecutor:
                 continue
             if run.ended_at is not None and now - run.ended_at >= keep:
                 workspaces.remove_tree(folder)
+                workspaces.remove_tree(folder.parent / "scratch")
                 self.runs.update(run_id, workspace_removed_at=now)
 
     # -- one run -------------------------------------------------------------------------------
@@ -344,20 +351,18 @@ class LocalExecutor:
             )  # fmt: skip
             return
         await asyncio.to_thread(self.runs.update, run.id, base_commit=ws.base)
-        key_id, raw = await self._mint_key(run)
+        key_id: str | None = None
         try:
+            key_id, raw = await self._mint_key(run)
             outcome = await self._run_agent(live, ws, raw)
         finally:
-            await asyncio.to_thread(self._end_key, key_id)
+            if key_id is not None:  # revoked however the run ended, even by a fault here
+                await asyncio.to_thread(self._end_key, key_id)
         await self._finish(live, ws, outcome)
 
     async def _mint_key(self, run: Run) -> tuple[str, str]:
-        """The run's key (its models, expiring after the wall clock) and its budget level."""
-        expires = self.host.clock.now() + run.timeout_s + 2 * self.host.settings.run_grace + 60
-        key, raw = await asyncio.to_thread(
-            self.identity.create_key, run.team_id, run.owner_id, name=f"run {run.id}",
-            models=run.allowed_models, expires_at=expires, run_id=run.id, created_by=SYSTEM,
-        )  # fmt: skip
+        """The run's key (its models, expiring after the wall clock) and its budget level,
+        which is in force before the key exists."""
         if run.budget_nusd is not None:
             level = Level("run", run.id, run.id)
             await asyncio.to_thread(
@@ -365,6 +370,11 @@ class LocalExecutor:
                 by=SYSTEM,
             )  # fmt: skip
             await self.host.quotas.reload()
+        expires = self.host.clock.now() + run.timeout_s + 2 * self.host.settings.run_grace + 60
+        key, raw = await asyncio.to_thread(
+            self.identity.create_key, run.team_id, run.owner_id, name=f"run {run.id}",
+            models=run.allowed_models, expires_at=expires, run_id=run.id, created_by=SYSTEM,
+        )  # fmt: skip
         await asyncio.to_thread(self.runs.update, run.id, key_id=key.id)
         return key.id, raw
 
@@ -498,6 +508,7 @@ class LocalExecutor:
         self.host.record_spans(_run_span(live.run))
         if self.host.settings.run_workspace_retention == 0:
             await asyncio.to_thread(workspaces.remove_tree, ws.path)
+            await asyncio.to_thread(workspaces.remove_tree, ws.scratch)
             await asyncio.to_thread(self.runs.update, run.id, workspace_removed_at=now)
 
 
