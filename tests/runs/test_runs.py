@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -278,3 +279,82 @@ def test_without_the_sandbox_the_run_says_so_and_still_runs_unprivileged(
         uid, status, cwd = unsafe.artifact(run["id"], "stdout.log").split()
         assert (uid, status) == ("65534", "200")
         assert cwd == str(shared_dir / "runs" / run["id"] / "workspace")
+
+
+def test_a_managed_run_is_confined(runs: Runs, tmp_path: Path) -> None:
+    """Through the executor, not just the sandbox class: a planted host file is absent, only
+    workspace/scratch/artifacts take writes, a host loopback server is unreachable while the
+    gateway answers, host processes are invisible and no host variable leaks."""
+    planted = runs.dir / "planted-secret.txt"
+    planted.write_text("host secret\n")
+    planted.chmod(0o644)  # readable by anyone on the host: only the sandbox hides it
+    os.environ["CORRAL_TEST_LEAK"] = "leaked"
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    body = f"""
+import pathlib, socket
+facts = {{}}
+facts["planted"] = pathlib.Path({str(planted)!r}).exists()
+def writable(path):
+    try:
+        pathlib.Path(path).write_text("x")
+        return True
+    except OSError:
+        return False
+facts["writes"] = {{p: writable(p) for p in ("/workspace/ok", "/scratch/ok", "/artifacts/ok",
+    "/usr/x", "/etc/x", "/x", "/workspace/.git/x", {str(runs.dir / "x")!r})}}
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=2).close()
+    facts["host_loopback"] = True
+except OSError:
+    facts["host_loopback"] = False
+facts["gateway"] = call("sim-standard")[0]
+facts["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+facts["leak"] = os.environ.get("CORRAL_TEST_LEAK")
+facts["uid"] = os.getuid()
+pathlib.Path("/artifacts/facts.json").write_text(json.dumps(facts))
+"""
+    try:
+        run = runs.submit(command=script(body), model="sim-standard")
+        done = runs.wait(run["id"])
+    finally:
+        listener.close()
+        del os.environ["CORRAL_TEST_LEAK"]
+    assert done["state"] == "awaiting_review", done
+    facts = json.loads(runs.artifact(run["id"], "artifacts/facts.json"))
+    assert facts["planted"] is False
+    assert facts["writes"] == {
+        "/workspace/ok": True, "/scratch/ok": True, "/artifacts/ok": True, "/usr/x": False,
+        "/etc/x": False, "/x": False, "/workspace/.git/x": False, str(runs.dir / "x"): False,
+    }  # fmt: skip
+    assert (facts["host_loopback"], facts["gateway"]) == (False, 200)
+    assert max(facts["pids"]) < 10  # its own PID namespace: a handful of processes
+    assert (facts["leak"], facts["uid"]) == (None, 65534)
+    assert not (runs.dir / "x").exists()
+
+
+def test_memory_and_process_limits_stop_a_runaway_run(shared_dir: Path, tmp_path: Path) -> None:
+    """run_memory_mb and run_processes bind a run: an allocation past the memory cap is
+    killed, a fork loop past the process cap fails; the run fails saying how it ended."""
+    need_sandbox()
+    repo = make_repo(shared_dir / "repo", {"README": "hello\n"})
+    settings = {
+        **QUICK, "runs_dir": shared_dir / "runs", "run_memory_mb": 64, "run_processes": 16,
+    }  # fmt: skip
+    with run_corral(tmp_path / "home", f"sqlite:///{tmp_path}/c.db", **settings) as corral:
+        identity = IdentityService(corral.app.store, corral.app.clock)
+        team = identity.create_team("payments")
+        user = identity.create_user("ada", team.id)
+        _, raw = identity.create_key(team.id, user.id)
+        limited = Runs(corral, identity, raw, user.id, team.id, repo, shared_dir)
+        hog = limited.submit(command=["/usr/bin/python3", "-c", "b = bytearray(512 * 2**20)"])
+        forks = limited.submit(command=["sh", "-c", "for i in $(seq 64); do sleep 5 & done; wait"])
+        hogged = limited.wait(hog["id"])
+        assert hogged["state"] == "failed"
+        assert hogged["reason"] == (
+            "the agent was killed by SIGKILL: the memory limit (64 MiB) killed 1 process(es)"
+        )
+        forked = limited.wait(forks["id"])
+        assert forked["state"] == "failed", forked
+        assert "the process limit (16) refused" in forked["reason"], forked["reason"]
+        assert "fork" in limited.artifact(forks["id"], "stderr.log").lower()

@@ -34,7 +34,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -453,7 +453,8 @@ class LocalExecutor:
             (logs / "stderr.log").open("wb") as err,
         ):
             proc = await asyncio.to_thread(box.spawn, command, groups, stdout=out, stderr=err)
-            return await self._wait(live, proc, groups)
+            outcome = await self._wait(live, proc, groups)
+            return replace(outcome, limits=tuple(sandboxes.limits_hit(groups, box.limits)))
 
     def _limits(self, run: Run) -> sandboxes.Limits:
         s = self.host.settings
@@ -516,20 +517,30 @@ class LocalExecutor:
 class _Outcome:
     code: int | None
     stopped: tuple[str, str, str] | None  # (state, actor, reason) when Corral stopped it
+    limits: tuple[str, ...] = ()  # what the cgroups refused or killed, in words
 
     def verdict(self, patch: str) -> tuple[str, str, str]:
         if self.stopped is not None:
             return self.stopped
         if self.code != 0:
-            how = (
-                f"signal {-self.code}"
-                if self.code is not None and self.code < 0
-                else f"code {self.code}"
-            )
-            return "failed", SYSTEM, f"the agent exited with {how}"
+            reason = f"the agent {_ended(self.code)}"
+            if self.limits:
+                reason += ": " + "; ".join(self.limits)
+            return "failed", SYSTEM, reason
         files = sum(1 for line in patch.splitlines() if line.startswith("diff --git "))
         change = f"{files} file{'s' if files != 1 else ''} changed" if files else "no change"
         return "awaiting_review", SYSTEM, f"the agent finished: {change}"
+
+
+def _ended(code: int | None) -> str:
+    """How a process ended, in words: the relay reports a signal as 128 + its number."""
+    if code is None:
+        return "ended without an exit status"
+    number = -code if code < 0 else code - 128 if 128 < code < 128 + 65 else None
+    if number is not None:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(number).name}"
+    return f"exited with code {code}"
 
 
 def _run_span(run: Run) -> dict[str, Any]:

@@ -236,6 +236,31 @@ def signal_tree(groups: Sequence[Path], leader: int, sig: int) -> None:
             os.killpg(leader, sig)
 
 
+def limits_hit(groups: Sequence[Path], limits: Limits) -> list[str]:
+    """What the run's cgroups refused or killed, in words (read before they are removed)."""
+    hit: list[str] = []
+    for group in groups:
+        with contextlib.suppress(OSError, ValueError):
+            if group.parent.name == "memory":
+                fields = dict(
+                    line.split() for line in (group / "memory.oom_control").read_text().splitlines()
+                )
+                if int(fields.get("oom_kill", "0")):
+                    mib = limits.memory_bytes // 2**20
+                    hit.append(
+                        f"the memory limit ({mib} MiB) killed {fields['oom_kill']} process(es)"
+                    )
+            elif group.parent.name == "pids":
+                events = dict(
+                    line.split() for line in (group / "pids.events").read_text().splitlines()
+                )
+                if int(events.get("max", "0")):
+                    hit.append(
+                        f"the process limit ({limits.processes}) refused {events['max']} fork(s)"
+                    )
+    return hit
+
+
 def _is_bwrap(pid: int) -> bool:
     try:
         return os.path.basename(os.readlink(f"/proc/{pid}/exe")) == "bwrap"
