@@ -18,10 +18,6 @@ except under CI=true where that is a failure.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +33,7 @@ from corral.store.schema import spans
 from tests.agents.test_real_cli_agents import BIN, cli
 from tests.conftest import StartCorral
 from tests.gateway.conftest import Running, gateway_corral
+from tests.sandboxing import make_repo, need_sandbox, shared_folder
 from tests.services import missing_service
 
 pytestmark = pytest.mark.agent_cli
@@ -82,24 +79,14 @@ CODEX = Task(
 
 @pytest.fixture
 def runs_root() -> Iterator[Path]:
-    """A 0711 folder under /var/tmp: the run's uid must traverse it (pytest's are 0700)."""
-    root = Path(tempfile.mkdtemp(prefix="corral-managed-", dir="/var/tmp"))
-    root.chmod(0o711)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
+    with shared_folder("corral-managed-") as root:
+        yield root
 
 
 @pytest.fixture
 def repo(runs_root: Path) -> Path:
     """A one-commit repository whose notes.txt has a typo."""
-    root = runs_root / "repo"
-    root.mkdir()
-    (root / "notes.txt").write_text(NOTES)
-    git = ["git", "-C", str(root), "-c", "user.name=ada", "-c", "user.email=ada@example.com"]
-    subprocess.run(["git", "init", "-q", "-b", "main", str(root)], check=True)
-    subprocess.run([*git, "add", "notes.txt"], check=True)
-    subprocess.run([*git, "commit", "-q", "--no-gpg-sign", "-m", "notes"], check=True)
-    return root
+    return make_repo(runs_root / "repo", {"notes.txt": NOTES})
 
 
 @pytest.fixture
@@ -107,10 +94,7 @@ def managed(
     tmp_path: Path, runs_root: Path, store_url: str, start_corral: StartCorral
 ) -> Iterator[Running]:
     """Corral with a team, user and key, running agents in its sandbox from ``runs_root``."""
-    if shutil.which("bwrap") is None:
-        missing_service("bubblewrap", "bwrap is not installed (apt-get install bubblewrap)")
-    if os.geteuid() != 0:
-        missing_service("root", "managed runs drop to an unprivileged uid and make cgroups")
+    need_sandbox()
     settings: dict[str, Any] = {
         "runs_dir": runs_root / "runs",
         "run_agent_path": str(BIN),

@@ -8,10 +8,7 @@ under CI=true where that is a failure.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +18,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 from tests.conftest import NO_SIM, Corral, StartCorral
-from tests.services import missing_service
+from tests.sandboxing import make_repo, need_sandbox, shared_folder
 
 from corral.cli.runs import runs
 from corral.identity.service import IdentityService
@@ -31,10 +28,7 @@ FIX = "sh -c 'echo fixed > README; echo done; echo oops >&2'"
 
 @pytest.fixture(autouse=True)
 def _needs_bubblewrap_and_root() -> None:
-    if shutil.which("bwrap") is None:
-        missing_service("bubblewrap", "bwrap is not installed (apt-get install bubblewrap)")
-    if os.geteuid() != 0:
-        missing_service("root", "the sandbox tests run as root (they drop to an unprivileged uid)")
+    need_sandbox()
 
 
 @dataclass
@@ -70,25 +64,16 @@ class Live:
 @pytest.fixture
 def live(start_corral: StartCorral, monkeypatch: pytest.MonkeyPatch) -> Iterator[Live]:
     """Runs folder and repository under /var/tmp (mode 0711: the run's uid traverses it)."""
-    root = Path(tempfile.mkdtemp(prefix="corral-cli-runs-", dir="/var/tmp"))
-    root.chmod(0o711)
-    repo = root / "repo"
-    repo.mkdir()
-    (repo / "README").write_text("broken\n")
-    author = ["-c", "user.name=t", "-c", "user.email=t@example.com"]
-    for args in (["init", "-q", "-b", "main"], ["add", "."], [*author, "commit", "-qm", "base"]):
-        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
-    monkeypatch.chdir(root)
-    settings = {"runs_dir": root / "runs", "run_grace": 2, "run_heartbeat_interval": 0.2}
-    try:
+    with shared_folder("corral-cli-runs-") as root:
+        repo = make_repo(root / "repo", {"README": "broken\n"})
+        monkeypatch.chdir(root)
+        settings = {"runs_dir": root / "runs", "run_grace": 2, "run_heartbeat_interval": 0.2}
         with start_corral(root / "home", f"sqlite:///{root / 'c.db'}", sim_url=NO_SIM,
                           **settings) as corral:  # fmt: skip
             identity = IdentityService(corral.app.store, corral.app.clock)
             team = identity.create_team("payments")
             ada = identity.create_user("ada", team.id)
             yield Live(corral, repo, identity.create_key(team.id, ada.id)[1])
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _until_state(live: Live, run_id: str, state: str) -> None:

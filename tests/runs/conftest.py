@@ -3,10 +3,7 @@ fixture repository; helpers to submit runs and wait for them."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +16,9 @@ import pytest
 from corral.identity.service import IdentityService
 from corral.runs import sample
 from tests.conftest import Corral, run_corral
-from tests.services import missing_service
+from tests.sandboxing import make_repo, need_sandbox, shared_folder
+
+__all__ = ["LIVE", "QUICK", "Runs", "make_repo", "need_sandbox", "start_runs"]
 
 LIVE = ("queued", "admitted", "running")
 
@@ -32,32 +31,10 @@ QUICK: dict[str, Any] = {
 }
 
 
-def need_sandbox() -> None:
-    if shutil.which("bwrap") is None:
-        missing_service("bubblewrap", "bwrap is not installed (apt-get install bubblewrap)")
-    if os.geteuid() != 0:
-        missing_service("root", "runs drop to an unprivileged uid and make cgroups: run as root")
-
-
 @pytest.fixture
 def shared_dir() -> Iterator[Path]:
-    """A folder the run's uid can traverse (pytest's temp folders are 0700 root)."""
-    root = Path(tempfile.mkdtemp(prefix="corral-runs-", dir="/var/tmp"))
-    root.chmod(0o711)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
-
-
-def make_repo(folder: Path, files: dict[str, str]) -> Path:
-    """A git repository with one commit holding ``files``, on branch main."""
-    folder.mkdir(parents=True)
-    for name, text in files.items():
-        (folder / name).write_text(text)
-    git = ["git", "-C", str(folder), "-c", "user.name=ada", "-c", "user.email=ada@example.com"]
-    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
-    subprocess.run([*git, "add", "."], check=True)
-    subprocess.run([*git, "commit", "-qm", "start"], check=True)
-    return folder
+    with shared_folder() as root:
+        yield root
 
 
 @dataclass
@@ -111,15 +88,24 @@ class Runs:
         return r.text
 
 
-@pytest.fixture
-def runs(shared_dir: Path, tmp_path: Path) -> Iterator[Runs]:
+@contextlib.contextmanager
+def start_runs(shared_dir: Path, home: Path, repo: Path, **settings: Any) -> Iterator[Runs]:
+    """A Corral executing runs under ``shared_dir/runs``, with team payments, user ada and
+    her key; ``settings`` on top of the quick ones."""
     need_sandbox()
-    repo = make_repo(shared_dir / "repo", {"README": "hello\n"})
-    settings = {**QUICK, "runs_dir": shared_dir / "runs", "sim_script": sample.SCRIPT}
-    with run_corral(tmp_path / "home", f"sqlite:///{tmp_path}/corral.db", **settings) as corral:
+    settings = {**QUICK, "runs_dir": shared_dir / "runs", "sim_script": sample.SCRIPT, **settings}
+    with run_corral(home / "home", f"sqlite:///{home}/corral.db", **settings) as corral:
         identity = IdentityService(corral.app.store, corral.app.clock)
         team = identity.create_team("payments")
         user = identity.create_user("ada", team.id)
         _, raw = identity.create_key(team.id, user.id, name="ada-laptop")
         assert corral.app.executor.refusal is None, corral.app.executor.refusal
         yield Runs(corral, identity, raw, user.id, team.id, repo, shared_dir)
+
+
+@pytest.fixture
+def runs(shared_dir: Path, tmp_path: Path) -> Iterator[Runs]:
+    need_sandbox()
+    repo = make_repo(shared_dir / "repo", {"README": "hello\n"})
+    with start_runs(shared_dir, tmp_path, repo) as live:
+        yield live

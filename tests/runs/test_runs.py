@@ -13,10 +13,8 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from corral.identity.service import IdentityService
 from corral.store.schema import keys, spans
-from tests.conftest import run_corral
-from tests.runs.conftest import QUICK, Runs, make_repo, need_sandbox
+from tests.runs.conftest import Runs, make_repo, start_runs
 
 # Inside the sandbox: call the gateway through the relay with the run's key.
 CALL = """
@@ -261,16 +259,9 @@ def test_without_the_sandbox_the_run_says_so_and_still_runs_unprivileged(
     shared_dir: Path, tmp_path: Path
 ) -> None:
     """--unsafe-no-sandbox: the run records "none (unsafe)", the agent runs in the workspace
-    as the unprivileged uid, reaches the gateway through the relay and dies with the server."""
-    need_sandbox()
+    as the unprivileged uid and reaches the gateway through the relay."""
     repo = make_repo(shared_dir / "repo", {"README": "hello\n"})
-    settings = {**QUICK, "runs_dir": shared_dir / "runs", "unsafe_no_sandbox": True}
-    with run_corral(tmp_path / "home", f"sqlite:///{tmp_path}/c.db", **settings) as corral:
-        identity = IdentityService(corral.app.store, corral.app.clock)
-        team = identity.create_team("payments")
-        user = identity.create_user("ada", team.id)
-        _, raw = identity.create_key(team.id, user.id)
-        unsafe = Runs(corral, identity, raw, user.id, team.id, repo, shared_dir)
+    with start_runs(shared_dir, tmp_path, repo, unsafe_no_sandbox=True) as unsafe:
         body = "import pathlib; print(os.getuid(), call('sim-standard')[0], pathlib.Path.cwd())"
         run = unsafe.submit(command=script(body), model="sim-standard")
         assert run["sandbox"] == "none (unsafe)"
@@ -336,17 +327,8 @@ pathlib.Path("/artifacts/facts.json").write_text(json.dumps(facts))
 def test_memory_and_process_limits_stop_a_runaway_run(shared_dir: Path, tmp_path: Path) -> None:
     """run_memory_mb and run_processes bind a run: an allocation past the memory cap is
     killed, a fork loop past the process cap fails; the run fails saying how it ended."""
-    need_sandbox()
     repo = make_repo(shared_dir / "repo", {"README": "hello\n"})
-    settings = {
-        **QUICK, "runs_dir": shared_dir / "runs", "run_memory_mb": 64, "run_processes": 16,
-    }  # fmt: skip
-    with run_corral(tmp_path / "home", f"sqlite:///{tmp_path}/c.db", **settings) as corral:
-        identity = IdentityService(corral.app.store, corral.app.clock)
-        team = identity.create_team("payments")
-        user = identity.create_user("ada", team.id)
-        _, raw = identity.create_key(team.id, user.id)
-        limited = Runs(corral, identity, raw, user.id, team.id, repo, shared_dir)
+    with start_runs(shared_dir, tmp_path, repo, run_memory_mb=64, run_processes=16) as limited:
         hog = limited.submit(command=["/usr/bin/python3", "-c", "b = bytearray(512 * 2**20)"])
         forks = limited.submit(command=["sh", "-c", "for i in $(seq 64); do sleep 5 & done; wait"])
         hogged = limited.wait(hog["id"])

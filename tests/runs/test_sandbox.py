@@ -7,9 +7,7 @@ bubblewrap; without them they skip, except under CI=true where that is a failure
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -18,24 +16,18 @@ from pathlib import Path
 import pytest
 
 from corral.runs import Limits, Sandbox, probe
-from tests.services import missing_service
+from tests.sandboxing import need_sandbox, shared_folder
 
 
 @pytest.fixture(autouse=True)
 def _needs_bubblewrap_and_root() -> None:
-    if shutil.which("bwrap") is None:
-        missing_service("bubblewrap", "bwrap is not installed (apt-get install bubblewrap)")
-    if os.geteuid() != 0:
-        missing_service("root", "the sandbox tests run as root (they drop to an unprivileged uid)")
+    need_sandbox()
 
 
 @pytest.fixture
-def runs(tmp_path: Path) -> Iterator[Path]:
-    """A runs folder the run's uid can traverse (pytest's own temp folders are 0700 root)."""
-    root = Path(tempfile.mkdtemp(prefix="corral-runs-", dir="/var/tmp"))
-    root.chmod(0o711)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
+def runs() -> Iterator[Path]:
+    with shared_folder() as root:
+        yield root
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ Every transition is stored with when, who or what caused it (``actor``) and why.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from corral.errors import Conflict
 
@@ -29,18 +29,7 @@ State = Literal[
     "cancelled",
     "sequestered",
 ]
-STATES: tuple[State, ...] = (
-    "queued",
-    "admitted",
-    "running",
-    "awaiting_review",
-    "approved",
-    "rejected",
-    "delivered",
-    "failed",
-    "cancelled",
-    "sequestered",
-)
+STATES: tuple[State, ...] = get_args(State)
 LIVE: frozenset[State] = frozenset({"admitted", "running"})
 """States in which an executor holds the run (its heartbeat must stay fresh)."""
 ACTIVE: frozenset[State] = frozenset({"queued", "admitted", "running"})
