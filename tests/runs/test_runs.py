@@ -340,3 +340,20 @@ def test_memory_and_process_limits_stop_a_runaway_run(shared_dir: Path, tmp_path
         assert forked["state"] == "failed", forked
         assert "the process limit (16) refused" in forked["reason"], forked["reason"]
         assert "fork" in limited.artifact(forks["id"], "stderr.log").lower()
+
+
+def test_a_runs_folder_too_deep_for_a_unix_socket_still_runs(
+    shared_dir: Path, tmp_path: Path
+) -> None:
+    """A Unix socket's path holds at most 107 bytes: under a deeper runs folder the gateway
+    is served from a folder of its own, and runs work."""
+    repo = make_repo(shared_dir / "repo", {"README": "hello\n"})
+    deep = shared_dir / ("d" * 60) / ("e" * 60) / "runs"
+    with start_runs(shared_dir, tmp_path, repo, runs_dir=deep) as live:
+        assert len(str(deep)) > 107
+        run = live.submit(command=script("print(call('sim-standard')[0])"), model="sim-standard")
+        done = live.wait(run["id"])
+        assert done["state"] == "awaiting_review", done
+        with live.api() as c:
+            out = c.get(f"/api/v1/runs/{run['id']}/logs").text
+        assert out == "200\n"

@@ -32,6 +32,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -115,7 +116,7 @@ class LocalExecutor:
         self._swept_at = 0.0
         self._loop_task: asyncio.Task[None] | None = None
         self._server: Any = None
-        self._socket = self.dir / f".gateway-{os.getpid()}.sock"
+        self._socket = self.dir / f".gateway-{os.getpid()}.sock"  # see _socket_path
 
     @property
     def sandbox_label(self) -> str:
@@ -126,11 +127,18 @@ class LocalExecutor:
     async def start(self) -> None:
         """Probe the sandbox, serve the gateway socket, recover dead runs, start the loop."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.dir.chmod(0o711)
+        with contextlib.suppress(OSError):  # a folder made by someone else keeps its mode
+            self.dir.chmod(0o711)
         self.refusal = await asyncio.to_thread(self._probe)
+        try:
+            self._socket = _socket_path(self.dir)
+            await self._serve_socket()
+        except (OSError, SystemExit) as exc:  # uvicorn exits when it cannot bind
+            self.refusal = (self.refusal or "agent runs are refused on this server") + (
+                f"; the gateway socket {self._socket} could not be served: {exc}"
+            )
         if self.refusal:
             log.warning("%s", self.refusal)
-        await self._serve_socket()
         await asyncio.to_thread(self._recover)
         self._loop_task = asyncio.create_task(self._loop(), name="corral-runs")
 
@@ -152,6 +160,9 @@ class LocalExecutor:
             await self._server.shutdown()
             self._server = None
         self._socket.unlink(missing_ok=True)
+        if self._socket.parent != self.dir:
+            with contextlib.suppress(OSError):
+                self._socket.parent.rmdir()
 
     def _probe(self) -> str | None:
         problems: list[str] = []
@@ -580,6 +591,20 @@ def _hand_over(ws: workspaces.Workspace, uid: int) -> None:
         return
     workspaces.hand_over(ws, uid)
     os.chown(ws.artifacts, uid, uid)
+
+
+_SUN_PATH_MAX = 107  # bytes of a Unix socket's path, its terminating NUL excluded
+
+
+def _socket_path(runs_dir: Path) -> Path:
+    """Where this process serves the gateway to its sandboxes: in the runs folder, or, when
+    that path is too long for a Unix socket, in a folder of its own under /tmp."""
+    path = runs_dir / f".gateway-{os.getpid()}.sock"
+    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+        return path
+    folder = Path(tempfile.mkdtemp(prefix="corral-gw-"))
+    folder.chmod(0o711)  # the run's uid reaches the socket; it cannot list the folder
+    return folder / "gateway.sock"
 
 
 def _cgroup(run_id: str) -> str:
