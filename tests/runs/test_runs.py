@@ -357,3 +357,41 @@ def test_a_runs_folder_too_deep_for_a_unix_socket_still_runs(
         with live.api() as c:
             out = c.get(f"/api/v1/runs/{run['id']}/logs").text
         assert out == "200\n"
+
+
+def test_a_handoff_mounts_the_earlier_runs_artifacts_read_only(runs: Runs) -> None:
+    """--handoff-from RUN: the earlier run's artifacts are at /handoff ($CORRAL_HANDOFF),
+    readable, not writable; a live run or another team's cannot be handed from."""
+    plan = runs.submit(
+        command=["sh", "-c", 'echo "step 1: fix README" > "$CORRAL_ARTIFACTS/plan.md"']
+    )
+    assert runs.wait(plan["id"])["state"] == "awaiting_review"
+    body = (
+        'cat "$CORRAL_HANDOFF/plan.md" > README; '
+        "if echo x > /handoff/plan.md; then echo WROTE; else echo read-only; fi"
+    )
+    implement = runs.submit(command=["sh", "-c", body], handoff_from=plan["id"])
+    done = runs.wait(implement["id"])
+    assert done["state"] == "awaiting_review", done
+    assert done["handoff_from"] == plan["id"]
+    assert runs.artifact(implement["id"], "stdout.log") == "read-only\n"
+    assert "+step 1: fix README" in runs.artifact(implement["id"], "diff.patch")
+    assert runs.artifact(plan["id"], "artifacts/plan.md") == "step 1: fix README\n"
+
+    live = runs.submit(command=["sleep", "30"])
+    with runs.api() as c:
+        busy = c.post("/api/v1/runs", json={
+            "agent": "command", "repo": str(runs.repo), "task": "t", "command": ["true"],
+            "handoff_from": live["id"],
+        })  # fmt: skip
+        c.post(f"/api/v1/runs/{live['id']}/cancel")
+    assert busy.status_code == 409, busy.text
+    team = runs.identity.create_team("search")
+    bob = runs.identity.create_user("bob", team.id)
+    _, other = runs.identity.create_key(team.id, bob.id)
+    with runs.api(other) as c:
+        foreign = c.post("/api/v1/runs", json={
+            "agent": "command", "repo": str(runs.repo), "task": "t", "command": ["true"],
+            "handoff_from": plan["id"],
+        })  # fmt: skip
+    assert foreign.status_code == 404, foreign.text
