@@ -12,10 +12,10 @@ import asyncio
 import os
 from datetime import UTC, datetime
 from pathlib import Path as FsPath
-from typing import Annotated, Protocol, cast
+from typing import Annotated, Protocol, Self, cast
 
 from fastapi import APIRouter, Path, Query, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import func, select
 
 from corral.api.context import Ctx, Host
@@ -49,10 +49,22 @@ class RunsHost(Host, Protocol):
 # -- models ---------------------------------------------------------------------------------
 
 
-class SubmitRun(BaseModel):
-    """A run to queue. ``team`` defaults to the key's team, ``owner`` to its user."""
+class _NoNul(BaseModel):
+    """Text that reaches git, a command line or the store may not hold NUL characters."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _no_nul(self) -> Self:
+        for name, value in self:
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(v, str) and "\x00" in v for v in values):
+                raise ValueError(f"{name} may not contain NUL characters")
+        return self
+
+
+class SubmitRun(_NoNul):
+    """A run to queue. ``team`` defaults to the key's team, ``owner`` to its user."""
 
     agent: str = Field(description="The agent profile: corral, claude-code, codex, aider, "
                        "gemini or command.")  # fmt: skip
@@ -68,7 +80,9 @@ class SubmitRun(BaseModel):
         default_factory=list, description="Further models the run's key may call."
     )
     priority: str = Field(default="normal", description="low, normal or high.")
-    budget_usd: float | None = Field(default=None, description="The run's spending cap.")
+    budget_usd: float | None = Field(
+        default=None, gt=0, le=1_000_000, allow_inf_nan=False, description="The run's spending cap."
+    )
     timeout: str | float | None = Field(
         default=None, description="Wall-clock limit: seconds, or a duration like 30m or 2h."
     )
@@ -131,9 +145,7 @@ class ArtifactList(BaseModel):
     artifacts: list[Artifact]
 
 
-class Deliver(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Deliver(_NoNul):
     branch: str | None = Field(default=None, description="Create this branch in the repository.")
     patch: bool = Field(default=False, description="Answer the change as a patch instead.")
 
@@ -215,8 +227,6 @@ def _submit(ctx: Ctx, body: SubmitRun) -> Run:
     host = _host(ctx)
     refuse_run_keys(ctx.caller, "submit runs")
     executor = host.executor
-    if executor.refusal:
-        raise StoreError(executor.refusal, status=503, code="runs_refused")
     profile = executor.profiles.get(body.agent)
     if profile is None:
         known = ", ".join(sorted(executor.profiles))
@@ -241,10 +251,13 @@ def _submit(ctx: Ctx, body: SubmitRun) -> Run:
     )  # fmt: skip
     profile.check(probe)
     source = workspaces.check_source(body.repo, body.ref)
+    timeout = _timeout(body.timeout, s.run_default_timeout, s.run_max_timeout)
+    if executor.refusal:  # after the request's own mistakes, which the caller can fix
+        raise StoreError(executor.refusal, status=503, code="runs_refused")
     return host.runs.new_run(
         req, ctx.caller, source=source, model=model,
         allowed=list(dict.fromkeys([model, *body.allow_models])),
-        timeout_s=_timeout(body.timeout, s.run_default_timeout, s.run_max_timeout),
+        timeout_s=timeout,
         sandbox=executor.sandbox_label,
     )  # fmt: skip
 
@@ -275,6 +288,8 @@ def _artifacts(host: RunsHost, run: Run) -> list[Artifact]:
 
 
 def _artifact_path(host: RunsHost, run: Run, name: str) -> FsPath:
+    if "\x00" in name:
+        raise NotFound("artifact not found")
     root = _folder(host, run)
     if name in ("diff.patch", "report.md", "stdout.log", "stderr.log"):
         path = root / "output" / name
