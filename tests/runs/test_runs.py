@@ -395,3 +395,25 @@ def test_a_handoff_mounts_the_earlier_runs_artifacts_read_only(runs: Runs) -> No
             "handoff_from": plan["id"],
         })  # fmt: skip
     assert foreign.status_code == 404, foreign.text
+
+
+def test_one_slot_admits_by_priority_then_first_come(shared_dir: Path, tmp_path: Path) -> None:
+    """With one slot taken, waiting runs start high before normal before low, and within a
+    priority in the order they came; a finished run's workspace goes at once with
+    run_workspace_retention = 0 while its artifacts stay."""
+    repo = make_repo(shared_dir / "repo", {"README": "hello\n"})
+    with start_runs(shared_dir, tmp_path, repo, run_slots=1, run_workspace_retention=0) as live:
+        first = live.submit(command=["sleep", "1"])
+        waiting = [
+            live.submit(command=["true"], priority=p)["id"]
+            for p in ("low", "normal", "high", "normal")
+        ]
+        assert live.wait(first["id"])["state"] == "awaiting_review"
+        started = {r: live.wait(r)["started_at"] for r in waiting}
+        low, normal, high, later = waiting
+        assert started[high] < started[normal] < started[later] < started[low]
+        folder = shared_dir / "runs" / low
+        assert not (folder / "workspace").exists()
+        assert not (folder / "scratch").exists()
+        assert (folder / "output" / "diff.patch").exists()
+        assert live.get(low)["events"][0]["actor_name"] == "ada"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path as FsPath
 from typing import Annotated, Protocol, Self, cast
@@ -32,7 +33,7 @@ from corral.runs.service import (
     command_line,
     refuse_run_keys,
 )
-from corral.store.schema import spans, users
+from corral.store.schema import spans, teams, users
 from corral.traces.spans import run_trace
 
 _RUN_ID = Annotated[str, Path(max_length=40, description="A run id (run_…).")]
@@ -96,7 +97,8 @@ class RunEventOut(BaseModel):
     at: datetime
     from_state: str | None
     to_state: str
-    actor: str
+    actor: str = Field(description="user:<id>, admin, or executor.")
+    actor_name: str = Field(description="The actor as people know it: the user's name.")
     reason: str | None
 
 
@@ -168,9 +170,10 @@ def _dt(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
 
-def _out(ctx: Ctx, run: Run, *, detail: bool = False) -> RunOut:
+def _out(ctx: Ctx, run: Run, *, detail: bool = False, names: _Names | None = None) -> RunOut:
+    """A run as the API shows it; ``detail`` adds its history, LLM calls and cost."""
     host = _host(ctx)
-    names = _names(ctx, [u for u in (run.owner_id, run.requester_id) if u])
+    names = names or _Names.of(ctx, [run])
     calls, cost = 0, 0
     events: list[RunEventOut] = []
     if detail:
@@ -183,18 +186,20 @@ def _out(ctx: Ctx, run: Run, *, detail: bool = False) -> RunOut:
                 )
             ).one()
         calls, cost = int(row[0]), int(row[1])
+        history = host.runs.events(run.id)
+        names.add_actors(ctx, [e.actor for e in history])
         events = [
             RunEventOut(
                 at=cast(datetime, _dt(e.at)), from_state=e.from_state, to_state=e.to_state,
-                actor=e.actor, reason=e.reason,
+                actor=e.actor, actor_name=names.actor(e.actor), reason=e.reason,
             )
-            for e in host.runs.events(run.id)
+            for e in history
         ]  # fmt: skip
     return RunOut(
         id=run.id, state=run.state, reason=run.reason,
-        team=ctx.service.get_team(run.team_id).name,
-        owner=names.get(run.owner_id, run.owner_id),
-        requester=names.get(run.requester_id or "", run.requester_id),
+        team=names.teams.get(run.team_id, run.team_id),
+        owner=names.users.get(run.owner_id, run.owner_id),
+        requester=names.users.get(run.requester_id or "", run.requester_id),
         agent=run.profile, repo=run.repo, ref=run.ref, base_commit=run.base_commit,
         task=run.task, command=run.command, model=run.model,
         allowed_models=list(run.allowed_models), priority=run.priority,
@@ -208,10 +213,35 @@ def _out(ctx: Ctx, run: Run, *, detail: bool = False) -> RunOut:
     )  # fmt: skip
 
 
-def _names(ctx: Ctx, user_ids: list[str]) -> dict[str, str]:
-    with _host(ctx).store.connect() as conn:
-        rows = conn.execute(select(users.c.id, users.c.name).where(users.c.id.in_(user_ids)))
-        return {r.id: r.name for r in rows}
+@dataclass(slots=True)
+class _Names:
+    """Team and user names of a page of runs, read in two queries."""
+
+    teams: dict[str, str]
+    users: dict[str, str]
+
+    @classmethod
+    def of(cls, ctx: Ctx, found: list[Run]) -> _Names:
+        user_ids = {u for r in found for u in (r.owner_id, r.requester_id) if u}
+        team_ids = {r.team_id for r in found}
+        with _host(ctx).store.connect() as conn:
+            t = conn.execute(select(teams.c.id, teams.c.name).where(teams.c.id.in_(team_ids)))
+            u = conn.execute(select(users.c.id, users.c.name).where(users.c.id.in_(user_ids)))
+            return cls({r.id: r.name for r in t}, {r.id: r.name for r in u})
+
+    def add_actors(self, ctx: Ctx, actors: list[str]) -> None:
+        wanted = {a.removeprefix("user:") for a in actors if a.startswith("user:")}
+        wanted -= self.users.keys()
+        if wanted:
+            with _host(ctx).store.connect() as conn:
+                rows = conn.execute(select(users.c.id, users.c.name).where(users.c.id.in_(wanted)))
+                self.users.update((r.id, r.name) for r in rows)
+
+    def actor(self, actor: str) -> str:
+        """``user:usr_…`` as the user's name; ``admin`` and ``executor`` as they are."""
+        if actor.startswith("user:"):
+            return self.users.get(actor.removeprefix("user:"), actor)
+        return actor
 
 
 def _timeout(value: str | float | None, default: float, most: float) -> float:
@@ -377,7 +407,8 @@ def router() -> APIRouter:
     ) -> RunList:
         def work() -> RunList:
             found = _host(ctx).runs.find(ctx.caller, team=team, states=state or (), limit=limit)
-            return RunList(runs=[_out(ctx, run) for run in found])
+            names = _Names.of(ctx, found)
+            return RunList(runs=[_out(ctx, run, names=names) for run in found])
 
         return await asyncio.to_thread(work)
 

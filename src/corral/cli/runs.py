@@ -205,7 +205,12 @@ def show(run_id: str, as_json: bool) -> None:
         history.add_column(column)
     for e in run["events"]:
         change = f"{e['from_state'] or '-'} → {e['to_state']}"
-        history.add_row(_clock(e["at"]), change, escape(e["actor"]), escape(e["reason"] or ""))
+        history.add_row(
+            _clock(e["at"]),
+            change,
+            escape(e.get("actor_name") or e["actor"]),
+            escape(e["reason"] or ""),
+        )
     console.print()
     console.print(history)
     console.print()
