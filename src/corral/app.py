@@ -189,6 +189,7 @@ class CorralApp:
         # load the event loop holds it and each return waited the default 5 ms switch
         # interval, so storing fell far behind accepting. Switch more often.
         sys.setswitchinterval(0.0005)
+        await self.executor.ready()  # the sandbox probe ran beside the steps above
         self.started = True
         for hook in self.on_startup:
             hook(self)

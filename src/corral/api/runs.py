@@ -394,6 +394,7 @@ def router() -> APIRouter:
 
     @r.post("", status_code=201, summary="Queue an agent run")
     async def submit(ctx: Ctx, body: SubmitRun) -> RunOut:
+        await _host(ctx).executor.ready()
         run = await asyncio.to_thread(_submit, ctx, body)
         _host(ctx).executor.wake()
         return await asyncio.to_thread(_out, ctx, run, detail=True)

@@ -116,6 +116,8 @@ class LocalExecutor:
         self._swept_at = 0.0
         self._loop_task: asyncio.Task[None] | None = None
         self._server: Any = None
+        self._probing: asyncio.Task[str | None] | None = None
+        self._socket_error: str | None = None
         self._socket = self.dir / f".gateway-{os.getpid()}.sock"  # see _socket_path
 
     @property
@@ -129,18 +131,28 @@ class LocalExecutor:
         self.dir.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(OSError):  # a folder made by someone else keeps its mode
             self.dir.chmod(0o711)
-        self.refusal = await asyncio.to_thread(self._probe)
+        # The probe starts a sandbox (~60 ms): it runs beside the rest of start-up, and
+        # submitting and admitting wait for it (``ready``).
+        self._probing = asyncio.create_task(asyncio.to_thread(self._probe), name="corral-probe")
         try:
             self._socket = _socket_path(self.dir)
             await self._serve_socket()
         except (OSError, SystemExit) as exc:  # uvicorn exits when it cannot bind
-            self.refusal = (self.refusal or "agent runs are refused on this server") + (
-                f"; the gateway socket {self._socket} could not be served: {exc}"
-            )
-        if self.refusal:
-            log.warning("%s", self.refusal)
+            self._socket_error = f"the gateway socket {self._socket} could not be served: {exc}"
         await asyncio.to_thread(self._recover)
         self._loop_task = asyncio.create_task(self._loop(), name="corral-runs")
+
+    async def ready(self) -> None:
+        """Wait for the start-up probe; afterwards ``refusal`` says whether runs are refused."""
+        if self._probing is None:
+            return
+        found = await self._probing
+        self._probing = None
+        if self._socket_error:
+            found = (found or "agent runs are refused on this server") + "; " + self._socket_error
+        self.refusal = found
+        if found:
+            log.warning("%s", found)
 
     async def stop(self) -> None:
         """Stop the loop; stop every live run (failed: the server stopped) and wait for it."""
@@ -155,9 +167,11 @@ class LocalExecutor:
             await asyncio.gather(
                 *(live.task for live in self._live.values()), return_exceptions=True
             )
+        if self._probing is not None:
+            with contextlib.suppress(Exception):
+                await self.ready()
         if self._server is not None:
-            self._server.should_exit = True
-            await self._server.shutdown()
+            await _close(self._server)
             self._server = None
         self._socket.unlink(missing_ok=True)
         if self._socket.parent != self.dir:
@@ -204,6 +218,7 @@ class LocalExecutor:
 
     async def _loop(self) -> None:
         interval = self.host.settings.run_heartbeat_interval
+        await self.ready()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval)
@@ -591,6 +606,18 @@ def _hand_over(ws: workspaces.Workspace, uid: int) -> None:
         return
     workspaces.hand_over(ws, uid)
     os.chown(ws.artifacts, uid, uid)
+
+
+async def _close(server: Any) -> None:
+    """Stop a uvicorn server serving the socket: its runs have stopped, so no request is in
+    flight (uvicorn's own ``shutdown`` waits 100 ms for some on principle)."""
+    for listener in server.servers:
+        listener.close()
+    for connection in list(server.server_state.connections):
+        connection.shutdown()
+    for listener in server.servers:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(listener.wait_closed(), 5)
 
 
 _SUN_PATH_MAX = 107  # bytes of a Unix socket's path, its terminating NUL excluded
