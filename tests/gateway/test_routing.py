@@ -335,6 +335,7 @@ def test_reserved_capacity_is_used_first_then_the_contract_decides(
         with gateway_corral(
             tmp_path / "home", f"sqlite:///{tmp_path / 'c.db'}", providers=providers, models=models
         ) as running:
+            clear_of_a_minute_boundary()
             answers = [call(running, "chat", stream=False) for _ in range(5)]
             routes = [r.headers.get("x-corral-route") for r in answers]
             assert routes[:3] == ["committed/sim-standard"] * 3
@@ -365,6 +366,14 @@ def test_reserved_capacity_is_used_first_then_the_contract_decides(
             assert "committed: reserved rpm 3" in text.output
 
 
+def clear_of_a_minute_boundary(margin: float = 15.0) -> None:
+    """Reserved capacity is counted per calendar minute: calls that straddle a minute would
+    find it renewed. Start them with ``margin`` seconds of the minute left."""
+    left = 60 - time.time() % 60
+    if left < margin:
+        time.sleep(left + 0.05)
+
+
 def test_a_contract_that_refuses_overflow_answers_429_when_nothing_else_can(
     tmp_path: Path,
 ) -> None:
@@ -377,6 +386,7 @@ def test_a_contract_that_refuses_overflow_answers_429_when_nothing_else_can(
         with gateway_corral(
             tmp_path / "home", f"sqlite:///{tmp_path / 'c.db'}", providers=providers, models=models
         ) as running:
+            clear_of_a_minute_boundary()
             assert call(running, "chat", stream=False).status_code == 200
             refused = call(running, "messages", stream=False)
             assert refused.status_code == 429
