@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from corral.store.schema import keys, spans
@@ -417,3 +418,23 @@ def test_one_slot_admits_by_priority_then_first_come(shared_dir: Path, tmp_path:
         assert not (folder / "scratch").exists()
         assert (folder / "output" / "diff.patch").exists()
         assert live.get(low)["events"][0]["actor_name"] == "ada"
+
+
+def test_metrics_show_the_executor(runs: Runs) -> None:
+    """/metrics tells this process's slots, live runs, refusal and runs ended by state."""
+    run = runs.submit(command=["sh", "-c", "exit 4"])
+    assert runs.wait(run["id"])["state"] == "failed"
+    with runs.api(runs.corral.admin_key) as c:
+        text = c.get("/metrics").text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name.startswith("corral_run")
+    }
+    assert samples == {
+        ("corral_run_slots", ()): 2,
+        ("corral_runs_live", ()): 0,
+        ("corral_runs_refused", ()): 0,
+        ("corral_runs_ended_total", (("state", "failed"),)): 1,
+    }

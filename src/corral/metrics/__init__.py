@@ -2,7 +2,8 @@
 
 The circuit breakers of each deployment (issue 4), what this process's
 gateway served (``corral.metrics.traffic``) and the health of the span
-pipeline (``corral.metrics.pipeline``). Each process exposes its own (breakers
+pipeline (``corral.metrics.pipeline``) and its run executor (``corral.metrics.runs``).
+Each process exposes its own (breakers
 and traffic counters are per process); scrape every replica.
 """
 
@@ -22,6 +23,7 @@ from prometheus_client.registry import Collector
 from corral.errors import CorralError
 from corral.gateway.http import api_key
 from corral.metrics.pipeline import PipelineCollector
+from corral.metrics.runs import RunsCollector
 from corral.metrics.traffic import Traffic
 
 if TYPE_CHECKING:
@@ -79,7 +81,11 @@ class Metrics:
         app.on_startup.append(self._catalog_built)
         # These read objects only the event loop may walk (the breakers' maps, the recorder's
         # backlog): a scrape collects them on the loop. ``traffic`` is safe from any thread.
-        self._on_loop: tuple[Collector, ...] = (BreakerCollector(app), PipelineCollector(app))
+        self._on_loop: tuple[Collector, ...] = (
+            BreakerCollector(app),
+            PipelineCollector(app),
+            RunsCollector(app),
+        )
         self.registry = CollectorRegistry(auto_describe=True)
         for collector in (*self._on_loop, self.traffic):
             self.registry.register(collector)
@@ -153,4 +159,4 @@ def _render(encoder: Callable[[Collector], bytes], scrape: _Scrape, compress: bo
     return gzip.compress(text, compresslevel=6) if compress else text
 
 
-__all__ = ["BreakerCollector", "Metrics", "PipelineCollector", "Traffic"]
+__all__ = ["BreakerCollector", "Metrics", "PipelineCollector", "RunsCollector", "Traffic"]

@@ -34,6 +34,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -114,11 +115,20 @@ class LocalExecutor:
         self._live: dict[str, _Live] = {}
         self._wake = asyncio.Event()
         self._swept_at = 0.0
+        self.ended: Counter[str] = Counter()  # runs this process ended, by final state
         self._loop_task: asyncio.Task[None] | None = None
         self._server: Any = None
         self._probing: asyncio.Task[str | None] | None = None
         self._socket_error: str | None = None
         self._socket = self.dir / f".gateway-{os.getpid()}.sock"  # see _socket_path
+
+    @property
+    def slots(self) -> int:
+        return self.host.settings.run_slots
+
+    @property
+    def live(self) -> int:
+        return len(self._live)
 
     @property
     def sandbox_label(self) -> str:
@@ -532,6 +542,7 @@ class LocalExecutor:
             self.runs.transition, run.id, state, actor=actor, reason=reason, ended_at=now,
             exit_code=outcome.code,
         )  # fmt: skip
+        self.ended[state] += 1
         self.host.record_spans(_run_span(live.run))
         if self.host.settings.run_workspace_retention == 0:
             await asyncio.to_thread(workspaces.remove_tree, ws.path)
