@@ -438,3 +438,15 @@ def test_metrics_show_the_executor(runs: Runs) -> None:
         ("corral_runs_refused", ()): 0,
         ("corral_runs_ended_total", (("state", "failed"),)): 1,
     }
+
+
+def test_the_status_page_counts_runs_by_team_and_state_and_nothing_more(runs: Runs) -> None:
+    """The unauthenticated status page shows counts per team and state, never a task."""
+    run = runs.submit(command=["true"], task="a secret plan for the refund endpoint")
+    runs.wait(run["id"])
+    with runs.api() as c:
+        page = c.get("/").text
+    assert "Agent runs by team and state" in page
+    assert "<td>payments</td>" in page
+    assert "secret plan" not in page
+    assert run["id"] not in page

@@ -1,4 +1,4 @@
-"""A minimal server-rendered status page: per-team usage, the catalog, links.
+"""A minimal server-rendered status page: per-team usage, runs by state, the catalog, links.
 
 It reads only aggregate figures (no prompts, no keys), so it is served without
 authentication on the loopback address Corral listens on by default. The full
@@ -12,8 +12,12 @@ import time
 from html import escape
 from typing import TYPE_CHECKING
 
+from sqlalchemy import func, select
+
 from corral.gateway.http import Receive, Scope, Send, send_bytes
 from corral.identity.service import IdentityService, UsageRow
+from corral.runs.model import STATES
+from corral.store.schema import runs, teams
 
 if TYPE_CHECKING:
     from corral.app import CorralApp
@@ -58,8 +62,34 @@ price table {escape(app.catalog.price_version)} · {time.strftime("%Y-%m-%d %H:%
 <h2>Usage by team, last 24 hours</h2>{_table(day, "team")}
 <h2>Usage by model, last 24 hours</h2>{_table(models, "model")}
 <h2>Usage by team, all time</h2>{_table(total, "team")}
+<h2>Agent runs by team and state</h2>{_runs(app)}
 <h2>Models</h2>{_catalog(app)}
 </body></html>"""
+
+
+def _runs(app: CorralApp) -> str:
+    """Counts only: a run's task and repository are for those who may see the run."""
+    with app.store.connect() as conn:
+        rows = conn.execute(
+            select(teams.c.name, runs.c.state, func.count())
+            .join(teams, teams.c.id == runs.c.team_id)
+            .group_by(teams.c.name, runs.c.state)
+        ).all()
+    refusal = app.executor.refusal
+    note = f'<p class="muted">This process refuses runs: {escape(refusal)}</p>' if refusal else ""
+    if not rows:
+        return note + '<p class="muted">No runs yet (<code>corral runs submit</code>).</p>'
+    counts: dict[str, dict[str, int]] = {}
+    for team, state, n in rows:
+        counts.setdefault(team, {})[state] = n
+    head = "<tr><th>team</th>" + "".join(f"<th>{s.replace('_', ' ')}</th>" for s in STATES)
+    body = "".join(
+        f"<tr><td>{escape(team)}</td>"
+        + "".join(f"<td>{by_state.get(s, 0):,}</td>" for s in STATES)
+        + "</tr>"
+        for team, by_state in sorted(counts.items())
+    )
+    return f"{note}<table>{head}</tr>{body}</table>"
 
 
 def _table(rows: list[UsageRow], by: str) -> str:
