@@ -120,6 +120,11 @@ def test_a_run_is_submitted_waited_on_and_read_back(live: Live) -> None:
 
     assert live.cli("logs", run_id).stdout == "done\n"
     assert live.cli("logs", run_id, "--stderr").stdout == "oops\n"
+    (piece,) = [json.loads(line) for line in live.cli("logs", run_id, "--json").stdout.splitlines()]
+    assert piece == {
+        "run": run_id, "stream": "stdout", "offset": 0, "next_offset": 5,
+        "state": "awaiting_review", "text": "done\n",
+    }  # fmt: skip
     names = [a["path"] for a in live.json("artifacts", run_id)["artifacts"]]
     assert {"diff.patch", "report.md", "stdout.log"} <= set(names)
     patch = live.cli("artifacts", run_id, "diff.patch").stdout

@@ -10,6 +10,7 @@ prints the API's answer and nothing else.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -276,17 +277,30 @@ def _short(text: str | None) -> str | None:
 @click.argument("run_id", metavar="RUN")
 @click.option("--stderr", "use_stderr", is_flag=True, help="The agent's stderr, not its stdout.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing what comes until the run ends.")
-def logs(run_id: str, use_stderr: bool, follow: bool) -> None:
-    """Print the agent's stdout (or stderr) as bytes, as it was written."""
-    params = {"stream": "stderr" if use_stderr else "stdout", "offset": "0"}
+@json_option
+def logs(run_id: str, use_stderr: bool, follow: bool, as_json: bool) -> None:
+    """Print the agent's stdout (or stderr) as bytes, as it was written. With --json, each
+    piece is a JSON line: run, stream, offset, next_offset, the run's state and the text."""
+    stream = "stderr" if use_stderr else "stdout"
+    params = {"stream": stream, "offset": "0"}
     with _client() as api:
         while True:
             response = api.raw("GET", _run_path(run_id, "logs"), params=params)
-            if response.content:
+            state = response.headers.get("x-corral-run-state")
+            next_offset = response.headers["x-corral-next-offset"]
+            if as_json and (response.content or params["offset"] == "0"):
+                piece = {
+                    "run": run_id, "stream": stream, "offset": int(params["offset"]),
+                    "next_offset": int(next_offset), "state": state,
+                    "text": response.content.decode("utf-8", "replace"),
+                }  # fmt: skip
+                click.echo(json.dumps(piece))
+            elif response.content:
                 click.echo(response.content, nl=False)  # bytes go to the binary stream
-                params["offset"] = response.headers["x-corral-next-offset"]
+            if response.content:
+                params["offset"] = next_offset
                 continue  # a full page may have more behind it
-            if not follow or response.headers.get("x-corral-run-state") not in ACTIVE:
+            if not follow or state not in ACTIVE:
                 return
             time.sleep(POLL_SECONDS)
 
