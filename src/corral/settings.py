@@ -451,6 +451,13 @@ class Settings(BaseSettings):
         description="Per-team overrides of `run_team_concurrency`, by team name "
         "(`run_team_limits = { payments = 4 }`).",
     )
+    run_repo_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders local repositories may be cloned from (`--repo PATH`). Empty: "
+        "any repository the server can read, fine on a one-person machine; set it where "
+        "several teams share a server, so one cannot clone another's checkout. URLs "
+        "(https, http, ssh, git) are always allowed.",
+    )
     run_default_timeout: float = Field(
         default=1800.0, gt=0, description="Wall-clock limit of a run without `--timeout`, seconds."
     )

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from corral.errors import InvalidRequest
-from corral.runs.workspace import diff, prepare, remove
+from corral.errors import InvalidRequest, PermissionDenied
+from corral.runs.workspace import check_source, diff, prepare, remove
 
 
 def git(repo: Path, *args: str) -> str:
@@ -83,3 +83,21 @@ def test_bad_repo_and_ref_are_clear_errors(repo: Path, tmp_path: Path) -> None:
     with pytest.raises(InvalidRequest, match="--ref nope: no such branch, tag or commit"):
         prepare(str(repo), "nope", tmp_path / "runs", "run_y")
     assert not (tmp_path / "runs" / "run_y").exists()
+
+
+def test_sources_are_paths_or_plain_urls_and_roots_confine_paths(
+    repo: Path, tmp_path: Path
+) -> None:
+    """A local repository (or file://) resolves; ext:: and other transports are refused;
+    with run_repo_roots a repository outside them is refused 403, one inside accepted."""
+    assert check_source(str(repo), "main") == str(repo.resolve())
+    assert check_source(f"file://{repo}", None) == str(repo.resolve())
+    assert check_source("https://example.com/x.git", None) == "https://example.com/x.git"
+    for bad in ("ext::sh -c touch% /tmp/pwned", "fd::3", "ftp://example.com/x.git"):
+        with pytest.raises(InvalidRequest, match="not a repository Corral clones"):
+            check_source(bad, None)
+    elsewhere = tmp_path / "allowed"
+    elsewhere.mkdir()
+    with pytest.raises(PermissionDenied, match="outside the folders runs may clone from"):
+        check_source(str(repo), None, [elsewhere])
+    assert check_source(str(repo), None, [repo.parent]) == str(repo.resolve())

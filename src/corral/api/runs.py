@@ -280,7 +280,7 @@ def _submit(ctx: Ctx, body: SubmitRun) -> Run:
         agent_path=s.run_agent_path or os.environ.get("PATH", ""),
     )  # fmt: skip
     profile.check(probe)
-    source = workspaces.check_source(body.repo, body.ref)
+    source = workspaces.check_source(body.repo, body.ref, s.run_repo_roots)
     timeout = _timeout(body.timeout, s.run_default_timeout, s.run_max_timeout)
     if executor.refusal:  # after the request's own mistakes, which the caller can fix
         raise StoreError(executor.refusal, status=503, code="runs_refused")

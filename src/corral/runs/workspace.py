@@ -18,16 +18,21 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.errors import Conflict, InvalidRequest
+from corral.errors import Conflict, InvalidRequest, PermissionDenied
 
 _GIT_ENV = {
     "GIT_TERMINAL_PROMPT": "0",  # never wait for credentials on a terminal
     "GIT_CONFIG_NOSYSTEM": "1",
+    # Only these transports, whatever a URL, a submodule or a config says: never ext::
+    # (which runs a command) or another remote helper.
+    "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh",
     "LC_ALL": "C",
 }
+_URL_SCHEMES = ("https://", "http://", "ssh://", "git://")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,14 +114,32 @@ def remove(ws: Workspace) -> None:
     shutil.rmtree(ws.root, ignore_errors=True)
 
 
-def check_source(repo: str, ref: str | None) -> str:
+def check_source(repo: str, ref: str | None, roots: Sequence[Path] = ()) -> str:
     """Check before queueing that ``repo`` is a repository holding ``ref``; return the
-    repository as it will be cloned (a local path resolved, a URL as given). A URL's ref is
-    checked when the run starts (a failed clone fails the run, saying why)."""
+    repository as it will be cloned (a local path resolved, a URL as given). With ``roots``,
+    a local repository must lie inside one of them (several teams share the server: one
+    must not clone another's checkout). A URL's ref is checked when the run starts (a
+    failed clone fails the run, saying why)."""
     source = _source(repo)
-    if "://" not in source and not source.startswith("git@"):
-        _resolve(Path(source), ref or "HEAD", repo, remote=False)
+    if _is_url(source):
+        return source
+    if roots and not any(_inside(Path(source), root) for root in roots):
+        allowed = ", ".join(str(r) for r in roots)
+        raise PermissionDenied(
+            f"--repo {repo} is outside the folders runs may clone from ({allowed}; "
+            "run_repo_roots): give a repository under one of them, or a URL"
+        )
+    _resolve(Path(source), ref or "HEAD", repo, remote=False)
     return source
+
+
+def _is_url(source: str) -> bool:
+    return source.startswith(_URL_SCHEMES) or (source.startswith("git@") and ":" in source)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    root = root.expanduser().resolve()
+    return path == root or root in path.parents
 
 
 def deliver_branch(
@@ -164,8 +187,15 @@ def deliver_branch(
 
 
 def _source(repo: str) -> str:
-    if "://" in repo or repo.startswith("git@"):
+    if _is_url(repo):
         return repo
+    if repo.startswith("file://"):
+        repo = repo.removeprefix("file://")
+    elif "::" in repo or "://" in repo:
+        raise InvalidRequest(
+            f"--repo {repo}: not a repository Corral clones (a path on the server, or an "
+            "https, http, ssh or git URL)"
+        )
     path = Path(repo).expanduser().resolve()
     if not (path / ".git").exists() and not (path / "HEAD").exists():
         raise InvalidRequest(f"--repo {repo}: not a git repository (no .git there)")
