@@ -450,3 +450,16 @@ def test_the_status_page_counts_runs_by_team_and_state_and_nothing_more(runs: Ru
     assert "<td>payments</td>" in page
     assert "secret plan" not in page
     assert run["id"] not in page
+
+
+def test_delivery_into_someone_elses_repository_writes_as_its_owner(runs: Runs) -> None:
+    """Corral runs as root; a repository owned by another user gets the branch written as
+    that user, so no root-owned object folder is left where its owner must write."""
+    subprocess.run(["chown", "-R", "65534:65534", str(runs.repo)], check=True)
+    run = runs.submit(command=["sh", "-c", "echo fixed > README"])
+    assert runs.wait(run["id"])["state"] == "awaiting_review"
+    with runs.api() as c:
+        r = c.post(f"/api/v1/runs/{run['id']}/deliver", json={"branch": "fix"})
+    assert r.status_code == 200, r.text
+    owners = {p.stat().st_uid for p in (runs.repo / ".git").rglob("*")}
+    assert owners == {65534}

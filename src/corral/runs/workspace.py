@@ -81,9 +81,8 @@ def diff(ws: Workspace) -> str:
     binary patches), whatever the agent staged or not."""
     index = ws.root / "diff.index"  # a private index: the workspace's own is left as it is
     env = {"GIT_INDEX_FILE": str(index)}
-    # The working tree belongs to the run's uid now; this clone is Corral's own, so git's
-    # ownership check is waived for it (and only it).
-    here = ("-c", f"safe.directory={ws.path}", "-C", str(ws.path))
+    # The working tree belongs to the run's uid now: _git trusts it (the clone is Corral's).
+    here = ("-C", str(ws.path))
     try:
         _git(*here, "read-tree", ws.base, env=env)
         _git(*here, "add", "--all", ".", env=env)
@@ -154,15 +153,7 @@ def deliver_branch(
     if not branch or branch.startswith("-") or " " in branch:
         raise InvalidRequest(f"--branch {branch!r}: not a usable branch name")
     _git("check-ref-format", "--branch", branch)
-    existing = subprocess.run(
-        ["git", "ls-remote", "--heads", source, f"refs/heads/{branch}"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **_GIT_ENV},
-        timeout=120,
-        check=False,
-    )
-    if existing.stdout.strip():
+    if _git("ls-remote", "--heads", source, f"refs/heads/{branch}").strip():
         raise Conflict(f"branch {branch} already exists in {repo}; choose another --branch")
     with tempfile.TemporaryDirectory(prefix="corral-deliver-") as tmp:
         clone = Path(tmp) / "clone"
@@ -182,8 +173,29 @@ def deliver_branch(
             _git(*here, "apply", "--cached", "--binary", str(patch_file), env=env)
         tree = _git(*here, "write-tree", env=env).strip()
         commit = _git(*here, "commit-tree", tree, "-p", base, "-m", message, env=env).strip()
-        _git(*here, "push", "--quiet", "origin", f"{commit}:refs/heads/{branch}")
+        owner = _owner(source)
+        if owner is not None:  # write into the repository as its owner, never as root
+            _chown_tree(Path(tmp), *owner)
+        _git(*here, "push", "--quiet", "origin", f"{commit}:refs/heads/{branch}", user=owner)
     return commit
+
+
+def _owner(source: str) -> tuple[int, int] | None:
+    """The uid and gid a push into local repository ``source`` must run as, when Corral runs
+    as root and the repository is someone else's (objects root wrote there would be
+    folders its owner could no longer write into)."""
+    if _is_url(source) or os.geteuid() != 0:
+        return None
+    git_dir = Path(source) / ".git"
+    info = (git_dir if git_dir.exists() else Path(source)).stat()
+    return None if info.st_uid == 0 else (info.st_uid, info.st_gid)
+
+
+def _chown_tree(top: Path, uid: int, gid: int) -> None:
+    os.chown(top, uid, gid)
+    for folder, dirs, files in os.walk(top):
+        for name in (*dirs, *files):
+            os.chown(os.path.join(folder, name), uid, gid, follow_symlinks=False)
 
 
 def _source(repo: str) -> str:
@@ -213,15 +225,32 @@ def _resolve(workspace: Path, ref: str, repo: str, *, remote: bool = True) -> st
     raise InvalidRequest(f"--ref {ref}: no such branch, tag or commit in {repo}")
 
 
-def _git(*args: str, env: dict[str, str] | None = None) -> str:
-    result = subprocess.run(
-        ["git", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **_GIT_ENV, **(env or {})},
-        timeout=600,
-        check=False,
-    )
+_GIT_CONFIG = "[safe]\n\tdirectory = *\n"
+"""Corral's own global git config. Repositories are trusted whoever owns them: an engineer's
+source is only cloned from (upload-pack ignores a repository's hook and command settings
+by design) and checked for a ref, and a workspace's .git is Corral's (read-only to the
+agent). Given through GIT_CONFIG_GLOBAL, which, unlike ``-c``, reaches the upload-pack of
+a local clone; root's own ~/.gitconfig is left out."""
+
+
+def _git(*args: str, env: dict[str, str] | None = None, user: tuple[int, int] | None = None) -> str:
+    """Run git (as ``user``'s uid and gid when given); ``InvalidRequest`` with its stderr."""
+    drop: dict[str, object] = {}
+    if user is not None:
+        drop = {"user": user[0], "group": user[1], "extra_groups": []}
+    with tempfile.NamedTemporaryFile("w", prefix="corral-git-", suffix=".config") as config:
+        config.write(_GIT_CONFIG)
+        config.flush()
+        os.chmod(config.name, 0o644)  # readable by ``user`` too
+        result: subprocess.CompletedProcess[str] = subprocess.run(  # type: ignore[call-overload]
+            ["git", *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **_GIT_ENV, "GIT_CONFIG_GLOBAL": config.name, **(env or {})},
+            timeout=600,
+            check=False,
+            **drop,
+        )
     if result.returncode != 0:
         raise InvalidRequest(f"git {_verb(args)} failed: {result.stderr.strip()[:500]}")
     return result.stdout
