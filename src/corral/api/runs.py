@@ -16,6 +16,7 @@ from pathlib import Path as FsPath
 from typing import Annotated, Protocol, Self, cast
 
 from fastapi import APIRouter, Path, Query, Response
+from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import func, select
 
@@ -471,7 +472,8 @@ def router() -> APIRouter:
         def work() -> Response:
             host = _host(ctx)
             path = _artifact_path(host, host.runs.get(run_id, ctx.caller), name)
-            return Response(path.read_bytes(), media_type="application/octet-stream")
+            # streamed from disk: a screenshot or a long log need not fit in memory
+            return FileResponse(path, media_type="application/octet-stream")
 
         return await asyncio.to_thread(work)
 
