@@ -276,6 +276,14 @@ class Codex(_Base):
 
 
 class Aider(_Base):
+    """aider, one ``--message`` turn, unattended, offline but for the gateway.
+
+    aider edits files in the workspace and commits nothing (``.git`` is read-only, Corral
+    takes the diff); its chat transcript goes to the artifacts, its other state to the home.
+    The model is ``openai/M``; aider chooses its edit format from that name as it always
+    does (``whole`` for a name it does not know).
+    """
+
     name = "aider"
     description = "aider (aider --message), over the Chat Completions API"
 
@@ -283,21 +291,52 @@ class Aider(_Base):
         find_cli("aider", ctx)
 
     def command(self, ctx: AgentContext) -> list[str]:
-        return [
+        aider = [
             str(find_cli("aider", ctx)),
             "--message",
             ctx.task,
             "--model",
             f"openai/{ctx.model}",
-            "--yes-always",
-            "--no-auto-commits",
-            "--no-check-update",
+            "--yes-always",  # --message is unattended: add mentioned files, apply edits
+            "--no-auto-commits",  # .git is read-only inside; Corral takes the diff itself
+            "--no-dirty-commits",
+            "--no-gitignore",  # would add .aider* to the repository's .gitignore
+            "--chat-history-file",
+            f"{ctx.artifacts}/aider.chat.history.md",
+            "--input-history-file",
+            f"{ctx.home}/.aider.input.history",
+            "--no-check-update",  # the sandbox has no network: nothing of aider's own
             "--no-analytics",
+            "--no-detect-urls",
+            "--no-show-release-notes",
             "--no-show-model-warnings",
+            "--no-fancy-input",
+            "--no-pretty",
         ]
+        # aider keeps its repository map's cache in the repository root, where it would
+        # become part of the diff: remove it when aider exits, keeping aider's exit status.
+        tidy = 'cd "$1" && shift && "$@"; status=$?; rm -rf .aider.tags.cache.v*; exit $status'
+        return ["/bin/sh", "-c", tidy, "aider", ctx.workspace, *aider]
 
     def environment(self, ctx: AgentContext) -> dict[str, str]:
-        return {**base_environment(ctx), "OPENAI_API_BASE": f"{ctx.gateway}/v1"}
+        return {
+            **base_environment(ctx),
+            "OPENAI_API_BASE": f"{ctx.gateway}/v1",
+            # litellm fetches its price map from GitHub at import unless told not to
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        }
+
+    def files(self, ctx: AgentContext) -> dict[str, str]:
+        # Known to aider, the model needs no metadata download (aider's own price map fetch)
+        metadata = {f"openai/{ctx.model}": {"litellm_provider": "openai", "mode": "chat"}}
+        # Without a git identity aider writes one into the repository's config (read-only).
+        # Without a sandbox .git belongs to Corral's uid, not the run's: git needs safe.directory.
+        gitconfig = (
+            f"[user]\n\tname = aider (Corral run {ctx.run_id})\n"
+            f"\temail = {ctx.run_id}@corral.invalid\n"
+            f"[safe]\n\tdirectory = {ctx.workspace}\n"
+        )
+        return {".aider.model.metadata.json": json.dumps(metadata), ".gitconfig": gitconfig}
 
     def read_only(self, ctx: AgentContext) -> list[Path]:
         return [find_cli("aider", ctx).parents[1]]  # its virtualenv
