@@ -463,3 +463,20 @@ def test_delivery_into_someone_elses_repository_writes_as_its_owner(runs: Runs) 
     assert r.status_code == 200, r.text
     owners = {p.stat().st_uid for p in (runs.repo / ".git").rglob("*")}
     assert owners == {65534}
+
+
+def test_a_run_another_process_ended_is_stopped_here_and_left_as_it_says(runs: Runs) -> None:
+    """If another process marks a live run failed (it judged its executor dead), the process
+    still running it stops the agent at its next heartbeat and does not overwrite the state."""
+    run = runs.submit(command=["sh", "-c", "touch /artifacts/up; sleep 3041"])
+    _wait_for_file(runs.dir / "runs" / run["id"] / "artifacts" / "up")
+    runs.corral.app.runs.transition(
+        run["id"], "failed", actor="executor", reason="judged dead by another process"
+    )
+    deadline = time.monotonic() + 2.0 + 5.0  # the grace, a few heartbeats
+    while _processes("3041") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes("3041") == 0
+    time.sleep(0.5)
+    done = runs.get(run["id"])
+    assert (done["state"], done["reason"]) == ("failed", "judged dead by another process")

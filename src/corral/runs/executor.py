@@ -85,6 +85,7 @@ class _Live:
     task: asyncio.Task[None]
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     stop_reason: tuple[str, str, str] | None = None  # (state, actor, reason)
+    superseded: bool = False  # its stored state was changed by another process
 
 
 def executor_id() -> str:
@@ -246,9 +247,14 @@ class LocalExecutor:
         if self._live:
             for run_id in list(self._live):
                 self.runs.update(run_id, heartbeat_at=now)
-            for run_id, who in self.runs.cancel_requests(list(self._live)).items():
+            for run_id, (state, who) in self.runs.held(list(self._live)).items():
                 live = self._live.get(run_id)
-                if live is not None:
+                if live is None:
+                    continue
+                if state not in LIVE:  # another process judged it dead: do not run on
+                    self._request_stop(live, state, SYSTEM, f"{state} elsewhere")
+                    live.superseded = True
+                elif who is not None:
                     self._request_stop(live, "cancelled", who, "cancelled; the run was stopped")
         self._fail_stale(now)
         self._sweep_workspaces(now)
@@ -538,6 +544,9 @@ class LocalExecutor:
             (out / "report.md").write_text(report)
         state, actor, reason = outcome.verdict(patch)
         now = self.host.clock.now()
+        if live.superseded:  # the store already says how it ended; keep the artifacts only
+            log.warning("run %s was ended by another process; stopped it here", run.id)
+            return
         live.run = await asyncio.to_thread(
             self.runs.transition, run.id, state, actor=actor, reason=reason, ended_at=now,
             exit_code=outcome.code,

@@ -261,17 +261,18 @@ class RunService:
         self.update(run_id, cancel_requested=actor)
         return self.load(run_id)
 
-    def cancel_requests(self, run_ids: Sequence[str]) -> dict[str, str]:
-        """Which of ``run_ids`` someone asked to cancel, and who."""
+    def held(self, run_ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        """The stored state of each of ``run_ids`` and who asked to cancel it (if anyone):
+        what the executor holding them checks at each heartbeat."""
         if not run_ids:
             return {}
         with self._store.connect() as conn:
             rows = conn.execute(
-                select(runs.c.id, runs.c.cancel_requested).where(
-                    runs.c.id.in_(list(run_ids)), runs.c.cancel_requested.is_not(None)
+                select(runs.c.id, runs.c.state, runs.c.cancel_requested).where(
+                    runs.c.id.in_(list(run_ids))
                 )
             )
-            return {r.id: r.cancel_requested for r in rows}
+            return {r.id: (r.state, r.cancel_requested) for r in rows}
 
 
 def _may_see(key: KeyInfo, run: Run) -> bool:
