@@ -21,15 +21,12 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.agents.test_managed_runs import NOTES, Task, llm_calls, run_to_the_end
-from tests.conftest import StartCorral
-from tests.gateway.conftest import Running, gateway_corral
-from tests.sandboxing import make_repo, need_sandbox, shared_folder
-from tests.services import missing_service
+from tests.agents.conftest import NOTES
+from tests.agents.test_managed_runs import Task, llm_calls, managed_corral, run_to_the_end
+from tests.gateway.conftest import Running
 
 pytestmark = pytest.mark.agent_cli
 
@@ -58,35 +55,11 @@ def aider() -> Path:
 
 
 @pytest.fixture
-def runs_root() -> Iterator[Path]:
-    with shared_folder("corral-aider-") as root:
-        yield root
-
-
-@pytest.fixture
-def repo(runs_root: Path) -> Path:
-    """A one-commit repository whose notes.txt has a typo."""
-    return make_repo(runs_root / "repo", {"notes.txt": NOTES})
-
-
-@pytest.fixture
-def managed(
-    tmp_path: Path, runs_root: Path, store_url: str, start_corral: StartCorral
-) -> Iterator[Running]:
-    """Corral with a team, user and key, running aider in its sandbox from ``runs_root``."""
-    need_sandbox()
+def managed(tmp_path: Path, runs_root: Path, store_url: str) -> Iterator[Running]:
     aider()
-    settings: dict[str, Any] = {
-        "runs_dir": runs_root / "runs",
-        "run_agent_path": str(AIDER_BIN),
-        "sim_script": SCRIPT,
-        "run_heartbeat_interval": 0.2,
-        "run_grace": 2,
-    }
-    with gateway_corral(tmp_path / "home", store_url, **settings) as running:
-        refusal = running.app.executor.refusal
-        if refusal:
-            missing_service("an isolating sandbox", refusal)
+    with managed_corral(
+        tmp_path / "home", runs_root, store_url, agent_path=AIDER_BIN, script=SCRIPT
+    ) as running:
         yield running
 
 

@@ -17,6 +17,7 @@ except under CI=true where that is a failure.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -30,16 +31,15 @@ from sqlalchemy import select
 
 from corral.runs.model import ACTIVE
 from corral.store.schema import spans
+from tests.agents.conftest import NOTES
 from tests.agents.test_real_cli_agents import BIN, cli
-from tests.conftest import StartCorral
 from tests.gateway.conftest import Running, gateway_corral
-from tests.sandboxing import make_repo, need_sandbox, shared_folder
+from tests.sandboxing import need_sandbox
 from tests.services import missing_service
 
 pytestmark = pytest.mark.agent_cli
 
 SCRIPT = Path(__file__).parent / "data" / "managed_runs.toml"
-NOTES = "Corral runs agnets.\n"
 RUN_TIMEOUT = 150  # seconds: the run's wall-clock limit; each run takes a few seconds here
 RUN_UID = "65534"  # the unprivileged uid runs get when Corral runs as root
 
@@ -77,35 +77,32 @@ CODEX = Task(
 )
 
 
-@pytest.fixture
-def runs_root() -> Iterator[Path]:
-    with shared_folder("corral-managed-") as root:
-        yield root
-
-
-@pytest.fixture
-def repo(runs_root: Path) -> Path:
-    """A one-commit repository whose notes.txt has a typo."""
-    return make_repo(runs_root / "repo", {"notes.txt": NOTES})
-
-
-@pytest.fixture
-def managed(
-    tmp_path: Path, runs_root: Path, store_url: str, start_corral: StartCorral
+@contextlib.contextmanager
+def managed_corral(
+    home: Path, runs_root: Path, store_url: str, *, agent_path: Path, script: Path
 ) -> Iterator[Running]:
-    """Corral with a team, user and key, running agents in its sandbox from ``runs_root``."""
+    """Corral with a team, user and key, running agents found on ``agent_path`` in its
+    sandbox from ``runs_root``, its simulator playing ``script``."""
     need_sandbox()
     settings: dict[str, Any] = {
         "runs_dir": runs_root / "runs",
-        "run_agent_path": str(BIN),
-        "sim_script": SCRIPT,
+        "run_agent_path": str(agent_path),
+        "sim_script": script,
         "run_heartbeat_interval": 0.2,
         "run_grace": 2,
     }
-    with gateway_corral(tmp_path / "home", store_url, **settings) as running:
+    with gateway_corral(home, store_url, **settings) as running:
         refusal = running.app.executor.refusal
         if refusal:
             missing_service("an isolating sandbox", refusal)
+        yield running
+
+
+@pytest.fixture
+def managed(tmp_path: Path, runs_root: Path, store_url: str) -> Iterator[Running]:
+    with managed_corral(
+        tmp_path / "home", runs_root, store_url, agent_path=BIN, script=SCRIPT
+    ) as running:
         yield running
 
 

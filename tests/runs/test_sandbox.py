@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from corral.runs import Limits, Sandbox, probe
-from tests.sandboxing import need_sandbox, shared_folder
+from tests.sandboxing import make_repo, need_sandbox, shared_folder
 
 
 @pytest.fixture(autouse=True)
@@ -171,14 +171,8 @@ def test_wall_clock_limit_kills_the_whole_tree(box: Sandbox) -> None:
 def test_an_agent_edits_its_workspace_and_the_diff_shows_it(runs: Path, tmp_path: Path) -> None:
     """A clone handed to the run's uid is editable inside; .git is not; the patch is right."""
     from corral.runs.workspace import diff, hand_over, prepare
-    from tests.runs.test_workspace import git
 
-    source = tmp_path / "repo"
-    source.mkdir()
-    git(source, "init", "--quiet", "--initial-branch=main")
-    (source / "calc.py").write_text("def add(a, b):\n    return a - b\n")
-    git(source, "add", ".")
-    git(source, "commit", "--quiet", "-m", "one")
+    source = make_repo(tmp_path / "repo", {"calc.py": "def add(a, b):\n    return a - b\n"})
     ws = prepare(str(source), None, runs / "runs", "run_edit")
     hand_over(ws, 65534)
     box = Sandbox(ws.path, ws.scratch)

@@ -9,6 +9,7 @@ import pytest
 
 from corral.errors import InvalidRequest, PermissionDenied
 from corral.runs.workspace import check_source, diff, prepare, remove
+from tests.sandboxing import make_repo
 
 
 def git(repo: Path, *args: str) -> str:
@@ -28,12 +29,7 @@ def git(repo: Path, *args: str) -> str:
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     """A repository with two commits on main and a branch `fix`."""
-    path = tmp_path / "repo"
-    path.mkdir()
-    git(path, "init", "--quiet", "--initial-branch=main")
-    (path / "calc.py").write_text("def add(a, b):\n    return a - b\n")
-    git(path, "add", ".")
-    git(path, "commit", "--quiet", "-m", "one")
+    path = make_repo(tmp_path / "repo", {"calc.py": "def add(a, b):\n    return a - b\n"})
     git(path, "branch", "fix")
     (path / "README.md").write_text("calc\n")
     git(path, "add", ".")

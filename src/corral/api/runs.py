@@ -9,7 +9,6 @@ Store and git work runs in a worker thread.
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path as FsPath
@@ -23,6 +22,7 @@ from sqlalchemy import func, select
 from corral.api.context import Ctx, Host
 from corral.errors import InvalidRequest, NotFound, PermissionDenied, StoreError
 from corral.identity.service import parse_duration
+from corral.quota._model import NANO_PER_USD
 from corral.runs import workspace as workspaces
 from corral.runs.executor import LocalExecutor
 from corral.runs.model import ACTIVE, STATES, Run
@@ -38,7 +38,6 @@ from corral.store.schema import spans, teams, users
 from corral.traces.spans import run_trace
 
 _RUN_ID = Annotated[str, Path(max_length=40, description="A run id (run_…).")]
-_NANO = 1e9
 
 
 class RunsHost(Host, Protocol):
@@ -204,12 +203,12 @@ def _out(ctx: Ctx, run: Run, *, detail: bool = False, names: _Names | None = Non
         agent=run.profile, repo=run.repo, ref=run.ref, base_commit=run.base_commit,
         task=run.task, command=run.command, model=run.model,
         allowed_models=list(run.allowed_models), priority=run.priority,
-        budget_usd=None if run.budget_nusd is None else run.budget_nusd / _NANO,
+        budget_usd=None if run.budget_nusd is None else run.budget_nusd / NANO_PER_USD,
         timeout_s=run.timeout_s, handoff_from=run.handoff_from, sandbox=run.sandbox,
         exit_code=run.exit_code, created_at=cast(datetime, _dt(run.created_at)),
         started_at=_dt(run.started_at), ended_at=_dt(run.ended_at),
         trace_id=run_trace(run.id)[0], delivered_to=run.delivered_to,
-        cancel_requested=run.cancel_requested, llm_calls=calls, cost_usd=cost / _NANO,
+        cancel_requested=run.cancel_requested, llm_calls=calls, cost_usd=cost / NANO_PER_USD,
         events=events,
     )  # fmt: skip
 
@@ -277,8 +276,8 @@ def _submit(ctx: Ctx, body: SubmitRun) -> Run:
     probe = AgentContext(
         run_id="", team="", owner="", task=body.task, model=model, key="", gateway="",
         traceparent="", workspace="", artifacts="", home="", runtime=executor.runtime,
-        command=_argv(body.command),
-        agent_path=s.run_agent_path or os.environ.get("PATH", ""),
+        command=command_line(body.command),
+        agent_path=executor.agent_path,
     )  # fmt: skip
     profile.check(probe)
     source = workspaces.check_source(body.repo, body.ref, s.run_repo_roots)
@@ -291,10 +290,6 @@ def _submit(ctx: Ctx, body: SubmitRun) -> Run:
         timeout_s=timeout,
         sandbox=executor.sandbox_label,
     )  # fmt: skip
-
-
-def _argv(command: list[str] | str | None) -> list[str] | None:
-    return command_line(command)
 
 
 def _folder(host: RunsHost, run: Run) -> FsPath:

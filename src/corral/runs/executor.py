@@ -50,7 +50,7 @@ from corral.runs import sandbox as sandboxes
 from corral.runs import workspace as workspaces
 from corral.runs.model import LIVE, PRIORITIES, Run
 from corral.runs.profiles import AgentContext, Profile
-from corral.runs.runtime import Runtime, find
+from corral.runs.runtime import Runtime, find, reachable
 from corral.runs.service import RunService
 from corral.settings import Settings
 from corral.store import Store
@@ -130,6 +130,11 @@ class LocalExecutor:
     @property
     def live(self) -> int:
         return len(self._live)
+
+    @property
+    def agent_path(self) -> str:
+        """Where profiles look agent CLIs up (PATH syntax)."""
+        return self.host.settings.run_agent_path or os.environ.get("PATH", "")
 
     @property
     def sandbox_label(self) -> str:
@@ -428,7 +433,7 @@ class LocalExecutor:
         team = self.identity.get_team(run.team_id).name
         owner = self.identity.get_user(run.owner_id).name
         trace_id, root = run_trace(run.id)
-        inside = self.unsafe is False
+        inside = not self.unsafe
         return AgentContext(
             run_id=run.id,
             team=team,
@@ -446,7 +451,7 @@ class LocalExecutor:
             else None,
             command=run.command,
             runtime=self.runtime,
-            agent_path=self.host.settings.run_agent_path or os.environ.get("PATH", ""),
+            agent_path=self.agent_path,
         )
 
     def _handoff(self, run: Run) -> Path:
@@ -679,8 +684,6 @@ def _alive(pid: int) -> bool:
 
 
 def _reachable(folder: Path, uid: int) -> bool:
-    from corral.runs.runtime import reachable
-
     return uid == os.geteuid() or reachable(folder, uid)
 
 

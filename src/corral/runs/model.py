@@ -34,7 +34,6 @@ LIVE: frozenset[State] = frozenset({"admitted", "running"})
 """States in which an executor holds the run (its heartbeat must stay fresh)."""
 ACTIVE: frozenset[State] = frozenset({"queued", "admitted", "running"})
 """States a run has not left yet: ``--wait`` waits while the run is in one of these."""
-FINAL: frozenset[State] = frozenset({"rejected", "delivered", "failed", "cancelled"})
 
 TRANSITIONS: dict[State, frozenset[State]] = {
     "queued": frozenset({"admitted", "cancelled", "failed"}),
@@ -49,7 +48,6 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     "cancelled": frozenset(),
 }
 
-Priority = Literal["low", "normal", "high"]
 PRIORITIES: dict[str, int] = {"high": 0, "normal": 1, "low": 2}
 """Queue order: lower first; within a priority, first come first served."""
 

@@ -147,8 +147,8 @@ class Sandbox:
         command: Sequence[str],
         groups: Sequence[Path],
         *,
-        stdout: IO[bytes],
-        stderr: IO[bytes],
+        stdout: IO[bytes] | int,
+        stderr: IO[bytes] | int,
     ) -> subprocess.Popen[bytes]:
         """Start ``command`` inside (in the cgroups ``groups``, made by ``cgroups``); the caller
         waits. Without the sandbox it runs in the workspace with only the profile's variables
@@ -183,37 +183,18 @@ class Sandbox:
         for path in (self.workspace, self.scratch):
             os.chown(path, self.uid, self.uid)
         with self.cgroups() as groups:
-            proc = subprocess.Popen(
-                self.argv(command),
-                user=self.uid,
-                group=self.uid,
-                extra_groups=[],
-                start_new_session=True,
-                preexec_fn=_confine(self.limits, groups),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+            proc = self.spawn(command, groups, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             try:
                 out, err = proc.communicate(timeout=self.limits.wall_seconds)
             except subprocess.TimeoutExpired:
-                stop_tree(proc, grace)
-                out, err = proc.communicate()
-        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def stop_tree(proc: subprocess.Popen[str], grace: float) -> None:
-    """SIGTERM the process group, SIGKILL it after ``grace``; bubblewrap's
-    ``--die-with-parent`` then takes the sandbox's own PID namespace down."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+                signal_tree(groups, proc.pid, signal.SIGTERM)
+                try:
+                    out, err = proc.communicate(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    signal_tree(groups, proc.pid, signal.SIGKILL)
+                    out, err = proc.communicate()
+        text = (out.decode(errors="replace"), err.decode(errors="replace"))
+        return subprocess.CompletedProcess(proc.args, proc.returncode, *text)
 
 
 def signal_tree(groups: Sequence[Path], leader: int, sig: int) -> None:

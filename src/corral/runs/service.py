@@ -24,12 +24,12 @@ from corral.clock import Clock
 from corral.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from corral.identity.keys import KeyInfo
 from corral.identity.service import IdentityService
+from corral.quota._model import NANO_PER_USD
 from corral.runs.model import ACTIVE, PRIORITIES, Run, RunEvent, check_transition
 from corral.store import Store
 from corral.store.schema import run_events, runs
 
 MAX_TASK_CHARS = 200_000
-NANO_PER_USD = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,14 +291,3 @@ def command_line(command: Sequence[str] | str | None) -> list[str] | None:
     if not argv:
         raise InvalidRequest("--command is empty")
     return argv
-
-
-def owner_names(identity: IdentityService, user_ids: Sequence[str]) -> dict[str, str]:
-    """User names by id, for showing runs to people."""
-    found: dict[str, str] = {}
-    for user_id in set(user_ids):
-        try:
-            found[user_id] = identity.get_user(user_id).name
-        except NotFound:
-            continue
-    return found
