@@ -1,5 +1,5 @@
-"""What tests of the run sandbox share: the check that it can work here, a folder the run's
-unprivileged uid can traverse, and a small git repository."""
+"""What tests of the run sandbox share: the check that it can work here, a private folder
+for runs, and a small git repository."""
 
 from __future__ import annotations
 
@@ -24,14 +24,24 @@ def need_sandbox() -> None:
 
 @contextlib.contextmanager
 def shared_folder(prefix: str = "corral-runs-") -> Iterator[Path]:
-    """A 0711 folder under /var/tmp, removed afterwards: the run's uid must traverse the
-    runs folder's parents (pytest's temp folders are 0700 root)."""
+    """A private (0700) folder under /var/tmp, removed afterwards. The run's uid cannot enter
+    it, as it cannot enter a 0700 home: every run made under it shows that a run reaches its
+    own folders anyway (``corral.runs.reveal``)."""
     root = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
-    root.chmod(0o711)
     try:
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def as_another_user(script: str, stdin: str = "") -> str:
+    """What ``script`` prints run as uid 65533: a local user who is neither Corral nor a run.
+    A secret to look for goes on ``stdin`` (``grep -f -``), never on a command line."""
+    result = subprocess.run(
+        ["/bin/sh", "-c", script], input=stdin, capture_output=True, text=True, timeout=30,
+        user=65533, group=65533, extra_groups=[], cwd="/",
+    )  # fmt: skip
+    return result.stdout
 
 
 def make_repo(folder: Path, files: dict[str, str]) -> Path:

@@ -32,6 +32,7 @@ from corral.routing.policy import RoutePolicy, load_stored
 from corral.settings import Settings
 from corral.sim import SimConfig, SimServer, bind_socket
 from corral.store import Store
+from corral.store.files import private_dir
 from corral.traces import Recorder
 from corral.traces.blobs import BlobStore
 from corral.traces.export import OtlpExporter
@@ -143,9 +144,9 @@ class CorralApp:
     @property
     def api(self) -> ASGIApp:
         if self._api is None:
-            from corral.api import create_api
+            from corral.api import guarded_api
 
-            self._api = create_api(self)
+            self._api = guarded_api(self)
         return self._api
 
     # -- lifecycle -------------------------------------------------------------
@@ -154,7 +155,7 @@ class CorralApp:
         """Migrate, bootstrap identity, start the simulator if needed, start pipelines."""
         from corral.identity.service import bootstrap
 
-        self.settings.home.mkdir(parents=True, exist_ok=True)
+        private_dir(self.settings.home)  # the journal, the database: the service user's only
         await asyncio.to_thread(self.store.migrate)
         self.generated_admin_key = await asyncio.to_thread(
             bootstrap, self.store, self.settings, self.clock

@@ -3,18 +3,23 @@
 Starts ``corral sim`` (with realistic latency) and ``corral serve`` pointed at
 it in this process, creates two demo teams with keys, drives a bounded fleet
 of clients through the OpenAI Chat, OpenAI Responses and Anthropic Messages
-protocols, prints the URLs and a usage table, and keeps serving until Ctrl-C.
+protocols, prints the URLs and a usage table, runs three sandboxed agent runs
+where the host can (and otherwise says what to install), and keeps serving
+until Ctrl-C.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
 import secrets
+import shutil
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -40,7 +45,16 @@ PROMPTS = [
 ]
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m corral.demo", description=__doc__)
+    parser.add_argument(
+        "--bwrap",
+        default="bwrap",
+        metavar="PATH",
+        help="The bubblewrap the demo checks for before its runs (default: bwrap, on PATH, "
+        "where the server looks for it).",
+    )
+    args = parser.parse_args(argv)
     console = Console(stderr=True, soft_wrap=True)
     admin_key = os.environ.get("CORRAL_ADMIN_KEY") or f"{KEY_PREFIX}admin-" + secrets.token_urlsafe(
         24
@@ -53,14 +67,14 @@ def main() -> None:
                 f"port {p} is in use: stop what runs there, or set CORRAL_PORT / CORRAL_SIM_PORT"
             )
     try:
-        asyncio.run(_run(console, admin_key, port, sim_port))
+        asyncio.run(_run(console, admin_key, port, sim_port, args.bwrap))
     except KeyboardInterrupt:
         console.print("stopped")
     except CorralError as exc:
         sys.exit(f"corral demo: {exc.message}")
 
 
-async def _run(console: Console, admin_key: str, port: int, sim_port: int) -> None:
+async def _run(console: Console, admin_key: str, port: int, sim_port: int, bwrap: str) -> None:
     sim_sock = _bind(sim_port)
     sim = SimServer(SimConfig(ttft_ms=120, tokens_per_second=150, script=sample.SCRIPT))
     await sim.start(sim_sock)
@@ -102,7 +116,11 @@ async def _run(console: Console, admin_key: str, port: int, sim_port: int) -> No
         f"\nAn agent's turn, from its own spans down to the gateway's attempt and raw bodies:\n"
         f"  CORRAL_URL={base} CORRAL_ADMIN_KEY={admin_key} corral trace {traces[0]}"
     )
-    await _demo_runs(console, app, base, keys, admin_key)
+    missing = missing_for_runs(bwrap, os.geteuid())
+    if missing:
+        console.print(runs_advice(missing))
+    else:
+        await _demo_runs(console, app, base, keys, admin_key)
     console.print(f"\nDashboard (status page): {base}/   — Ctrl-C to stop.")
     try:
         await serving
@@ -110,13 +128,48 @@ async def _run(console: Console, admin_key: str, port: int, sim_port: int) -> No
         await sim.stop()
 
 
+def missing_for_runs(bwrap: str, euid: int) -> list[tuple[str, str]]:
+    """What this host lacks for the demo runs, each with how to get it: bubblewrap, and
+    root (a run drops to an unprivileged uid of its own and gets cgroup limits)."""
+    missing = []
+    if shutil.which(bwrap) is None:
+        missing.append(
+            (
+                f"bubblewrap ({bwrap}) is not installed",
+                "apt-get install bubblewrap   # Debian, Ubuntu; Fedora: dnf install bubblewrap",
+            )
+        )
+    if euid != 0:
+        missing.append(
+            (
+                "the demo does not run as root",
+                "sudo make run   # root: each run gets a uid of its own and cgroup limits",
+            )
+        )
+    return missing
+
+
+def runs_advice(missing: list[tuple[str, str]]) -> str:
+    """How to get the full demo: what is missing and the commands that bring it."""
+    steps = "\n".join(f"  {how}" for _, how in missing)
+    return (
+        f"\n[yellow]No demo runs[/]: agent runs need the sandbox, and "
+        f"{'; '.join(what for what, _ in missing)}. For the full demo:\n{steps}\n"
+        "then `make run` also runs the reference agent three times in the sandbox, on a "
+        "sample repository (docs/runs.md)."
+    )
+
+
 async def _demo_runs(
     console: Console, app: CorralApp, base: str, keys: dict[str, str], admin_key: str
 ) -> None:
     """Three runs of the reference agent on the sample repository, in the sandbox: a fix,
     and a plan handed to an implementation."""
-    if app.executor.refusal:
-        console.print(f"\n[yellow]No demo runs[/]: {app.executor.refusal}")
+    if app.executor.refusal:  # the host has bubblewrap and root, yet the probe refused
+        console.print(
+            f"\n[yellow]No demo runs[/]: {app.executor.refusal}. The demo's runs are always "
+            "sandboxed: once that is fixed, `make run` runs them."
+        )
         return
     repo = app.settings.home.resolve() / "demo-repo"
     if not repo.exists():

@@ -280,9 +280,11 @@ def render_cli(root: click.Command | None = None) -> str:
         "",
         "# Command line",
         "",
-        "Admin commands talk to a running Corral: they read `CORRAL_URL` (default",
-        "`http://127.0.0.1:4100`) and `CORRAL_ADMIN_KEY`. Every list, show and usage command",
-        "accepts `--json` and then prints only JSON. Every command takes `-h`/`--help`.",
+        "Client commands talk to a running Corral: they read `CORRAL_URL` (default",
+        "`http://127.0.0.1:4100`) and the key in `CORRAL_KEY`, else `CORRAL_ADMIN_KEY`: any",
+        "key, a person's, a team admin's or the organisation admin's, and each command answers",
+        "within what that key may see. Every list, show and usage command accepts `--json` and",
+        "then prints only JSON. Every command takes `-h`/`--help`.",
         "",
     ]
     for command, ctx in _walk(root, "corral", None):

@@ -256,6 +256,33 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=32 * 1024 * 1024, gt=0, description="Largest request body the gateway accepts."
     )
+    api_max_body_bytes: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        description="Largest request body the admin API accepts (413 past it, checked before "
+        "the body is read, and only once the key is).",
+    )
+    http_header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Seconds a connection has to send a whole request head; then it is "
+        "answered 408 and closed (slow or half-open clients).",
+    )
+    http_idle_timeout: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description="Seconds a kept-alive connection may stay idle between requests (never "
+        "during a response: streams are not cut). Behind a load balancer, set it above the "
+        "balancer's own idle timeout.",
+    )
+    http_max_connections: int = Field(
+        default=1000,
+        gt=0,
+        description="Open connections this process serves; past it a new connection is "
+        "answered 503 with `Retry-After` and closed, and the open ones are served as before.",
+    )
     upstream_connect_timeout: float = Field(
         default=10.0, gt=0, description="Seconds to open a connection to a provider."
     )
@@ -434,8 +461,8 @@ class Settings(BaseSettings):
     runs_dir: Path | None = Field(
         default=None,
         description="Folder of run workspaces, scratch folders and artifacts. Default: "
-        "`$CORRAL_HOME/runs`. The run's unprivileged uid must be able to traverse its parents "
-        "(the start-up probe says when it cannot).",
+        "`$CORRAL_HOME/runs`. Made 0700, Corral's alone; it may sit anywhere (under a 0700 "
+        "home too): each run reaches only its own folders, through its sandbox's binds.",
     )
     run_slots: int = Field(
         default=2, ge=0, description="Runs this process executes at once (0: it runs none)."
@@ -453,10 +480,29 @@ class Settings(BaseSettings):
     )
     run_repo_roots: list[Path] = Field(
         default_factory=list,
-        description="Folders local repositories may be cloned from (`--repo PATH`). Empty: "
-        "any repository the server can read, fine on a one-person machine; set it where "
-        "several teams share a server, so one cannot clone another's checkout. URLs "
-        "(https, http, ssh, git) are always allowed.",
+        description="Folders every team's runs may clone from and deliver into (`--repo PATH`), "
+        "unless `run_team_repo_roots` names the team; `{team}` in a folder becomes the team's "
+        "name (`/srv/repos/{team}`). Empty: any folder the server can read, fine on a "
+        "one-person machine; set it where several teams share a server, so one cannot clone "
+        "another's checkout. Corral's runs folder is never allowed. Checked at submit and "
+        "again when the run starts.",
+    )
+    run_team_repo_roots: dict[str, list[Path]] = Field(
+        default_factory=dict,
+        description="Per-team `run_repo_roots`, by team name, replacing it for that team "
+        '(`run_team_repo_roots = { payments = ["/srv/repos/payments"] }`).',
+    )
+    run_repo_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts runs may clone from and deliver to by URL (https, http, ssh, "
+        "git): names like `github.com`, `*.corp.example` for its subdomains, `*` for any. "
+        "Empty (the default): no URL, so the server never connects anywhere on a run's "
+        "behalf. Redirects are not followed.",
+    )
+    run_repo_ssh_key: Path | None = Field(
+        default=None,
+        description="The private key ssh URLs authenticate with. Unset: none (the server's "
+        "own keys, ssh config and agent are never used).",
     )
     run_default_timeout: float = Field(
         default=1800.0, gt=0, description="Wall-clock limit of a run without `--timeout`, seconds."
@@ -509,6 +555,32 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds a finished run's workspace (the clone) is kept for inspection; "
         "0 removes it as the run ends. Artifacts (diff, logs, report) are kept.",
+    )
+    run_disk_mb: int = Field(
+        default=2048,
+        gt=0,
+        description="Disk a run may use, MiB: its workspace (the clone included), scratch, "
+        "artifacts and logs, measured every few seconds while it runs and as it ends; past it "
+        "the run is stopped and failed. Also the largest file a run's processes may write "
+        "(RLIMIT_FSIZE).",
+    )
+    run_log_max_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        gt=0,
+        description="Bytes of a run's stdout, and of its stderr, the server keeps; past it the "
+        "log ends with a marker and the rest of the output is read and dropped.",
+    )
+    run_diff_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        gt=0,
+        description="The largest diff a run's change may have; a larger one is not kept whole: "
+        "the run awaits review saying so, and cannot be delivered.",
+    )
+    run_report_max_bytes: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        description="Bytes of an agent's report (report.md, its last message) the server reads "
+        "and keeps; past it the report ends with a marker.",
     )
     unsafe_no_sandbox: bool = Field(
         default=False,

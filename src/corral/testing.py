@@ -1,9 +1,10 @@
 """Helpers for running Corral's servers for real inside tests, benchmarks and the demo.
 
-``ServerThread`` runs any ASGI application under uvicorn (httptools, uvloop)
-in a background thread on a loopback port, the way httpx's own test suite
-runs a real server: tests then talk to it over real sockets with real
-clients.
+``ServerThread`` runs any ASGI application in a background thread on a
+loopback port, under the same server configuration as ``corral serve``
+(``corral.server.server_config``: its header and idle timeouts, its connection
+cap), the way httpx's own test suite runs a real server: tests then talk to it
+over real sockets with real clients.
 """
 
 from __future__ import annotations
@@ -18,26 +19,37 @@ from typing import Any, TypeVar
 
 import uvicorn
 
+from corral.server import HttpLimits, server_config
+from corral.settings import Settings
+
 T = TypeVar("T")
 
 
 class ServerThread:
     """Serve an ASGI app on 127.0.0.1 in a thread; use as a context manager."""
 
-    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0, lifespan: str = "on"):
+    def __init__(
+        self,
+        app: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        lifespan: str = "on",
+        limits: HttpLimits | None = None,
+    ):
+        """``limits`` default to the app's settings when it has them (a ``CorralApp``)."""
+        # Bound, not listening: connections are refused until the server starts.
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self.host, self.port = self._sock.getsockname()[:2]
-        config = uvicorn.Config(
-            app,
-            lifespan=lifespan,  # type: ignore[arg-type]
-            log_level="warning",
-            access_log=False,
-            http="httptools",
-            loop="asyncio",
-            timeout_graceful_shutdown=2,
-        )
+        if limits is None:
+            settings = getattr(app, "settings", None)
+            if isinstance(settings, Settings):
+                limits = HttpLimits.from_settings(settings)
+            else:
+                limits = HttpLimits()
+        config = server_config(app, limits, loop="asyncio", lifespan=lifespan, graceful_shutdown=2)
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="corral-test-server", daemon=True)
         self.error: BaseException | None = None

@@ -113,7 +113,9 @@ def test_budgets_of_each_scope_are_set_shown_replaced_and_removed(clocked: Corra
             ("key", "alice"),
         ]
         assert listing["limits"] == []
-        assert _ok(c.get("/api/v1/budgets", params={"team": "payments"}))["budgets"] == [team]
+        # A team comes with the levels inside it (its users, keys and live runs).
+        in_team = _ok(c.get("/api/v1/budgets", params={"team": "payments"}))["budgets"]
+        assert in_team == [team, user, key]
         by_user = c.get("/api/v1/budgets", params={"team": "payments", "user": "alice"})
         assert _ok(by_user)["budgets"] == [user]
         assert _ok(c.get("/api/v1/budgets", params={"key": key_id}))["budgets"] == [key]
@@ -158,14 +160,14 @@ def test_usd_limits_are_stored_exactly_and_bad_limits_refused(corral: Corral) ->
         assert "at most" in _error(_budget(c, team, "usd", 1e7), 400)["message"]
         assert "at most" in _error(_budget(c, team, "tokens", 2**53), 400)["message"]
         for bad in [-1, True, "5", None]:
-            _error(_budget(c, team, "usd", bad), 422)
+            _error(_budget(c, team, "usd", bad), 400)
         nan = '{"scope": {"kind": "team", "ref": "payments"}, "resource": "usd", "limit": NaN}'
         headers = {"content-type": "application/json"}
-        _error(c.put("/api/v1/budgets", content=nan, headers=headers), 422)
-        _error(_budget(c, team, "euros", 5), 422)
-        _error(_budget(c, team, "usd", 5, window="week"), 422)
+        _error(c.put("/api/v1/budgets", content=nan, headers=headers), 400)
+        _error(_budget(c, team, "euros", 5), 400)
+        _error(_budget(c, team, "usd", 5, window="week"), 400)
         for soft in (0, 1.5):
-            _error(_budget(c, team, "usd", 5, soft_fraction=soft), 422)
+            _error(_budget(c, team, "usd", 5, soft_fraction=soft), 400)
 
         assert "name the team" in _error(_budget(c, {"kind": "team"}, "usd", 1), 400)["message"]
         with_team = {"kind": "team", "ref": "payments", "team": "search"}
@@ -315,9 +317,9 @@ def test_limits_change_only_the_fields_given(corral: Corral) -> None:
 
         nothing = c.put("/api/v1/limits", json={"scope": scope})
         assert "at least one of rpm" in _error(nothing, 400)["message"]
-        _error(c.put("/api/v1/limits", json={"scope": scope, "rpm": -1}), 422)
-        _error(c.put("/api/v1/limits", json={"scope": scope, "rpm": 2**31}), 422)
-        _error(c.put("/api/v1/limits", json={"scope": scope, "burst": 3}), 422)
+        _error(c.put("/api/v1/limits", json={"scope": scope, "rpm": -1}), 400)
+        _error(c.put("/api/v1/limits", json={"scope": scope, "rpm": 2**31}), 400)
+        _error(c.put("/api/v1/limits", json={"scope": scope, "burst": 3}), 400)
 
         none = put(tpm=None, concurrency=None)
         assert (none["rpm"], none["tpm"], none["concurrency"]) == (None, None, None)

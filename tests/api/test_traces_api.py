@@ -380,7 +380,7 @@ def test_search_filters_attributes_and_pages(tenants: Tenants) -> None:
 
     errors = {
         "cursor=nope": 400,
-        "limit=1001": 422,
+        "limit=1001": 400,
         "kind=bogus": 400,
         "attr=novalue": 400,
         "since=soon": 400,
@@ -400,7 +400,8 @@ def _ns_iso(ns: int) -> str:
 
 def test_usage_is_exact_at_the_window_edges(tenants: Tenants) -> None:
     """Windows starting or ending mid-hour count exactly the calls inside them (roll-ups for
-    whole hours, raw spans at the edges); refused, cancelled and duplicates as documented."""
+    whole hours, raw spans at the edges); refused, cancelled and duplicates as documented;
+    what agents reported comes apart, as reported."""
     hour = (time.time_ns() // HOUR_NS - 6) * HOUR_NS
     minute = 60 * 10**9
     plan = [  # minute, who, status, latency ms
@@ -412,28 +413,38 @@ def test_usage_is_exact_at_the_window_edges(tenants: Tenants) -> None:
     rows = [
         tenants.span(who, "llm_request", "chat sim-economy", hour + m * minute, ms,
                      status=status, model_requested="sim-economy", provider="sim",
-                     input_tokens=100 + m, output_tokens=m, cost_nusd=1_000 * m)
+                     input_tokens=100 + m, output_tokens=m, cost_nusd=1_000 * m, source="gateway")
         for m, who, status, ms in plan
+    ]  # fmt: skip
+    rows += [  # calls only an agent reported: shown as reported, never in the sums above
+        tenants.span(who, "llm_request", "chat sim-economy", hour + m * minute, 20,
+                     model_requested="sim-economy", provider="sim", input_tokens=7,
+                     cost_nusd=10**6 * m)
+        for m, who in ((10, "ada"), (59, "ada"), (150, "bob"))
     ]  # fmt: skip
     rows.append(tenants.span("ada", "llm_request", "chat sim-economy", hour + 70 * minute, 50,
                              duplicate_of=rows[3]["span_id"], input_tokens=10**6,
                              model_requested="sim-economy"))  # fmt: skip
     tenants.record(*rows)
 
-    def expected(lo: int, hi: int) -> dict[str, tuple[int, int, int, int]]:
+    def expected(lo: int, hi: int) -> dict[str, tuple[int, ...]]:
         out: dict[str, list[int]] = {}
         for row in rows:
             if row["duplicate_of"] or not lo <= row["start_ns"] < hi:
                 continue
             team = "payments" if row["key_id"] != tenants.ids["bob"]["key_id"] else "search"
-            acc = out.setdefault(team, [0, 0, 0, 0])
+            acc = out.setdefault(team, [0, 0, 0, 0, 0, 0])
+            if row["source"] != "gateway":
+                acc[4] += 1
+                acc[5] += row["cost_nusd"]
+                continue
             if row["status"] == "refused":
                 acc[3] += 1
                 continue
             acc[0] += 1
             acc[1] += row["status"] == "error"
             acc[2] += row["cost_nusd"]
-        return {team: (a[0], a[1], a[2], a[3]) for team, a in out.items()}
+        return {team: tuple(a) for team, a in out.items()}
 
     windows = [(0, 240), (20, 130), (25, 55), (30, 60), (55, 65), (60, 180), (7, 239), (1, 360)]
     for lo_m, hi_m in windows:
@@ -442,9 +453,12 @@ def test_usage_is_exact_at_the_window_edges(tenants: Tenants) -> None:
             "/api/v1/usage", params={"since": _ns_iso(lo), "until": _ns_iso(hi)}
         ).json()
         got = {
-            r["team"]: (r["requests"], r["errors"], round(r["cost_usd"] * 1e9), r["refused"])
+            r["team"]: (
+                r["requests"], r["errors"], round(r["cost_usd"] * 1e9), r["refused"],
+                r["reported"]["requests"], round(r["reported"]["cost_usd"] * 1e9),
+            )
             for r in report["rows"]
-        }
+        }  # fmt: skip
         assert got == expected(lo, hi), (lo_m, hi_m)
 
     since, until = _ns_iso(hour + 20 * minute), _ns_iso(hour + 200 * minute)
@@ -498,7 +512,7 @@ def test_usage_keeps_its_old_shape_and_parameters(tenants: Tenants) -> None:
     assert rows == body["rows"]
     for bad in ({"by": "colour"}, {"by": "team,,model"}):
         r = tenants.get("ada", "/api/v1/usage", **bad)
-        assert r.status_code == 422
+        assert r.status_code == 400
         assert "'by'" in r.json()["error"]["message"]
     until = tenants.get("ada", "/api/v1/usage", until="soon")
     assert until.status_code == 400
@@ -537,7 +551,7 @@ def test_team_trace_policy(tenants: Tenants) -> None:
         r = patch("admin", "payments", body)
         assert r.status_code == 400, r.text
         assert words in r.json()["error"]["message"]
-    assert patch("admin", "payments", {"colour": "red"}).status_code == 422
+    assert patch("admin", "payments", {"colour": "red"}).status_code == 400
     final = tenants.live.corral.get("/api/v1/teams/payments").json()
     assert (final["body_capture"], final["retention_days"]) == (None, 14.5)
 

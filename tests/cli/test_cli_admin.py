@@ -1,4 +1,5 @@
-"""The admin commands driven through click against a live Corral (CORRAL_URL, CORRAL_ADMIN_KEY)."""
+"""The admin commands driven through click against a live Corral (CORRAL_URL, and the key in
+CORRAL_KEY or CORRAL_ADMIN_KEY)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ def server(tmp_path: Path, start_corral: StartCorral) -> Iterator[Corral]:
 
 
 def run(server: Corral, *args: str, key: str | None = None, ok: bool = True) -> Result:
-    env = {"CORRAL_URL": server.url, "CORRAL_ADMIN_KEY": key or server.admin_key}
+    """``corral ARGS`` with ``key`` in CORRAL_KEY (it goes before the admin key, which is
+    in CORRAL_ADMIN_KEY), or with the admin key alone."""
+    env = {"CORRAL_URL": server.url, "CORRAL_KEY": key or "", "CORRAL_ADMIN_KEY": server.admin_key}
     result = CliRunner().invoke(main, list(args), env=env)
     if ok:
         assert result.exit_code == 0, result.output
@@ -194,7 +197,7 @@ def test_errors_are_one_line_and_exit_1(server: Corral) -> None:
 
 
 def test_without_a_key_the_message_says_which_variable(server: Corral) -> None:
-    env = {"CORRAL_URL": server.url, "CORRAL_ADMIN_KEY": ""}
+    env = {"CORRAL_URL": server.url, "CORRAL_KEY": "", "CORRAL_ADMIN_KEY": ""}
     result = CliRunner().invoke(main, ["teams", "list"], env=env)
     assert result.exit_code == 1
     assert "CORRAL_ADMIN_KEY" in result.output

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from tests.cli.test_cli_admin import run, run_json
+
+from corral.identity.service import IdentityService
+from corral.quota import Level
 
 if TYPE_CHECKING:
     from conftest import Corral, StartCorral
@@ -150,3 +154,56 @@ def test_usage_shows_what_is_left_of_the_budgets(server: Corral) -> None:
     assert "team payments" in only
     assert "team search" not in only
     assert isinstance(run_json(server, "usage"), list)  # --json prints the usage rows as before
+
+
+def test_budgets_show_of_a_team_shows_the_limits_set_inside_it(server: Corral) -> None:
+    """`corral budgets show --team payments` lists the team's budgets with those of its
+    users, keys and live runs, grouped by scope, and nothing of another team's; a person's
+    key sees the team's, its own user's and its own; a finished run's budget is left out."""
+    run(server, "users", "create", "bob", "--team", "payments")
+    run(server, "teams", "create", "search")
+    run(server, "users", "create", "carol", "--team", "search")
+    alice_key = _new_key(server)
+    identity = IdentityService(server.app.store, server.app.clock)
+    identity.create_key("payments", "alice", run_id="run_live")  # as a run mints its key
+    ended, _ = identity.create_key("payments", "alice", run_id="run_ended")
+    identity.revoke_key(ended.id)
+    rules = server.app.quotas.rules
+    for run_id in ("run_live", "run_ended"):
+        rules.set_budget(Level("run", run_id, run_id), "usd", "total", 10**9)
+    run(server, "budgets", "set", "--team", "payments", "--usd", "50")
+    run(server, "budgets", "set", "--team", "payments", "--user", "bob", "--usd", "5")
+    run(server, "budgets", "set", "--key", alice_key["id"], "--tokens", "1000")
+    run(server, "budgets", "set", "--team", "search", "--user", "carol", "--usd", "7")
+    run(server, "limits", "set", "--team", "payments", "--user", "alice", "--rpm", "60")
+    run(server, "limits", "set", "--team", "search", "--user", "carol", "--rpm", "30")
+
+    deadline = time.monotonic() + 10  # run budgets written beside the API: the next reload
+    while True:
+        shown = run_json(server, "budgets", "show", "--team", "payments")
+        if any(b["scope"]["kind"] == "run" for b in shown["budgets"]):
+            break
+        assert time.monotonic() < deadline, shown
+        time.sleep(0.1)
+    named = {"team": "name", "user": "name", "key": "id", "run": "id"}
+    assert [
+        (b["scope"]["kind"], b["scope"][named[b["scope"]["kind"]]]) for b in shown["budgets"]
+    ] == [
+        ("team", "payments"),
+        ("user", "bob"),
+        ("key", alice_key["id"]),
+        ("run", "run_live"),
+    ]
+    assert [(r["scope"]["kind"], r["scope"]["name"]) for r in shown["limits"]] == [
+        ("user", "alice")
+    ]
+    table = run(server, "budgets", "show", "--team", "payments").stdout
+    assert "Budgets of team payments and its users, keys and runs" in table
+    for text in ["team payments", "user bob", "run run_live", "user alice"]:
+        assert text in table, text
+    assert "carol" not in table
+    assert "run_ended" not in table
+
+    mine = run_json(server, "budgets", "show", "--team", "payments", key=alice_key["key"])
+    assert {b["scope"]["kind"] for b in mine["budgets"]} == {"team", "key"}  # not bob's
+    assert [r["scope"]["name"] for r in mine["limits"]] == ["alice"]

@@ -41,7 +41,7 @@ class Live:
 
     def cli(self, *args: str, code: int = 0) -> Result:
         """Run ``corral runs ARGS`` with ada's key; the exit status must be ``code``."""
-        env = {"CORRAL_URL": self.corral.url, "CORRAL_ADMIN_KEY": self.key}
+        env = {"CORRAL_URL": self.corral.url, "CORRAL_KEY": self.key}
         result = CliRunner().invoke(runs, list(args), env=env)
         assert result.exit_code == code, (result.stdout, result.stderr)
         return result
@@ -181,7 +181,7 @@ def test_mistakes_give_one_clear_line(live: Live, tmp_path: Path) -> None:
     for args, code, words in [
         ([*base, "--agent", "nope", "--task", "x"], 1, "unknown agent profile 'nope'"),
         (["submit", "--agent", "command", "--command", "true", "--task", "x", "--repo",
-          "missing"], 1, "not a git repository"),
+          "missing"], 1, "no such folder on the server"),
         ([*base, "--agent", "command", "--task", "x", "--task-file", str(task_file)], 2,
          "exactly one of --task TEXT or --task-file FILE"),
         ([*base, "--agent", "command"], 2, "exactly one of --task TEXT or --task-file FILE"),

@@ -186,7 +186,7 @@ def test_usage_by_several_dimensions_with_latency_and_errors(live: Running) -> N
     rows = [
         _span(live, "llm_request", "chat", hour + m * 60 * 10**9, ms, status=status,
               model_requested=model, provider="sim", input_tokens=100, output_tokens=10,
-              cost_nusd=2_000_000)
+              cost_nusd=2_000_000, source="gateway")
         for m, ms, status, model in [(10, 300, "ok", "sim-economy"), (20, 900, "error",
                                      "sim-economy"), (70, 1_200, "ok", "sim-standard")]
     ]  # fmt: skip
@@ -282,3 +282,91 @@ def test_store_reports_its_size_and_prunes_past_the_teams_window(live: Running) 
     assert "on disk" in text
     refused = run(live.corral, "store", key=_admin_key(live, "payments", "ada"), ok=False)
     assert refused.exit_code != 0
+
+
+def _claude_event(live: Running, session: str, seq: int, tokens_in: int, tokens_out: int) -> None:
+    """A Claude Code ``api_request`` event (no ids, as Claude Code exports it)."""
+    from tests.traces.test_telemetry_money import _attr
+
+    fields = {
+        "session.id": session, "event.name": "api_request", "event.sequence": seq,
+        "model": "sim-economy", "input_tokens": tokens_in, "output_tokens": tokens_out,
+        "cache_read_tokens": 0, "cache_creation_tokens": 0, "cost_usd": 0.5, "duration_ms": 30,
+    }  # fmt: skip
+    record = {
+        "timeUnixNano": str(time.time_ns()),
+        "body": {"stringValue": "claude_code.api_request"},
+        "attributes": [_attr(k, v) for k, v in fields.items()],
+    }
+    resource = {"attributes": [_attr("service.name", "claude-code")]}
+    body = {"resourceLogs": [{"resource": resource, "scopeLogs": [{"logRecords": [record]}]}]}
+    headers = {"authorization": f"Bearer {live.key}"}
+    r = httpx.post(f"{live.url}/v1/logs", json=body, headers=headers, timeout=10)
+    assert r.status_code == 200, r.text
+
+
+def test_trace_footer_totals_the_calls_the_tree_shows(
+    tmp_path: Path, store_url: str, start_corral: StartCorral
+) -> None:
+    """A Claude Code turn seen only through its telemetry: one call the gateway metered in a
+    trace of its own (matched by fingerprint), one the gateway never saw. The footer counts
+    both, says which is metered and which reported, and the API's totals agree."""
+    with gateway_corral(tmp_path / "home", store_url) as live:
+        r = httpx.post(
+            f"{live.url}/v1/chat/completions",
+            json={"model": "sim-economy", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"authorization": f"Bearer {live.key}"},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        usage = r.json()["usage"]
+        (record,) = live.records()
+        _claude_event(live, "turn-1", 1, usage["prompt_tokens"], usage["completion_tokens"])
+        _claude_event(live, "turn-1", 2, 1_000, 50)
+        calls = live.records(wait_for=3)
+        agent_calls = [c for c in calls if c.source == "claude-code"]
+        assert [c.duplicate_of for c in agent_calls].count(record.span_id) == 1
+        trace_id = agent_calls[0].trace_id
+        assert trace_id != record.trace_id  # the gateway's record is in a trace of its own
+        out = run(live.corral, "trace", trace_id).stdout
+        footer = out.strip().splitlines()[-1]
+        assert footer.startswith("Total: 2 spans, 2 LLM calls, "), footer
+        assert "metered by the gateway: 1 call" in footer
+        assert "reported by agents: 1 call, 1,000→50 tokens, $0.5000" in footer
+        totals = live.corral.get(f"/api/v1/traces/{trace_id}").json()["totals"]
+        assert (totals["metered"]["llm_calls"], totals["reported"]["llm_calls"]) == (1, 1)
+        assert totals["metered"]["cost_usd"] == round(record.cost_nusd / 1e9, 9)
+        assert totals["cost_usd"] == pytest.approx(totals["metered"]["cost_usd"] + 0.5)
+
+
+def test_spans_search_status_error_finds_a_refused_call(
+    tmp_path: Path, store_url: str, start_corral: StartCorral
+) -> None:
+    """A call a budget refused (402) is found by --status error (and by --status refused),
+    in the CLI and the API alike, with its refusal's code."""
+    budgets = [{"team": "payments", "tokens": 1, "window": "day"}]
+    settings: dict[str, Any] = {"budgets": budgets, "quota_refresh_interval": 0.1}
+    with gateway_corral(tmp_path / "home", store_url, **settings) as live:
+        deadline = time.monotonic() + 10
+        while not live.app.quotas.ruleset.budgets:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        r = httpx.post(
+            f"{live.url}/v1/chat/completions",
+            json={"model": "sim-economy", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"authorization": f"Bearer {live.key}"},
+            timeout=30,
+        )
+        assert r.status_code == 402, r.text
+        (refused,) = live.records()
+        assert (refused.status, refused.http_status) == ("refused", 402)
+        for status in ("error", "refused"):
+            found = run_json(live.corral, "spans", "search", "--status", status)["spans"]
+            assert [s["span_id"] for s in found] == [refused.span_id], status
+            api = live.corral.get("/api/v1/spans", params={"status": status}).json()["spans"]
+            assert [s["span_id"] for s in api] == [refused.span_id], status
+        table = run(live.corral, "spans", "search", "--status", "error").stdout
+        assert "refused budget_exceeded" in table
+        assert run(live.corral, "spans", "search", "--status", "ok").stdout.strip() == (
+            "Spans: none."
+        )

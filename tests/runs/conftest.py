@@ -89,12 +89,15 @@ class Runs:
 
 
 @contextlib.contextmanager
-def start_runs(shared_dir: Path, home: Path, repo: Path, **settings: Any) -> Iterator[Runs]:
+def start_runs(
+    shared_dir: Path, home: Path, repo: Path, database_url: str | None = None, **settings: Any
+) -> Iterator[Runs]:
     """A Corral executing runs under ``shared_dir/runs``, with team payments, user ada and
-    her key; ``settings`` on top of the quick ones."""
+    her key; ``settings`` on top of the quick ones; on SQLite unless ``database_url``."""
     need_sandbox()
     settings = {**QUICK, "runs_dir": shared_dir / "runs", "sim_script": sample.SCRIPT, **settings}
-    with run_corral(home / "home", f"sqlite:///{home}/corral.db", **settings) as corral:
+    url = database_url or f"sqlite:///{home}/corral.db"
+    with run_corral(home / "home", url, **settings) as corral:
         identity = IdentityService(corral.app.store, corral.app.clock)
         team = identity.create_team("payments")
         user = identity.create_user("ada", team.id)

@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
@@ -440,22 +441,29 @@ def test_metrics_show_the_executor(runs: Runs) -> None:
     }
 
 
-def test_the_status_page_counts_runs_by_team_and_state_and_nothing_more(runs: Runs) -> None:
-    """The unauthenticated status page shows counts per team and state, never a task."""
+def test_the_status_page_counts_runs_and_names_teams_only_to_the_admin(runs: Runs) -> None:
+    """Without a key the status page counts runs by state, naming no team and never a task;
+    the organisation admin's key adds the counts per team."""
     run = runs.submit(command=["true"], task="a secret plan for the refund endpoint")
     runs.wait(run["id"])
-    with runs.api() as c:
-        page = c.get("/").text
-    assert "Agent runs by team and state" in page
-    assert "<td>payments</td>" in page
-    assert "secret plan" not in page
-    assert run["id"] not in page
+    with httpx.Client(base_url=runs.corral.url, timeout=30) as anonymous:
+        page = anonymous.get("/").text
+    assert "Agent runs" in page
+    assert "payments" not in page
+    with runs.api(runs.corral.admin_key) as c:
+        full = c.get("/").text
+    assert "Agent runs by team and state" in full
+    assert "<td>payments</td>" in full
+    for shown in (page, full):
+        assert "secret plan" not in shown
+        assert run["id"] not in shown
 
 
 def test_delivery_into_someone_elses_repository_writes_as_its_owner(runs: Runs) -> None:
     """Corral runs as root; a repository owned by another user gets the branch written as
     that user, so no root-owned object folder is left where its owner must write."""
     subprocess.run(["chown", "-R", "65534:65534", str(runs.repo)], check=True)
+    runs.repo.parent.chmod(0o711)  # its owner reaches it, as a person reaches their home
     run = runs.submit(command=["sh", "-c", "echo fixed > README"])
     assert runs.wait(run["id"])["state"] == "awaiting_review"
     with runs.api() as c:

@@ -49,7 +49,7 @@ def test_gateway_spans_are_exported_to_another_otel_backend(
     request, attempt = by_kind["llm_request"], by_kind["attempt"]
     assert request.span_id == sent.span_id
     assert attempt.parent_span_id == request.span_id
-    assert request.source == "corral"
+    assert request.source == "otlp:corral", "an OTLP sender never takes a source of Corral's"
     assert request.model_requested == "sim-standard"
     total_in = request.input_tokens + request.cached_input_tokens + request.cache_write_tokens
     assert total_in == sent.input_tokens + sent.cached_input_tokens + sent.cache_write_tokens
@@ -58,5 +58,8 @@ def test_gateway_spans_are_exported_to_another_otel_backend(
     )
     assert request.team_id == backend.team_id, "attributed by the receiving side's key"
     with backend.app.store.connect() as conn:
-        calls = conn.scalar(select(func.sum(span_rollups.c.requests)))
-    assert calls == 1, "the attempt is not a second call"
+        metered, reported = conn.execute(
+            select(func.sum(span_rollups.c.requests), func.sum(span_rollups.c.reported_requests))
+        ).one()
+    # Metered by the other Corral's gateway, reported to this one: never this one's spend.
+    assert (metered, reported) == (0, 1), "the attempt is not a second call"

@@ -389,3 +389,22 @@ def test_identity_is_never_taken_from_the_payload() -> None:
     )
     (row,) = parse(body).rows
     assert (row["org_id"], row["team_id"], row["user_id"]) == ("org_1", "team_pay", "usr_ada")
+
+
+def test_another_team_reusing_a_session_gets_ids_of_its_own() -> None:
+    """Ids made from log records derive from the tenant too: another team replaying this
+    team's session (same session and prompt ids, same records) lands in a trace of its own,
+    and no span id of its can collide with (take) one of this team's."""
+    other = Identity("org_1", "team_search", "usr_bob", "key_bob", None, "usr_bob")
+    mine = load("claude-code-tool-logs.json").rows
+    theirs = load("claude-code-tool-logs.json", other).rows
+    assert {r["trace_id"] for r in mine}.isdisjoint({r["trace_id"] for r in theirs})
+    assert {r["span_id"] for r in mine}.isdisjoint({r["span_id"] for r in theirs})
+
+
+def test_an_agent_cannot_report_as_the_gateway() -> None:
+    """A ``service.name`` that names one of Corral's own sources is kept, marked as a claim:
+    its rows are never taken for the gateway's records (nor for Corral's run spans)."""
+    for claimed in ("gateway", "corral"):
+        body = logs_request(claimed, {"event.name": "x", "session.id": "s"})
+        assert {row["source"] for row in parse(body).rows} == {f"otlp:{claimed}"}

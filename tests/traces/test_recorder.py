@@ -108,3 +108,27 @@ def test_concurrent_flushes_store_everything(store: Store, tmp_path: Path) -> No
 
     asyncio.run(main())
     assert len(stored(store)) == 5
+
+
+def test_a_replay_settles_leases_of_gateway_records_only(store: Store, tmp_path: Path) -> None:
+    """An agent's span claiming a lease in its attributes (``admission.lease``, any value an
+    OTLP attribute can carry) is replayed from a dead process's journal like any span, but
+    never handed on to settle that lease: only the gateway's own record is."""
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    admission = {"admission": {"lease": "lease-of-someone-else", "decision": "admitted"}}
+    forged = span(source="claude-code", attributes=admission, input_tokens=10**9)
+    record = span(source="gateway", attributes={"admission": {"lease": "lease-1"}})
+    lines = b"".join(orjson.dumps(r) + b"\n" for r in (forged, record))
+    (journal / "seg-99999-deadbeef0000-00000001.jsonl").write_bytes(lines)
+    settled: list[str] = []
+
+    async def main() -> None:
+        recorder = Recorder(store, journal_dir=journal)
+        recorder.on_replay = lambda rows: settled.extend(r["span_id"] for r in rows)
+        await recorder.start()
+        await recorder.stop()
+
+    asyncio.run(main())
+    assert set(stored(store)) == {forged["span_id"], record["span_id"]}
+    assert settled == [record["span_id"]]

@@ -30,7 +30,8 @@ A span or trace the key may not read is answered 404, as one that does not exist
 Errors are `{"error": {"type": ..., "message": ...}}`.
 """
 
-# Declaring 422 here also stops FastAPI from documenting its own validation error shape.
+# FastAPI documents a 422 of its own shape on every route unless one is declared: Corral
+# never sends it (a field that fails validation is a 400), so the declaration says so.
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Invalid request"},
     401: {"model": ErrorBody, "description": "Missing, unknown, expired or revoked key"},
@@ -40,7 +41,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         "model": ErrorBody,
         "description": "Name already taken, ambiguous, or set in the config file",
     },
-    422: {"model": ErrorBody, "description": "A field failed validation"},
+    422: {"model": ErrorBody, "description": "Not sent: a field that fails validation is a 400"},
     503: {"model": ErrorBody, "description": "The store or the quota backend is unreachable"},
 }
 

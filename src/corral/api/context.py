@@ -59,6 +59,10 @@ class Host(Protocol):
     def retention(self) -> Retention: ...
 
 
+# Where ``ApiGuard`` leaves the caller it authenticated from the headers, in the ASGI scope.
+CALLER = "corral.caller"
+
+
 @dataclass(frozen=True, slots=True)
 class ApiState:
     """Stored on the FastAPI app's ``state`` by ``create_api``."""
@@ -110,10 +114,13 @@ async def get_context(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     api_key: Annotated[str | None, Depends(_api_key)],
 ) -> Context:
-    """Authenticate the caller (401 without a valid key) and build the request's context."""
+    """The caller ``ApiGuard`` authenticated, or (the API served without it) authenticate
+    now (401 without a valid key); the request's context."""
     state: ApiState = request.app.state.corral
-    raw = bearer.credentials if bearer is not None else api_key
-    caller = await state.host.keys.authenticate(raw)
+    caller: KeyInfo | None = request.scope.get(CALLER)
+    if caller is None:
+        raw = bearer.credentials if bearer is not None else api_key
+        caller = await state.host.keys.authenticate(raw)
     return Context(state.host, state.service, caller)
 
 

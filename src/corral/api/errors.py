@@ -1,7 +1,8 @@
 """Errors of the admin API, all in one shape: ``{"error": {"type": ..., "message": ...}}``.
 
-``CorralError`` subclasses keep their status. Request validation failures are
-422 with a message naming the fields (400 when the body is not JSON at all);
+``CorralError`` subclasses keep their status. Request validation failures (a
+field of the wrong type, out of range, NaN or infinite; a body that is not
+JSON) are 400 with a message naming the fields, as the gateway's protocols answer;
 unknown routes and methods keep Starlette's 404 and 405. Anything else is a bug:
 it is logged with its traceback and answered with a 500 that reveals nothing.
 """
@@ -55,7 +56,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         return error_response(
             400, "invalid_request_error", "the request body is not valid JSON; send a JSON object"
         )
-    return error_response(422, "invalid_request_error", describe_validation(errors))
+    return error_response(400, "invalid_request_error", describe_validation(errors))
 
 
 def describe_validation(errors: Sequence[Any]) -> str:

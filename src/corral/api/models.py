@@ -172,10 +172,16 @@ class UsageRow(BaseModel):
     reasoning_tokens: int
     cost_usd: float = Field(description="USD, rounded to 9 decimal places (nano-dollars).")
     latency_p50_ms: float | None = Field(
-        default=None, description="Interpolated within a latency histogram bucket."
+        default=None, description="Nearest-rank percentile, within 4 % of the true one."
     )
     latency_p95_ms: float | None = None
     latency_p99_ms: float | None = None
+    reported: dict[str, int | float] | None = Field(
+        default=None,
+        description="What agents reported over OTLP for calls the gateway has no record of: "
+        "requests, the five token counts and cost_usd. Shown beside the figures above (the "
+        "gateway's, what budgets count), never added to them.",
+    )
 
 
 class Usage(BaseModel):

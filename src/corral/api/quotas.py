@@ -76,19 +76,13 @@ def _require_org_admin(ctx: Context) -> None:
 
 
 def _visible(ctx: Context) -> set[ScopeKey] | None:
-    """The levels the caller may read (None: all): a team admin its team, the team's users
-    and keys; any other key the levels of its own chain below the organisation."""
+    """The levels the caller may read (None: all): a team admin its team and the levels
+    inside it; any other key the levels of its own chain below the organisation."""
     caller = ctx.caller
     if caller.role == "admin":
         return None
     if caller.role == "team_admin":
-        if caller.team_id is None:
-            return set()
-        team_id = caller.team_id
-        out = {("team", team_id)}
-        out.update(("user", u.id) for u in ctx.service.list_users(team_id=team_id))
-        out.update(("key", k.id) for k in ctx.service.list_keys(team_id=team_id))
-        return out
+        return set() if caller.team_id is None else _inside_team(ctx, caller.team_id)
     chain = (
         ("team", caller.team_id),
         ("user", caller.user_id),
@@ -98,21 +92,37 @@ def _visible(ctx: Context) -> set[ScopeKey] | None:
     return {(kind, scope_id) for kind, scope_id in chain if scope_id is not None}
 
 
-def _reading_scope(
-    ctx: Context, named: Named | None
-) -> tuple[ScopeKey | None, set[ScopeKey] | None]:
-    """Resolve the named scope and check the caller may read it (blocking)."""
+def _inside_team(ctx: Context, team_id: str) -> set[ScopeKey]:
+    """The team and the levels inside it: its users, its keys, and the runs whose key is
+    still live (a finished run's budget is shown by `corral runs show`, not with the team's)."""
+    out: set[ScopeKey] = {("team", team_id)}
+    out.update(("user", u.id) for u in ctx.service.list_users(team_id=team_id))
+    for k in ctx.service.list_keys(team_id=team_id):
+        out.add(("key", k.id))
+        if k.run_id is not None and k.revoked_at is None:
+            out.add(("run", k.run_id))
+    return out
+
+
+def _reading_scopes(ctx: Context, named: Named | None) -> set[ScopeKey] | None:
+    """The levels to show (None: all), checked against what the caller may read (blocking).
+
+    A team is shown with the levels inside it, so the limits set on its users and keys
+    are in the same answer; any other scope alone.
+    """
     visible = _visible(ctx)
     if named is None:
-        return None, visible
+        return visible
     kind, ref, team = named
     if kind == "user" and team is None and ctx.caller.role != "admin":
         team = ctx.caller.team_id  # a name is looked up in the caller's own team
     level = ctx.host.quotas.rules.level(kind, ref, team=team)
-    scope = (level.kind, level.id)
+    scope: ScopeKey = (level.kind, level.id)
     if visible is not None and scope not in visible:
-        raise PermissionDenied(f"this key may not read the budgets and limits of {level.label}")
-    return scope, visible
+        # Named as the caller named it: another team's key or user is not named back.
+        raise PermissionDenied(f"this key may not read the budgets and limits of that {kind}")
+    wanted = _inside_team(ctx, level.id) if level.kind == "team" else {scope}
+    return wanted if visible is None else wanted & visible
 
 
 # -- amounts and answers -------------------------------------------------------------
@@ -170,15 +180,13 @@ def _sort_key(row: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-async def _budget_rows(
-    gate: QuotaGate, scope: ScopeKey | None, visible: set[ScopeKey] | None
-) -> list[dict[str, Any]]:
-    """Budget status of one scope, of every scope, or of the visible ones (only those
-    are asked for their usage)."""
-    if scope is not None or visible is None:
-        return await gate.budget_status(scope)
+async def _budget_rows(gate: QuotaGate, scopes: set[ScopeKey] | None) -> list[dict[str, Any]]:
+    """Budget status of every scope, or of ``scopes`` (only those are asked for their
+    usage)."""
+    if scopes is None:
+        return await gate.budget_status()
     ruled = {(r.level.kind, r.level.id) for r in gate.ruleset.budgets}
-    return [row for s in sorted(ruled & visible) for row in await gate.budget_status(s)]
+    return [row for s in sorted(ruled & scopes) for row in await gate.budget_status(s)]
 
 
 # -- routes ----------------------------------------------------------------------------
@@ -191,18 +199,19 @@ async def get_budgets(
     key: KeyParam = None,
     org: OrgParam = False,
 ) -> m.Budgets:
-    """Budgets with their current window's spend, and rate limits, of every scope or one.
+    """Budgets with their current window's spend, and rate limits, of every scope or one;
+    a team's come with those of its users, keys and live runs.
 
-    The org admin sees everything; a team admin its team and the team's users and keys;
-    any other key its team, its user and itself.
+    The org admin sees everything; a team admin its team and the levels inside it; any
+    other key its team, its user and itself.
     """
-    scope, visible = await asyncio.to_thread(_reading_scope, ctx, _named(team, user, key, org))
+    scopes = await asyncio.to_thread(_reading_scopes, ctx, _named(team, user, key, org))
     gate = ctx.host.quotas
-    budgets = await _budget_rows(gate, scope, visible)
+    budgets = await _budget_rows(gate, scopes)
     limits = [
         row
-        for row in gate.limit_status(scope)
-        if visible is None or (row["scope"]["kind"], row["scope"]["id"]) in visible
+        for row in gate.limit_status()
+        if scopes is None or (row["scope"]["kind"], row["scope"]["id"]) in scopes
     ]
     return m.Budgets(
         budgets=[_budget_out(b) for b in sorted(budgets, key=_sort_key)],

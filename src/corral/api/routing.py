@@ -75,19 +75,27 @@ class PolicyIn(RoutePolicyConfig):
     """A route policy rule, and where it goes among the API's rules (default: last)."""
 
     position: float | None = Field(
-        default=None, description="Rules apply by ascending position, after the config file's."
+        default=None,
+        allow_inf_nan=False,
+        description="Rules apply by ascending position, after the config file's.",
     )
 
 
 def list_policies(ctx: Ctx) -> dict[str, Any]:
-    """Every route policy rule in the order they apply: the config file's, then the API's."""
+    """The route policy rules in the order they apply: the config file's, then the API's.
+
+    The org admin sees every rule; a team admin the rules that can apply to its team's
+    requests (its team's and those naming no team), never another team's."""
     ctx.require_manager()
     policy = ctx.host.route_policy
     rules = policy.rules() if policy is not None else []
+    every = ctx.caller.role == "admin"
+    team = ctx.caller.team_name
     return {
         "policies": [
             {"number": n, "source": source, "id": rule_id, **rule.model_dump()}
             for n, source, rule_id, rule in rules
+            if every or rule.team is None or rule.team == team
         ]
     }
 
@@ -164,6 +172,7 @@ def capacity_report(
         )
         .where(
             spans.c.kind == "attempt",
+            spans.c.source == "gateway",  # attempts the gateway made, not what agents report
             spans.c.provider.in_(sorted(contracts)),
             spans.c.start_ns >= int(start * 1e9),
         )

@@ -9,20 +9,24 @@ Store and git work runs in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path as FsPath
 from typing import Annotated, Protocol, Self, cast
 
 from fastapi import APIRouter, Path, Query, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import func, select
+from starlette.background import BackgroundTask
 
 from corral.api.context import Ctx, Host
-from corral.errors import InvalidRequest, NotFound, PermissionDenied, StoreError
+from corral.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, StoreError
 from corral.identity.service import parse_duration
 from corral.quota._model import NANO_PER_USD
+from corral.runs import outputs
 from corral.runs import workspace as workspaces
 from corral.runs.executor import LocalExecutor
 from corral.runs.model import ACTIVE, STATES, Run
@@ -32,6 +36,7 @@ from corral.runs.service import (
     RunService,
     actor_of,
     command_line,
+    default_model,
     refuse_run_keys,
 )
 from corral.store.schema import spans, teams, users
@@ -65,7 +70,9 @@ class _NoNul(BaseModel):
 
 
 class SubmitRun(_NoNul):
-    """A run to queue. ``team`` defaults to the key's team, ``owner`` to its user."""
+    """A run to queue. ``team`` defaults to the key's team, ``owner`` to its user; only a
+    team admin key or the organisation admin key names another owner, and the run's models
+    must be ones the submitting key may call."""
 
     agent: str = Field(description="The agent profile: corral, claude-code, codex, aider, "
                        "gemini or command.")  # fmt: skip
@@ -182,7 +189,7 @@ def _out(ctx: Ctx, run: Run, *, detail: bool = False, names: _Names | None = Non
                 select(func.count(), func.coalesce(func.sum(spans.c.cost_nusd), 0)).where(
                     spans.c.run_id == run.id,
                     spans.c.kind == "llm_request",
-                    spans.c.duplicate_of.is_(None),
+                    spans.c.source == "gateway",  # what the gateway metered, not agents' claims
                 )
             ).one()
         calls, cost = int(row[0]), int(row[1])
@@ -245,11 +252,18 @@ class _Names:
 
 
 def _timeout(value: str | float | None, default: float, most: float) -> float:
+    """Seconds from a number or a duration (``30m``); NaN, infinities and numbers too large
+    for a float are refused like any other value out of range (a 400 naming the field)."""
     if value is None:
         return default
-    seconds = float(value) if isinstance(value, int | float) else parse_duration(value)
-    if seconds <= 0 or seconds > most:
-        raise InvalidRequest(f"--timeout must be more than 0 and at most {most:g} seconds")
+    try:
+        seconds = float(value) if isinstance(value, int | float) else parse_duration(value)
+    except OverflowError:
+        seconds = math.inf
+    if not 0 < seconds <= most:  # also false for NaN
+        raise InvalidRequest(
+            f"timeout (--timeout) must be more than 0 and at most {most:g} seconds"
+        )
     return seconds
 
 
@@ -263,16 +277,18 @@ def _submit(ctx: Ctx, body: SubmitRun) -> Run:
         raise InvalidRequest(f"unknown agent profile {body.agent!r}; known: {known}")
     s = host.settings
     models = list(host.catalog.models)
-    model = body.model or s.run_default_model or (models[0] if models else "")
+    model = body.model or default_model(ctx.caller, s.run_default_model, models)
     for name in (model, *body.allow_models):
         if name not in host.catalog.models:
             raise InvalidRequest(f"model {name!r} is not in the catalog ({', '.join(models)})")
+    allowed = list(dict.fromkeys([model, *body.allow_models]))
     req = RunRequest(
         team=body.team, profile=body.agent, repo=body.repo, task=body.task, ref=body.ref,
         command=body.command, model=model, allow_models=body.allow_models,
         priority=body.priority, budget_usd=body.budget_usd, owner=body.owner,
         handoff_from=body.handoff_from,
     )  # fmt: skip
+    team, _ = host.runs.check_rights(req, ctx.caller, allowed)  # before the slower checks
     probe = AgentContext(
         run_id="", team="", owner="", task=body.task, model=model, key="", gateway="",
         traceparent="", workspace="", artifacts="", home="", runtime=executor.runtime,
@@ -280,14 +296,13 @@ def _submit(ctx: Ctx, body: SubmitRun) -> Run:
         agent_path=executor.agent_path,
     )  # fmt: skip
     profile.check(probe)
-    source = workspaces.check_source(body.repo, body.ref, s.run_repo_roots)
+    policy = workspaces.team_policy(s, team.name, executor.dir)
+    source = workspaces.check_source(body.repo, body.ref, policy)
     timeout = _timeout(body.timeout, s.run_default_timeout, s.run_max_timeout)
     if executor.refusal:  # after the request's own mistakes, which the caller can fix
         raise StoreError(executor.refusal, status=503, code="runs_refused")
     return host.runs.new_run(
-        req, ctx.caller, source=source, model=model,
-        allowed=list(dict.fromkeys([model, *body.allow_models])),
-        timeout_s=timeout,
+        req, ctx.caller, source=source, model=model, allowed=allowed, timeout_s=timeout,
         sandbox=executor.sandbox_label,
     )  # fmt: skip
 
@@ -296,39 +311,78 @@ def _folder(host: RunsHost, run: Run) -> FsPath:
     return host.executor.dir / run.id
 
 
+_OUTPUTS = ("diff.patch", "report.md", "stdout.log", "stderr.log")
+"""What Corral itself keeps of a run, in its ``output`` folder."""
+_LOG_PAGE = 4 * 1024 * 1024
+"""The most one logs request answers (the CLI asks again from the next offset)."""
+
+
 def _artifacts(host: RunsHost, run: Run) -> list[Artifact]:
-    root = _folder(host, run)
+    """Corral's outputs and the regular files under the run's artifacts, found without
+    following a link (the agent's links, pipes and devices are not listed)."""
     found: list[Artifact] = []
-    for name in ("diff.patch", "report.md", "stdout.log", "stderr.log"):
-        path = root / "output" / name
-        if path.is_file():
-            found.append(Artifact(path=name, size=path.stat().st_size))
-    arts = root / "artifacts"
-    if arts.is_dir():
-        for path in sorted(arts.rglob("*")):
-            if path.is_file() and not path.is_symlink():
-                found.append(
-                    Artifact(path=f"artifacts/{path.relative_to(arts)}", size=path.stat().st_size)
-                )
+    try:
+        folder = outputs.Folder(_folder(host, run))
+    except outputs.Unreadable:  # the run has not started
+        return found
+    with folder:
+        for name in _OUTPUTS:
+            with contextlib.suppress(outputs.Unreadable):
+                found.append(Artifact(path=name, size=folder.size(f"output/{name}")))
+        for path, size in folder.files("artifacts"):
+            found.append(Artifact(path=f"artifacts/{path}", size=size))
     return found
 
 
-def _artifact_path(host: RunsHost, run: Run, name: str) -> FsPath:
-    if "\x00" in name:
-        raise NotFound("artifact not found")
-    root = _folder(host, run)
-    if name in ("diff.patch", "report.md", "stdout.log", "stderr.log"):
-        path = root / "output" / name
+def _open_artifact(host: RunsHost, run: Run, name: str) -> outputs.Opened:
+    """Artifact ``name`` opened for reading: one of Corral's outputs, or a regular file under
+    the run's artifacts reached without following a link; anything else is 404."""
+    if name in _OUTPUTS:
+        rel = f"output/{name}"
     elif name.startswith("artifacts/"):
-        base = (root / "artifacts").resolve()
-        path = (root / name).resolve()
-        if base not in path.parents:
-            raise NotFound(f"artifact {name} not found")
+        rel = name
     else:
         raise NotFound(f"artifact {name} not found")
-    if not path.is_file() or path.is_symlink():
-        raise NotFound(f"artifact {name} not found for run {run.id}")
-    return path
+    try:
+        with outputs.Folder(_folder(host, run)) as folder:
+            return folder.open(rel)
+    except outputs.Unreadable as exc:
+        what = "" if exc.what == "missing" else f" ({exc.what}: only regular files are served)"
+        raise NotFound(f"artifact {name} not found for run {run.id}{what}") from exc
+
+
+def _read_patch(host: RunsHost, run: Run) -> str:
+    """The run's patch (none: empty), at most ``run_diff_max_bytes`` of it; a run whose diff
+    was too large to keep whole cannot be delivered."""
+    cap = host.settings.run_diff_max_bytes
+    try:
+        with outputs.Folder(_folder(host, run)) as folder:
+            too_large = _exists(folder, f"output/{outputs.DIFF_TOO_LARGE}")
+            with folder.open("output/diff.patch") as patch:
+                if too_large or patch.size > cap:
+                    raise Conflict(
+                        f"run {run.id}'s diff is larger than run_diff_max_bytes "
+                        f"({outputs.size_in_words(cap)}) and was not kept whole: it cannot "
+                        "be delivered; raise run_diff_max_bytes and run it again"
+                    )
+                data = patch.read_at(0, cap)
+    except outputs.Unreadable:
+        return ""
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise Conflict(
+            f"run {run.id}'s patch is not UTF-8 text and cannot be delivered here: download it "
+            f"(corral runs artifacts {run.id} diff.patch) and apply it with git"
+        ) from exc
+
+
+def _exists(folder: outputs.Folder, rel: str) -> bool:
+    try:
+        folder.size(rel)
+    except outputs.Unreadable:
+        return False
+    return True
 
 
 def _deliver(ctx: Ctx, run_id: str, body: Deliver) -> Delivered:
@@ -344,8 +398,9 @@ def _deliver(ctx: Ctx, run_id: str, body: Deliver) -> Delivered:
         )
     if ctx.caller.user_id is None and ctx.caller.role != "admin":
         raise PermissionDenied("delivery needs a person's key")
-    patch_file = _folder(host, run) / "output" / "diff.patch"
-    patch = patch_file.read_text() if patch_file.is_file() else ""
+    patch = _read_patch(host, run)
+    if not patch.strip():  # a branch would be an empty commit, a patch nothing at all
+        raise Conflict(f"run {run.id} changed nothing: there is nothing to deliver")
     actor = actor_of(ctx.caller)
     if body.branch is not None:
         if run.base_commit is None:
@@ -356,10 +411,15 @@ def _deliver(ctx: Ctx, run_id: str, body: Deliver) -> Delivered:
         commit = workspaces.deliver_branch(
             run.repo,
             run.base_commit,
-            patch,
+            _folder(host, run) / "output" / "diff.patch",  # checked by _read_patch
             body.branch,
             message=message,
             author=f"corral {run.id}",
+            policy=workspaces.team_policy(
+                host.settings,
+                host.executor.identity.get_team(run.team_id).name,
+                host.executor.dir,
+            ),  # checked again: the repository's path may have changed since submit
         )
         target = f"branch {body.branch} ({commit[:12]})"
     else:
@@ -435,17 +495,18 @@ def router() -> APIRouter:
         ctx: Ctx,
         run_id: _RUN_ID,
         stream: Annotated[str, Query(pattern="^(stdout|stderr)$")] = "stdout",
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
     ) -> Response:
         def work() -> Response:
             host = _host(ctx)
             run = host.runs.get(run_id, ctx.caller)
-            path = _folder(host, run) / "output" / f"{stream}.log"
             data = b""
-            if path.is_file():
-                with path.open("rb") as f:
-                    f.seek(offset)
-                    data = f.read(4 * 1024 * 1024)
+            with (
+                contextlib.suppress(outputs.Unreadable),  # no log yet
+                outputs.Folder(_folder(host, run)) as folder,
+                folder.open(f"output/{stream}.log") as log,
+            ):
+                data = log.read_at(offset, _LOG_PAGE)
             headers = {
                 "x-corral-next-offset": str(offset + len(data)),
                 "x-corral-run-state": run.state,
@@ -464,13 +525,18 @@ def router() -> APIRouter:
 
     @r.get("/{run_id}/artifacts/{name:path}", summary="One artifact's content")
     async def artifact(ctx: Ctx, run_id: _RUN_ID, name: str) -> Response:
-        def work() -> Response:
+        def work() -> outputs.Opened:
             host = _host(ctx)
-            path = _artifact_path(host, host.runs.get(run_id, ctx.caller), name)
-            # streamed from disk: a screenshot or a long log need not fit in memory
-            return FileResponse(path, media_type="application/octet-stream")
+            return _open_artifact(host, host.runs.get(run_id, ctx.caller), name)
 
-        return await asyncio.to_thread(work)
+        opened = await asyncio.to_thread(work)
+        # Streamed from the file opened and checked above, never reopened by name (a link
+        # the agent swaps in meanwhile is not followed), in chunks: it need not fit in memory.
+        return StreamingResponse(
+            opened.chunks(),
+            media_type="application/octet-stream",
+            background=BackgroundTask(opened.close),
+        )
 
     @r.post("/{run_id}/deliver", summary="Deliver a run's change as a branch or a patch")
     async def deliver(ctx: Ctx, run_id: _RUN_ID, body: Deliver) -> Delivered:

@@ -21,6 +21,7 @@ from corral.api.context import Ctx
 from corral.identity.service import parse_since, parse_until
 from corral.store import Store
 from corral.traces import query as q
+from corral.traces import totals as tt
 
 _SPAN_ID = Annotated[str, Path(max_length=64, description="A span id (16 hex digits).")]
 
@@ -66,8 +67,17 @@ class SpanNode(_Tokens):
     children: list[str] = Field(description="Child span ids, by start time.")
 
 
+class CallTotals(_Tokens):
+    """LLM calls, their tokens and their cost."""
+
+    llm_calls: int
+    cost_usd: float
+
+
 class TraceTotals(_Tokens):
-    """LLM calls, tokens and cost count each call once (duplicates left out)."""
+    """Every LLM call the tree shows, each once (an agent's report of a call the gateway
+    recorded counts as that record, also when the record is in another trace); split into
+    what the gateway metered (what spends) and what agents only reported."""
 
     spans: int
     llm_calls: int
@@ -76,6 +86,11 @@ class TraceTotals(_Tokens):
     start: datetime
     end: datetime
     duration_ms: float
+    metered: CallTotals = Field(description="Calls the gateway recorded: what spends budgets.")
+    reported: CallTotals = Field(
+        description="Calls agents reported over OTLP with no gateway record in sight: shown, "
+        "never spent."
+    )
 
 
 class Trace(BaseModel):
@@ -220,7 +235,12 @@ async def search_spans(
     trace: Annotated[str | None, Query(max_length=32, description="Trace id.")] = None,
     kind: Annotated[str | None, Query(max_length=16, description="Span kind.")] = None,
     status: Annotated[
-        str | None, Query(max_length=16, description="ok, error, cancelled, refused.")
+        str | None,
+        Query(
+            max_length=16,
+            description="ok, error, cancelled or refused; `error` also finds refused calls "
+            "(a budget or a limit said no), `refused` only those.",
+        ),
     ] = None,
     error_class: Annotated[str | None, Query(max_length=40)] = None,
     model: Annotated[
@@ -326,6 +346,7 @@ def _nodes(nodes: list[q.TreeNode]) -> list[dict[str, Any]]:
             start_ns, end_ns, input_tokens, cached_input_tokens, cache_write_tokens,
             output_tokens, reasoning_tokens, cost_nusd, model_requested, model_served,
             provider, deployment, source, duplicate_of, attempt, http_status, has_bodies,
+            _team_id,
         ) = span  # fmt: skip
         append(
             {
@@ -362,7 +383,7 @@ def _nodes(nodes: list[q.TreeNode]) -> list[dict[str, Any]]:
     return out
 
 
-def _totals(t: q.TreeTotals) -> dict[str, Any]:
+def _totals(t: tt.TreeTotals) -> dict[str, Any]:
     """``TraceTotals`` as data for orjson, keys in the model's field order."""
     return {
         "input_tokens": t.input_tokens,
@@ -377,6 +398,20 @@ def _totals(t: q.TreeTotals) -> dict[str, Any]:
         "start": _time(t.start_ns),
         "end": _time(t.end_ns),
         "duration_ms": max(0, t.end_ns - t.start_ns) / 1e6,
+        "metered": _calls(t.metered),
+        "reported": _calls(t.reported),
+    }
+
+
+def _calls(c: tt.CallTotals) -> dict[str, Any]:
+    return {
+        "input_tokens": c.input_tokens,
+        "cached_input_tokens": c.cached_input_tokens,
+        "cache_write_tokens": c.cache_write_tokens,
+        "output_tokens": c.output_tokens,
+        "reasoning_tokens": c.reasoning_tokens,
+        "llm_calls": c.llm_calls,
+        "cost_usd": _usd(c.cost_nusd),
     }
 
 

@@ -1,9 +1,10 @@
 """Admin commands: teams, users, keys, usage, models and providers, over the admin API.
 
-They talk to a running Corral (``CORRAL_URL``, ``CORRAL_ADMIN_KEY``), print
-tables for people, and with ``--json`` print only JSON for scripts. Teams and
-users are named by name or id. A new key's secret is printed once, when it is
-created; nothing else ever prints one.
+They talk to a running Corral (``CORRAL_URL``, and the key in ``CORRAL_KEY`` or
+``CORRAL_ADMIN_KEY``: see ``corral.cli.client``), print tables for people, and
+with ``--json`` print only JSON for scripts. Teams and users are named by name
+or id. A new key's secret is printed once, when it is created; nothing else
+ever prints one.
 """
 
 from __future__ import annotations
@@ -48,7 +49,14 @@ def _console() -> Console:
     return console if console.is_terminal else Console(width=200)
 
 
-def _table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+def _table(
+    title: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    groups: Sequence[Any] | None = None,
+) -> None:
+    """A table for people; ``groups`` (one label a row) draws a rule where the label changes."""
     rows = list(rows)
     if not rows:
         click.echo(f"{title}: none.")
@@ -57,8 +65,10 @@ def _table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) ->
     for name in columns:
         numeric = name in _NUMERIC
         table.add_column(name, justify="right" if numeric or name.startswith("cost") else "left")
-    for row in rows:
-        table.add_row(*("-" if cell is None else str(cell) for cell in row))
+    for i, row in enumerate(rows):
+        last_of_group = groups is not None and i + 1 < len(rows) and groups[i] != groups[i + 1]
+        cells = ("-" if cell is None else str(cell) for cell in row)
+        table.add_row(*cells, end_section=last_of_group)
     _console().print(table)
 
 
@@ -83,7 +93,9 @@ def amount_text(resource: str, value: float) -> str:
 
 
 def budget_table(budgets: Iterable[dict[str, Any]], title: str = "Budgets") -> None:
-    """Budgets as ``GET /api/v1/budgets`` lists them, with what is left of each."""
+    """Budgets as ``GET /api/v1/budgets`` lists them, with what is left of each, grouped by
+    the kind of scope (organisation, team, users, keys, runs: the API's order)."""
+    budgets = list(budgets)
     columns = ["scope", "resource", "window", "limit", "spent", "reserved", "remaining"]
     columns += ["resets at", "soft", "source"]
     amounts = ("limit", "spent", "reserved", "remaining")
@@ -97,7 +109,7 @@ def budget_table(budgets: Iterable[dict[str, Any]], title: str = "Budgets") -> N
         ]
         for b in budgets
     )
-    _table(title, columns, rows)
+    _table(title, columns, rows, groups=[b["scope"]["kind"] for b in budgets])
 
 
 # -- teams -----------------------------------------------------------------------
@@ -413,7 +425,7 @@ def usage(by: str, since: str, until: str | None, team: str | None, as_json: boo
         return
     dims: list[str] = report["dimensions"]
     columns = [*dims, "requests", "errors", "input", "cached", "cache write", "output"]
-    columns += ["reasoning", "cost", "p50", "p95", "p99"]
+    columns += ["reasoning", "cost", "p50", "p95", "p99", "reported"]
     lines = [_usage_line(r, dims) for r in rows]
     if len(rows) > 1:
         requests, *tokens = (
@@ -422,7 +434,7 @@ def usage(by: str, since: str, until: str | None, team: str | None, as_json: boo
         errors = _errors(sum(r["errors"] for r in rows), requests)
         cost = _usd(sum(r["cost_usd"] for r in rows))
         blank = [None] * (len(dims) - 1)
-        lines.append(["total", *blank, requests, errors, *tokens, cost, None, None, None])
+        lines.append(["total", *blank, requests, errors, *tokens, cost, None, None, None, None])
     window = f"since {_when(report['since'])}"
     if until is not None:
         window += f" until {_when(report['until'])}"
@@ -442,7 +454,14 @@ def _usage_line(row: dict[str, Any], dims: list[str]) -> list[Any]:
         row["reasoning_tokens"],
         _usd(row["cost_usd"]),
         *latency,
+        _reported(row.get("reported") or {}),
     ]
+
+
+def _reported(r: dict[str, Any]) -> str | None:
+    """What agents reported with no gateway record: shown beside the spend, never in it."""
+    calls = int(r.get("requests") or 0)
+    return f"{calls} call{'' if calls == 1 else 's'}, {_usd(r['cost_usd'])}" if calls else None
 
 
 def _errors(errors: int, requests: int) -> str:
@@ -508,6 +527,3 @@ def _path(segment: str) -> str:
     if not segment.strip(". "):
         raise CLIError(f"invalid name or id {segment!r}")
     return quote(segment, safe="")
-
-
-COMMANDS: list[click.Command] = [teams, users, keys, usage, models, providers]

@@ -163,13 +163,20 @@ def budgets_set(
 def budgets_show(
     team: str | None, user: str | None, key_id: str | None, org: bool, as_json: bool
 ) -> None:
-    """Show budgets with their spend in the current window, then the rate limits."""
-    found = _status(_scope(team, user, key_id, org))
+    """Show budgets with their spend in the current window, then the rate limits.
+    A team's are shown with those of its users, keys and live runs."""
+    scope = _scope(team, user, key_id, org)
+    found = _status(scope)
     if as_json:
         _print_json(found)
         return
-    budget_table(found["budgets"])
-    _limit_table(found["limits"])
+    within = (
+        f" of team {scope.ref} and its users, keys and runs"
+        if scope and scope.kind == "team"
+        else ""
+    )
+    budget_table(found["budgets"], f"Budgets{within}")
+    _limit_table(found["limits"], f"Rate limits{within}")
 
 
 @budgets.command("unset")
@@ -295,14 +302,15 @@ def _status(scope: Scope | None) -> dict[str, Any]:
     return found
 
 
-def _limit_table(rows: list[dict[str, Any]]) -> None:
+def _limit_table(rows: list[dict[str, Any]], title: str = "Rate limits") -> None:
     _table(
-        "Rate limits",
+        title,
         ["scope", "rpm", "tpm", "concurrency", "source", "updated"],
         (
             [scope_label(r["scope"]), *(r[n] for n in _RATES), r["source"], _when(r["updated_at"])]
             for r in rows
         ),
+        groups=[r["scope"]["kind"] for r in rows],
     )
 
 
@@ -315,6 +323,3 @@ def _said(scope: Scope) -> str:
         return "the organisation"
     within = f" of team {scope.team}" if scope.team else ""
     return f"{scope.kind} {scope.ref}{within}"
-
-
-COMMANDS: list[click.Command] = [budgets, limits]

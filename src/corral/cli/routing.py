@@ -214,6 +214,3 @@ def capacity(since: str, as_json: bool) -> None:
 
 def _pct(share: float | None) -> str | None:
     return None if share is None else f"{share:.1%}"
-
-
-COMMANDS: list[click.Command] = [route, capacity]

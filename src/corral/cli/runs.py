@@ -1,11 +1,12 @@
 """Agent run commands: ``corral runs submit|list|show|logs|cancel|artifacts|deliver``.
 
-They drive ``/api/v1/runs`` of a running Corral with the key in
-``CORRAL_ADMIN_KEY``: a team's keys act on their team's runs, the org admin
-key on every run (it names the owner with ``--owner``). ``submit`` prints only
-the run id on stdout, so ``RUN=$(corral runs submit ...)`` works; progress and
-outcomes go to stderr. Every command but ``logs`` accepts ``--json``, which
-prints the API's answer and nothing else.
+They drive ``/api/v1/runs`` of a running Corral with the key in ``CORRAL_KEY``
+(else ``CORRAL_ADMIN_KEY``): a person's key acts on the runs they own or asked
+for, a team admin's on the team's runs, the org admin key on every run (it
+names the owner with ``--owner``). ``submit`` prints only the run id on
+stdout, so ``RUN=$(corral runs submit ...)`` works; progress and outcomes go to
+stderr. Every command but ``logs`` accepts ``--json``, which prints the API's
+answer and nothing else.
 """
 
 from __future__ import annotations
@@ -410,6 +411,3 @@ def _save_patch(patch: str, target: str) -> None:
         Path(target).write_text(patch)
     except OSError as exc:
         raise CLIError(f"cannot write {target}: {exc.strerror or exc}") from exc
-
-
-COMMANDS: list[click.Command] = [runs]

@@ -10,6 +10,7 @@ import uvicorn
 
 from corral.app import CorralApp, create_app
 from corral.errors import CorralError
+from corral.server import HttpLimits, bind, server_config
 from corral.settings import load_settings
 
 
@@ -50,22 +51,16 @@ def serve(
             sim_url=sim_url,
             unsafe_no_sandbox=True if unsafe_no_sandbox else None,
         )
+        # The port first: start-up mints and prints the one-time admin key, which must
+        # not happen for a server that then cannot listen (the key would be lost).
+        sock = bind(settings.host, settings.port)
         app = create_app(settings)
     except CorralError as exc:
         raise click.ClickException(exc.message) from exc
     app.on_startup.append(_announce)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        lifespan="on",
-        loop="uvloop",
-        http="httptools",
-        access_log=settings.access_log,
-        log_level="warning",
-        timeout_graceful_shutdown=10,
-    )
-    uvicorn.Server(config).run()
+    limits = HttpLimits.from_settings(settings)
+    config = server_config(app, limits, access_log=settings.access_log)
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 def _announce(app: CorralApp) -> None:

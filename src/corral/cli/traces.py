@@ -92,13 +92,28 @@ def node_line(node: dict[str, Any]) -> Text:
 
 
 def totals_line(t: dict[str, Any]) -> str:
-    tokens_in = t["input_tokens"] + t["cached_input_tokens"] + t["cache_write_tokens"]
-    tokens_out = t["output_tokens"] + t["reasoning_tokens"]
-    return (
+    """Every call the tree shows, once, and how much of it the gateway metered (what spends
+    budgets) and how much agents only reported."""
+    line = (
         f"Total: {_count(t['spans'], 'span')}, {_count(t['llm_calls'], 'LLM call')}, "
-        f"{tokens_in:,}→{tokens_out:,} tokens, {_usd(t['cost_usd'])}, "
-        f"{_count(t['errors'], 'error')}, {duration(t['duration_ms'])}"
+        f"{_token_pair(t)} tokens, {_usd(t['cost_usd'])}"
     )
+    parts = [
+        f"{label} {_count(c['llm_calls'], 'call')}, {_token_pair(c)} tokens, {_usd(c['cost_usd'])}"
+        for label, c in (
+            ("metered by the gateway:", t["metered"]),
+            ("reported by agents:", t["reported"]),
+        )
+        if c["llm_calls"]
+    ]
+    if parts:
+        line += f" ({'; '.join(parts)})"
+    return f"{line}, {_count(t['errors'], 'error')}, {duration(t['duration_ms'])}"
+
+
+def _token_pair(t: dict[str, Any]) -> str:
+    tokens_in = t["input_tokens"] + t["cached_input_tokens"] + t["cache_write_tokens"]
+    return f"{tokens_in:,}→{t['output_tokens'] + t['reasoning_tokens']:,}"
 
 
 def _count(n: int, noun: str) -> str:
@@ -178,7 +193,9 @@ def _print_body(part: str, body: dict[str, Any]) -> None:
     help="Span kind.",
 )
 @click.option(
-    "--status", type=click.Choice(["ok", "error", "cancelled", "refused"]), help="Outcome."
+    "--status",
+    type=click.Choice(["ok", "error", "cancelled", "refused"]),
+    help="Outcome; error also finds refused calls (a budget or limit said no), refused only those.",
 )
 @click.option("--error-class", help="Error class, e.g. rate_limited or upstream_timeout.")
 @click.option("--model", help="The model asked for, or the one that served.")
@@ -218,7 +235,9 @@ def spans_search(attrs: tuple[str, ...], limit: int, cursor: str | None, **filte
             s["start"][:19].replace("T", " "),
             s["kind"],
             s["name"],
-            s["status"] if s["status"] != "error" else f"error {s['error_class'] or ''}".strip(),
+            s["status"]
+            if s["status"] not in ("error", "refused")
+            else f"{s['status']} {s['error_class'] or ''}".strip(),
             s["model_requested"] or s["model_served"],
             _tokens(s),
             _usd(s["cost_usd"]) if s["cost_usd"] else None,
@@ -288,6 +307,3 @@ def _when(epoch: float | None) -> str:
     if epoch is None:
         return "-"
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-COMMANDS: list[click.Command] = [trace, spans, store]

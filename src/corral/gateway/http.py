@@ -15,6 +15,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON_CT = (b"content-type", b"application/json")
 SSE_CT = (b"content-type", b"text/event-stream; charset=utf-8")
@@ -47,15 +48,23 @@ def api_key(scope: Scope) -> str | None:
     return bearer
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole request body, refused with 413 as soon as it passes ``limit`` bytes."""
+async def read_body(
+    scope: Scope, receive: Receive, limit: int, *, setting: str = "max_body_bytes"
+) -> bytes:
+    """The whole request body, refused with 413 as soon as it passes ``limit`` bytes: before
+    reading anything when ``Content-Length`` says so, else once the chunks read pass it.
+
+    Callers authenticate first: an unauthenticated client never makes the server buffer.
+    ``setting`` names the limit in the refusal.
+    """
     declared = header(scope, b"content-length")
     if declared is not None:
         try:
-            if int(declared) > limit:
-                raise PayloadTooLarge(_too_large(limit))
+            size = int(declared)
         except ValueError as exc:
             raise InvalidRequest("Content-Length is not a number") from exc
+        if size > limit:
+            raise PayloadTooLarge(_too_large(limit, setting))
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -66,15 +75,15 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         if chunk:
             size += len(chunk)
             if size > limit:
-                raise PayloadTooLarge(_too_large(limit))
+                raise PayloadTooLarge(_too_large(limit, setting))
             chunks.append(chunk)
         if not message.get("more_body", False):
             break
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _too_large(limit: int) -> str:
-    return f"request body is larger than this gateway accepts ({limit} bytes; max_body_bytes)"
+def _too_large(limit: int, setting: str) -> str:
+    return f"the request body is larger than this server accepts here ({limit} bytes; {setting})"
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:

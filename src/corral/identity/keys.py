@@ -73,6 +73,7 @@ class KeyInfo:
     expires_at: float | None
     revoked_at: float | None
     team_name: str | None = None  # for route policies, which name teams
+    parent_key_id: str | None = None  # a run's key: the key that submitted the run
 
     def check_model(self, model: str) -> None:
         if self.allowed_models is not None and model not in self.allowed_models:
@@ -111,6 +112,7 @@ class KeyInfo:
             expires_at=row.expires_at,
             revoked_at=row.revoked_at,
             team_name=getattr(row, "team_name", None),
+            parent_key_id=row.parent_key_id,
         )
 
 

@@ -112,6 +112,7 @@ class Key:
     updated_at: float
     created_by: str | None
     key_hash: str = field(repr=False)
+    parent_key_id: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Key:
@@ -132,6 +133,7 @@ class Key:
             updated_at=row.updated_at,
             created_by=row.created_by,
             key_hash=row.key_hash,
+            parent_key_id=row.parent_key_id,
         )
 
 
@@ -371,35 +373,43 @@ class IdentityService:
         role: KeyRole = "virtual",
         created_by: str | None = None,
         run_id: str | None = None,
+        parent: str | None = None,
     ) -> tuple[Key, str]:
         """Mint a key for ``user`` in ``team`` (ids or names); return it and its secret.
 
         The secret is returned here once and never stored. A key with ``run_id`` speaks for
-        that run (corral.runs mints one as a run starts and revokes it as it ends).
+        that run (corral.runs mints one as a run starts and revokes it as it ends). A key
+        with ``parent`` (a run's key: the key that submitted the run) calls only models the
+        parent may call, expires no later than it, is revoked with it, and is refused here
+        (``PermissionDenied``) when the parent is revoked or expired already.
         """
         now = self._clock.now()
         _check_new_key(role, name, expires_at, now)
         owner_team = self.get_team(team)
         owner = self.get_user(user, team_id=owner_team.id)
         raw = mint_key()
-        key = Key(
-            id=new_id("key"),
-            prefix=shown_prefix(raw),
-            name=name,
-            role=role,
-            org_id=owner_team.org_id,
-            team_id=owner_team.id,
-            user_id=owner.id,
-            run_id=run_id,
-            allowed_models=tuple(dict.fromkeys(models)) if models is not None else None,
-            expires_at=expires_at,
-            revoked_at=None,
-            created_at=now,
-            updated_at=now,
-            created_by=created_by,
-            key_hash=hash_key(raw),
-        )
+        wanted = tuple(dict.fromkeys(models)) if models is not None else None
         with self._store.begin() as conn:
+            if parent is not None:
+                wanted, expires_at = _inherit(conn, parent, wanted, expires_at, now)
+            key = Key(
+                id=new_id("key"),
+                prefix=shown_prefix(raw),
+                name=name,
+                role=role,
+                org_id=owner_team.org_id,
+                team_id=owner_team.id,
+                user_id=owner.id,
+                run_id=run_id,
+                allowed_models=wanted,
+                expires_at=expires_at,
+                revoked_at=None,
+                created_at=now,
+                updated_at=now,
+                created_by=created_by,
+                key_hash=hash_key(raw),
+                parent_key_id=parent,
+            )
             conn.execute(keys_table.insert().values(**_key_values(key)))
         return key, raw
 
@@ -421,7 +431,8 @@ class IdentityService:
         raise NotFound(f"key {_show(key_id)} not found")
 
     def revoke_key(self, key_id: str) -> Key:
-        """Revoke a key; every process refuses it once its key cache polls ``updated_at``.
+        """Revoke a key, and the keys minted under it (the keys of the runs it submitted);
+        every process refuses them once its key cache polls ``updated_at``.
 
         Revoking a revoked key changes nothing. The organisation admin key
         cannot be revoked here: it is replaced by changing ``CORRAL_ADMIN_KEY``.
@@ -436,11 +447,13 @@ class IdentityService:
             return key
         now = self._clock.now()
         with self._store.begin() as conn:
-            conn.execute(
-                keys_table.update()
-                .where(keys_table.c.id == key.id, keys_table.c.revoked_at.is_(None))
-                .values(revoked_at=now, updated_at=now)
-            )
+            # the parent first: a run's key minted meanwhile waits on its row (_inherit)
+            for column in (keys_table.c.id, keys_table.c.parent_key_id):
+                conn.execute(
+                    keys_table.update()
+                    .where(column == key.id, keys_table.c.revoked_at.is_(None))
+                    .values(revoked_at=now, updated_at=now)
+                )
         return self.get_key(key.id)
 
     # -- the organisation admin key ------------------------------------------------
@@ -634,6 +647,38 @@ def _policy_values(changes: Mapping[str, object]) -> dict[str, object]:
             )
         out["retention_days"] = None if days is None else float(days)
     return out
+
+
+def _inherit(
+    conn: Connection,
+    parent_id: str,
+    models: tuple[str, ...] | None,
+    expires_at: float | None,
+    now: float,
+) -> tuple[tuple[str, ...] | None, float | None]:
+    """The models and expiry of a key minted under ``parent_id``: within the parent's.
+
+    The parent's row is locked (PostgreSQL) until the new key is stored, so a revocation
+    of the parent either comes first and is seen here, or comes after and revokes the
+    new key with it.
+    """
+    row = conn.execute(
+        select(keys_table).where(keys_table.c.id == parent_id).with_for_update()
+    ).first()
+    if row is None:
+        raise NotFound(f"the parent key {_show(parent_id)} no longer exists")
+    if row.revoked_at is not None:
+        raise PermissionDenied(f"the parent key {row.id} has been revoked")
+    if row.expires_at is not None and row.expires_at <= now:
+        raise PermissionDenied(f"the parent key {row.id} has expired")
+    if row.allowed_models is not None:
+        allowed = set(row.allowed_models)
+        models = tuple(
+            m for m in (row.allowed_models if models is None else models) if m in allowed
+        )
+    if row.expires_at is not None:
+        expires_at = row.expires_at if expires_at is None else min(expires_at, row.expires_at)
+    return models, expires_at
 
 
 def _check_new_key(role: str, name: str | None, expires_at: float | None, now: float) -> None:

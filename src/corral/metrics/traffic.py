@@ -21,13 +21,17 @@ from prometheus_client.registry import Collector
 OTHER = "other"
 NO_TEAM = "none"
 
-# The roll-ups' latency buckets (corral.traces.rollup.LATENCY_BOUNDS_MS) in seconds, so
-# /metrics and the usage API interpolate percentiles over the same edges (a test checks).
+# Prometheus interpolates quantiles linearly within a bucket (histogram_quantile), so the
+# low end is fine enough that calls of a millisecond or two (a cache, a local model) read
+# as such, not as half of a first 0-50 ms bucket. The usage API's percentiles come from the
+# roll-ups' own log-spaced histogram (corral.traces.rollup), exact to a few per cent.
 DURATION_BOUNDS_S: tuple[float, ...] = (
-    0.05, 0.1, 0.2, 0.4, 0.7, 1.0, 1.5, 2.5, 4.0, 6.0, 10.0, 15.0, 30.0, 60.0, 120.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0, 1.5, 2.5, 4.0,
+    6.0, 10.0, 15.0, 30.0, 60.0, 120.0,
 )  # fmt: skip
 TTFT_BOUNDS_S: tuple[float, ...] = (
-    0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0,
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0,
+    60.0,
 )  # fmt: skip
 OVERHEAD_BOUNDS_S: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,

@@ -149,7 +149,11 @@ class QuotaGate:
                 seeded.add(mark)
                 continue
             spent = await asyncio.to_thread(
-                self.rules.spent, rule.level, rule.budget.resource, rule.budget.window, now
+                self.rules.spent_with_runs,
+                rule.level,
+                rule.budget.resource,
+                rule.budget.window,
+                now,
             )
             try:
                 await self.backend.seed(rule.level, rule.budget, window_id, spent)

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, or_, select
 
 from corral.clock import Clock
 from corral.errors import Conflict, InvalidRequest, NotFound
@@ -37,7 +37,8 @@ from corral.settings import BudgetConfig, LimitConfig, Settings
 from corral.store import Store
 from corral.store.schema import budgets as budgets_table
 from corral.store.schema import keys as keys_table
-from corral.store.schema import rate_limits, spans, teams, users
+from corral.store.schema import rate_limits, runs, spans, teams, users
+from corral.traces.spans import GATEWAY
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,11 @@ class RuleSet:
         return cls(tuple(budgets), tuple(rates), limits)
 
     def chain(self, key: KeyInfo) -> Chain:
-        """The levels of ``key``'s identity chain that have limits, outermost first."""
+        """The levels of ``key``'s identity chain that have limits, outermost first.
+
+        A run's key has the key that submitted the run as a level too: a run spends within
+        its requester's key budgets and limits, as well as its own.
+        """
         cached = self._chains.get(key.key_id)
         if cached is not None:
             return cached
@@ -131,6 +136,7 @@ class RuleSet:
             ("org", key.org_id),
             ("team", key.team_id),
             ("user", key.user_id),
+            ("key", key.parent_key_id),
             ("key", key.key_id),
             ("run", key.run_id),
         ):
@@ -409,16 +415,39 @@ class QuotaRules:
     # -- spend -----------------------------------------------------------------------
 
     def spent(self, level: Level, resource: Resource, window: Window, now: float) -> int:
-        """What ``level`` spent of ``resource`` in the current ``window``, from the spans."""
+        """What ``level`` spent of ``resource`` in the current ``window``, from the spans.
+
+        Only the gateway's own records spend (``source`` gateway; NULL on rows stored before
+        the column existed): what an agent reports over OTLP is a claim, never a charge.
+        """
         _, start, _end = window_range(window, now)
         value = spans.c.cost_nusd if resource == "usd" else _TOKENS
         query = select(func.coalesce(func.sum(value), 0)).where(
-            spans.c.kind == "llm_request", _SPAN_COLUMN[level.kind] == level.id
+            spans.c.kind == "llm_request",
+            _SPAN_COLUMN[level.kind] == level.id,
+            or_(spans.c.source == GATEWAY, spans.c.source.is_(None)),
         )
         if start is not None:
             query = query.where(spans.c.start_ns >= int(start * 1e9))
         with self._store.connect() as conn:
             return int(conn.execute(query).scalar() or 0)
+
+    def spent_with_runs(self, level: Level, resource: Resource, window: Window, now: float) -> int:
+        """``spent``, plus for a key what the runs it submitted spent with their own keys
+        (their calls are charged to it at admission, so a restart must count them too)."""
+        total = self.spent(level, resource, window, now)
+        if level.kind != "key":
+            return total
+        _, start, _end = window_range(window, now)
+        query = select(runs.c.id).where(
+            runs.c.requested_by_key == level.id, runs.c.key_id.is_not(None)
+        )
+        if start is not None:  # a run that ended before the window spent nothing in it
+            query = query.where(runs.c.ended_at.is_(None) | (runs.c.ended_at >= start))
+        with self._store.connect() as conn:
+            run_ids = conn.execute(query).scalars().all()
+        # One query per run, through ``spent``: whatever it counts as spend, runs count alike.
+        return total + sum(self.spent(Level("run", r), resource, window, now) for r in run_ids)
 
 
 def _budget_words(resource: str, window: str) -> str:

@@ -41,16 +41,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from corral.clock import Clock
-from corral.errors import ClientError, ConfigError, CorralError, InvalidRequest
+from corral.errors import ClientError, CorralError
 from corral.identity.keys import KeyCache
 from corral.identity.service import IdentityService
 from corral.quota import Level
 from corral.quota.gate import QuotaGate
+from corral.runs import outputs
 from corral.runs import sandbox as sandboxes
 from corral.runs import workspace as workspaces
 from corral.runs.model import LIVE, PRIORITIES, Run
 from corral.runs.profiles import AgentContext, Profile
-from corral.runs.runtime import Runtime, find, reachable
+from corral.runs.runtime import Runtime, find
 from corral.runs.service import RunService
 from corral.settings import Settings
 from corral.store import Store
@@ -146,7 +147,7 @@ class LocalExecutor:
         """Probe the sandbox, serve the gateway socket, recover dead runs, start the loop."""
         self.dir.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(OSError):  # a folder made by someone else keeps its mode
-            self.dir.chmod(0o711)
+            self.dir.chmod(0o700)  # Corral's alone: a run reaches its own folders (reveal)
         # The probe starts a sandbox (~60 ms): it runs beside the rest of start-up, and
         # submitting and admitting wait for it (``ready``).
         self._probing = asyncio.create_task(asyncio.to_thread(self._probe), name="corral-probe")
@@ -195,30 +196,25 @@ class LocalExecutor:
                 self._socket.parent.rmdir()
 
     def _probe(self) -> str | None:
-        problems: list[str] = []
-        try:
-            self.runtime = find(self.uid)
-        except ConfigError as exc:
-            problems.append(exc.message)
-        if not self.unsafe:
-            problems += sandboxes.probe(self.dir / ".probe").problems
-        if not _reachable(self.dir, self.uid):
-            problems.append(
-                f"the runs folder {self.dir} is inside a folder the run's uid {self.uid} "
-                "cannot enter; set runs_dir to a folder under one others may traverse"
-            )
-        if not problems:
+        self.runtime = find()
+        found = sandboxes.probe(
+            self.dir / ".probe", runtime=self.runtime, uid=self.uid, sandboxed=not self.unsafe
+        )
+        if found.ok:
             return None
         fix = "" if self.unsafe else " (--unsafe-no-sandbox runs them anyway, for development)"
-        return "agent runs are refused on this server: " + "; ".join(problems) + fix
+        return "agent runs are refused on this server: " + "; ".join(found.problems) + fix
 
     async def _serve_socket(self) -> None:
         import uvicorn  # the server is only needed where runs are executed
 
+        from corral.server import HttpLimits, server_config
+
         self._socket.unlink(missing_ok=True)
-        config = uvicorn.Config(
-            self._asgi, uds=str(self._socket), lifespan="off", log_level="warning",
-            http="httptools", loop="none", timeout_graceful_shutdown=5,
+        # The same limits as the public port: a run must not hold connections open either.
+        config = server_config(
+            self._asgi, HttpLimits.from_settings(self.host.settings), loop="none",
+            lifespan="off", graceful_shutdown=5, uds=str(self._socket),
         )  # fmt: skip
         config.load()
         server = uvicorn.Server(config)
@@ -374,6 +370,13 @@ class LocalExecutor:
     async def _guarded(self, run_id: str) -> None:
         try:
             await self._execute(run_id)
+        except ClientError as exc:  # refused for a reason the requester can act on
+            log.warning("run %s failed: %s", run_id, exc.message)
+            with contextlib.suppress(CorralError):
+                await asyncio.to_thread(
+                    self.runs.transition, run_id, "failed", actor=SYSTEM,
+                    reason=exc.message, ended_at=self.host.clock.now(),
+                )  # fmt: skip
         except Exception as exc:
             log.exception("run %s failed in the executor", run_id)
             with contextlib.suppress(CorralError):
@@ -388,9 +391,13 @@ class LocalExecutor:
     async def _execute(self, run_id: str) -> None:
         live = self._live[run_id]
         run = live.run
-        try:
-            ws = await asyncio.to_thread(workspaces.prepare, run.repo, run.ref, self.dir, run.id)
-        except InvalidRequest as exc:
+        try:  # the team's repository policy again: the path may have changed since submit
+            team = await asyncio.to_thread(self.identity.get_team, run.team_id)
+            policy = workspaces.team_policy(self.host.settings, team.name, self.dir)
+            ws = await asyncio.to_thread(
+                workspaces.prepare, run.repo, run.ref, self.dir, run.id, policy
+            )
+        except ClientError as exc:
             await asyncio.to_thread(
                 self.runs.transition, run.id, "failed", actor=SYSTEM,
                 reason=f"the workspace could not be made: {exc.message}",
@@ -409,7 +416,9 @@ class LocalExecutor:
 
     async def _mint_key(self, run: Run) -> tuple[str, str]:
         """The run's key (its models, expiring after the wall clock) and its budget level,
-        which is in force before the key exists."""
+        which is in force before the key exists. The key is minted under the key that
+        submitted the run: within its models and expiry, revoked with it, charged to its
+        budgets and limits; a requester key revoked or expired meanwhile fails the run."""
         if run.budget_nusd is not None:
             level = Level("run", run.id, run.id)
             await asyncio.to_thread(
@@ -418,10 +427,17 @@ class LocalExecutor:
             )  # fmt: skip
             await self.host.quotas.reload()
         expires = self.host.clock.now() + run.timeout_s + 2 * self.host.settings.run_grace + 60
-        key, raw = await asyncio.to_thread(
-            self.identity.create_key, run.team_id, run.owner_id, name=f"run {run.id}",
-            models=run.allowed_models, expires_at=expires, run_id=run.id, created_by=SYSTEM,
-        )  # fmt: skip
+        try:
+            key, raw = await asyncio.to_thread(
+                self.identity.create_key, run.team_id, run.owner_id, name=f"run {run.id}",
+                models=run.allowed_models, expires_at=expires, run_id=run.id,
+                created_by=SYSTEM, parent=run.requested_by_key,
+            )  # fmt: skip
+        except ClientError as exc:
+            raise ClientError(
+                f"its key could not be made: {exc.message}; a run's key lives within the key "
+                "that submitted the run", status=exc.status, code=exc.code,
+            ) from exc  # fmt: skip
         await asyncio.to_thread(self.runs.update, run.id, key_id=key.id)
         return key.id, raw
 
@@ -494,13 +510,17 @@ class LocalExecutor:
             self.runs.transition, run.id, "running", actor=SYSTEM,
             reason=f"started {run.profile} ({self.sandbox_label})", started_at=now,
         )  # fmt: skip
+        # stdout and stderr reach the log files through the server, which keeps a capped part
         with (
             box.cgroups() as groups,
-            (logs / "stdout.log").open("wb") as out,
-            (logs / "stderr.log").open("wb") as err,
+            outputs.LogCapture(logs, self.host.settings.run_log_max_bytes) as streams,
         ):
-            proc = await asyncio.to_thread(box.spawn, command, groups, stdout=out, stderr=err)
+            proc = await asyncio.to_thread(
+                box.spawn, command, groups, stdout=streams.stdout, stderr=streams.stderr
+            )
+            streams.started()
             outcome = await self._wait(live, proc, groups)
+            await asyncio.to_thread(streams.drain, self.host.settings.run_grace)
             return replace(outcome, limits=tuple(sandboxes.limits_hit(groups, box.limits)))
 
     def _limits(self, run: Run) -> sandboxes.Limits:
@@ -511,6 +531,7 @@ class LocalExecutor:
             open_files=s.run_open_files,
             cpu_seconds=s.run_cpu_seconds,
             wall_seconds=run.timeout_s,
+            file_bytes=s.run_disk_mb * 2**20,  # no one file outgrows the quota between checks
         )
 
     async def _wait(
@@ -518,9 +539,13 @@ class LocalExecutor:
     ) -> _Outcome:
         waiter = asyncio.ensure_future(_exited(proc))
         stopper = asyncio.ensure_future(live.stop.wait())
-        done, _ = await asyncio.wait(
-            {waiter, stopper}, timeout=live.run.timeout_s, return_when=asyncio.FIRST_COMPLETED
-        )
+        watcher = asyncio.ensure_future(self._watch_disk(live))
+        try:
+            done, _ = await asyncio.wait(
+                {waiter, stopper}, timeout=live.run.timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            watcher.cancel()
         if waiter in done:
             stopper.cancel()
             return _Outcome(proc.returncode, None)
@@ -538,16 +563,48 @@ class LocalExecutor:
             await waiter
         return _Outcome(proc.returncode, live.stop_reason)
 
+    async def _watch_disk(self, live: _Live) -> None:
+        """Stop the run once its folders use more than ``run_disk_mb``: measured every
+        heartbeat interval (a second at least), less often when measuring takes long."""
+        s = self.host.settings
+        folder = self.dir / live.run.id
+        while True:
+            started = time.monotonic()
+            try:
+                over = await asyncio.to_thread(outputs.over_quota, folder, s.run_disk_mb)
+            except OSError:  # out of descriptors, say: measure again next time
+                log.exception("measuring the disk use of run %s failed", live.run.id)
+                over = None
+            if over is not None:
+                self._request_stop(live, "failed", SYSTEM, over)
+                return
+            took = time.monotonic() - started
+            await asyncio.sleep(max(s.run_heartbeat_interval, 1.0, 20 * took))
+
+    def _report(self, run: Run, root: Path) -> str | None:
+        """The profile's report, read from the run's files as the hostile input they are."""
+        with outputs.Folder(root) as folder:
+            files = outputs.RunFiles(folder, max_bytes=self.host.settings.run_report_max_bytes)
+            return self.profiles[run.profile].report(files)
+
     async def _finish(self, live: _Live, ws: workspaces.Workspace, outcome: _Outcome) -> None:
         run = live.run
+        s = self.host.settings
         out = ws.root / "output"
-        patch = await asyncio.to_thread(workspaces.diff, ws)
-        (out / "diff.patch").write_text(patch)
-        stdout = (out / "stdout.log").read_text(errors="replace")[-200_000:]
-        report = self.profiles[run.profile].report(ws.artifacts, stdout)
+        over = await asyncio.to_thread(outputs.over_quota, ws.root, s.run_disk_mb)
+        if over is not None and outcome.stopped is None:  # filled between two checks
+            outcome = replace(outcome, stopped=("failed", SYSTEM, over))
+        change = None
+        if over is None:  # a run over its quota is failed: its change is not worth diffing
+            change = await asyncio.to_thread(
+                workspaces.diff, ws, out / "diff.patch", s.run_diff_max_bytes
+            )
+            if not change.complete:  # delivery refuses a run whose patch was not kept whole
+                (out / outputs.DIFF_TOO_LARGE).write_text(f"{s.run_diff_max_bytes}\n")
+        report = await asyncio.to_thread(self._report, run, ws.root)
         if report is not None:
             (out / "report.md").write_text(report)
-        state, actor, reason = outcome.verdict(patch)
+        state, actor, reason = outcome.verdict(change, s.run_diff_max_bytes, s.run_disk_mb)
         now = self.host.clock.now()
         if live.superseded:  # the store already says how it ended; keep the artifacts only
             log.warning("run %s was ended by another process; stopped it here", run.id)
@@ -570,24 +627,42 @@ class _Outcome:
     stopped: tuple[str, str, str] | None  # (state, actor, reason) when Corral stopped it
     limits: tuple[str, ...] = ()  # what the cgroups refused or killed, in words
 
-    def verdict(self, patch: str) -> tuple[str, str, str]:
+    def verdict(
+        self, change: workspaces.DiffResult | None, diff_max: int, disk_mb: int
+    ) -> tuple[str, str, str]:
         if self.stopped is not None:
             return self.stopped
         if self.code != 0:
+            limits = list(self.limits)
+            if _signal_of(self.code) == signal.SIGXFSZ:
+                limits.append(f"a file reached the run's disk quota ({disk_mb} MiB, run_disk_mb)")
             reason = f"the agent {_ended(self.code)}"
-            if self.limits:
-                reason += ": " + "; ".join(self.limits)
+            if limits:
+                reason += ": " + "; ".join(limits)
             return "failed", SYSTEM, reason
-        files = sum(1 for line in patch.splitlines() if line.startswith("diff --git "))
-        change = f"{files} file{'s' if files != 1 else ''} changed" if files else "no change"
-        return "awaiting_review", SYSTEM, f"the agent finished: {change}"
+        files = change.files if change is not None else 0
+        said = f"{files} file{'s' if files != 1 else ''} changed" if files else "no change"
+        if change is not None and not change.complete:
+            cap = outputs.size_in_words(diff_max)
+            said += (
+                f"; its diff is larger than {cap} (run_diff_max_bytes), too large to keep "
+                "whole: it cannot be delivered"
+            )
+        return "awaiting_review", SYSTEM, f"the agent finished: {said}"
+
+
+def _signal_of(code: int | None) -> int | None:
+    """The signal that ended a process: the relay reports one as 128 + its number."""
+    if code is None:
+        return None
+    return -code if code < 0 else code - 128 if 128 < code < 128 + 65 else None
 
 
 def _ended(code: int | None) -> str:
-    """How a process ended, in words: the relay reports a signal as 128 + its number."""
+    """How a process ended, in words."""
     if code is None:
         return "ended without an exit status"
-    number = -code if code < 0 else code - 128 if 128 < code < 128 + 65 else None
+    number = _signal_of(code)
     if number is not None:
         with contextlib.suppress(ValueError):
             return f"was killed by {signal.Signals(number).name}"
@@ -654,8 +729,7 @@ def _socket_path(runs_dir: Path) -> Path:
     path = runs_dir / f".gateway-{os.getpid()}.sock"
     if len(os.fsencode(path)) <= _SUN_PATH_MAX:
         return path
-    folder = Path(tempfile.mkdtemp(prefix="corral-gw-"))
-    folder.chmod(0o711)  # the run's uid reaches the socket; it cannot list the folder
+    folder = Path(tempfile.mkdtemp(prefix="corral-gw-"))  # 0700: a run reaches it by reveal
     return folder / "gateway.sock"
 
 
@@ -681,10 +755,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _reachable(folder: Path, uid: int) -> bool:
-    return uid == os.geteuid() or reachable(folder, uid)
 
 
 def _free_port() -> int:

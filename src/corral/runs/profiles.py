@@ -7,7 +7,8 @@ ingest (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_RESOURCE_ATTRIBUTES`` carrying
 run, team and owner, ``TRACEPARENT`` so its spans join the run's trace).
 Every profile gets the variables of ``base_environment``; ``read_only`` names
 the host folders its install needs bound into the sandbox; ``report`` finds its
-final report after it exits.
+final report after it exits, reading the run's files only through the ``RunFiles``
+it is given (links are not followed, sizes are capped: the agent made those files).
 
 Profiles are pluggable: ``PROFILES`` maps a name to a profile object, and a
 deployment can add its own (anything with the ``Profile`` methods).
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from corral.errors import InvalidRequest
+from corral.runs.outputs import RunFiles
 from corral.runs.runtime import Runtime
 
 REPORT_TAIL = 8000
@@ -68,7 +70,10 @@ class Profile(Protocol):
     def files(self, ctx: AgentContext) -> dict[str, str]:
         """Files to write under the agent's home (relative path → text) before it starts."""
 
-    def report(self, artifacts: Path, stdout: str) -> str | None: ...
+    def report(self, outputs: RunFiles) -> str | None:
+        """The agent's final report, once it has exited, or None. Read it only through
+        ``outputs`` (``outputs.artifact("report.md")``, ``outputs.stdout()``): the run's
+        files are the agent's and may be links to host files, pipes, or gigabytes."""
 
 
 def base_environment(ctx: AgentContext) -> dict[str, str]:
@@ -120,11 +125,11 @@ def _tail_report(stdout: str) -> str | None:
     return text[-REPORT_TAIL:] if text else None
 
 
-def _file_report(artifacts: Path, *names: str) -> str | None:
+def _file_report(outputs: RunFiles, *names: str) -> str | None:
     for name in names:
-        path = artifacts / name
-        if path.is_file():
-            return path.read_text(errors="replace")
+        text = outputs.artifact(name)
+        if text is not None:
+            return text
     return None
 
 
@@ -144,8 +149,8 @@ class _Base:
     def files(self, ctx: AgentContext) -> dict[str, str]:
         return {}
 
-    def report(self, artifacts: Path, stdout: str) -> str | None:
-        return _file_report(artifacts, "report.md") or _tail_report(stdout)
+    def report(self, outputs: RunFiles) -> str | None:
+        return _file_report(outputs, "report.md") or _tail_report(outputs.stdout())
 
 
 class CorralAgent(_Base):
@@ -215,15 +220,15 @@ class ClaudeCode(_Base):
     def read_only(self, ctx: AgentContext) -> list[Path]:
         return [package_root(find_cli("claude", ctx))]
 
-    def report(self, artifacts: Path, stdout: str) -> str | None:
-        for line in reversed(stdout.strip().splitlines()):
+    def report(self, outputs: RunFiles) -> str | None:
+        for line in reversed(outputs.stdout().strip().splitlines()):
             try:
                 parsed = json.loads(line)
             except ValueError:
                 continue
             if isinstance(parsed, dict) and isinstance(parsed.get("result"), str):
-                return str(parsed["result"])
-        return super().report(artifacts, stdout)
+                return str(parsed["result"])[: outputs.max_bytes]
+        return super().report(outputs)
 
 
 class Codex(_Base):
@@ -271,8 +276,9 @@ class Codex(_Base):
     def read_only(self, ctx: AgentContext) -> list[Path]:
         return [package_root(find_cli("codex", ctx))]
 
-    def report(self, artifacts: Path, stdout: str) -> str | None:
-        return _file_report(artifacts, "last-message.md", "report.md") or _tail_report(stdout)
+    def report(self, outputs: RunFiles) -> str | None:
+        found = _file_report(outputs, "last-message.md", "report.md")
+        return found or _tail_report(outputs.stdout())
 
 
 class Aider(_Base):

@@ -1,24 +1,34 @@
-"""The sandbox of an agent run: bubblewrap, an unprivileged user, cgroup limits.
+"""The sandbox of an agent run: bubblewrap, an unprivileged user, seccomp, cgroup limits.
 
 What the agent gets, and nothing more:
 
 * a read-only system (``/usr`` and the ``/bin``, ``/lib`` links, a few files
   of ``/etc``) plus whatever the profile binds read-only (the agent's own
-  install, an earlier run's artifacts) — an allow-list, never ``/``: a
-  read-only ``/`` would still expose every host file;
+  install, Corral's Python, an earlier run's artifacts) — an allow-list, never
+  ``/``: a read-only ``/`` would still expose every host file;
 * its workspace (``/workspace``, writable; its ``.git`` read-only, so history
   cannot be rewritten) and a scratch folder (``/scratch``, also ``/tmp``);
 * new PID, IPC, UTS, user, cgroup and network namespaces: host processes are
   invisible and the network holds only loopback (the gateway arrives as a
   Unix socket bound at ``/run/corral/gateway.sock``);
-* the environment the profile sets, no variable of the host's;
+* no further user namespace (``--disable-userns``) and a seccomp filter that
+  answers ``EPERM`` to what an agent never needs (``seccomp``: ptrace, mount,
+  keyrings, bpf, namespaces, exotic sockets...);
+* the environment the profile sets, no variable of the host's: bubblewrap
+  itself starts with an empty one (its first process stays inside as PID 1,
+  whose ``/proc/1/environ`` the agent can read), and gets its options, the
+  environment with the run's key among them, through ``--args`` on an
+  in-memory file, never on a command line other local users can read;
 * an unprivileged uid (as root, the agent could read root-owned files by owner
-  permission wherever they are bound), open-file and CPU-time rlimits, and a
-  cgroup (v1 here) capping memory and process count: ``RLIMIT_NPROC`` does not
-  bind uid 0's processes and ``RLIMIT_AS`` breaks V8, whose agents reserve
-  large address space.
+  permission wherever they are bound), open-file, CPU-time and file-size
+  rlimits, and a cgroup (v1 here) capping memory and process count:
+  ``RLIMIT_NPROC`` does not bind uid 0's processes and ``RLIMIT_AS`` breaks
+  V8, whose agents reserve large address space.
 
-The wall clock is the caller's (``run`` kills the whole tree when it passes).
+The host paths a run needs may sit under folders the uid cannot enter (a
+``0700`` home, the private runs folder): ``reveal`` makes exactly those
+reachable, in the run's own mount namespace, before the uid is dropped. The
+wall clock is the caller's (``run`` kills the whole tree when it passes).
 ``probe`` checks, at start-up, that all of this actually holds on this host.
 """
 
@@ -39,6 +49,9 @@ from pathlib import Path
 from typing import IO
 
 from corral.errors import ConfigError
+from corral.runs import reveal as reveals
+from corral.runs import seccomp
+from corral.runs.runtime import Runtime, find
 
 GATEWAY_SOCKET = "/run/corral/gateway.sock"
 _TMP = "/tmp"  # noqa: S108 - the sandbox's own /tmp: a bind of the run's scratch folder
@@ -57,11 +70,12 @@ class Limits:
     open_files: int = 1024
     cpu_seconds: int = 3600
     wall_seconds: float = 1800.0
+    file_bytes: int = 2 * 1024**3  # the largest file a process may write (RLIMIT_FSIZE)
 
 
 @dataclass(frozen=True, slots=True)
 class Sandbox:
-    """One run's confinement; ``argv`` is the bubblewrap command that enters it."""
+    """One run's confinement; ``spawn`` enters it, ``options`` are bubblewrap's."""
 
     workspace: Path
     scratch: Path
@@ -81,10 +95,23 @@ class Sandbox:
         """What the command sees: the profile's variables, nothing of the host's."""
         return {"HOME": "/scratch", "TMPDIR": _TMP, "PATH": "/usr/bin:/bin", **self.env}
 
-    def argv(self, command: Sequence[str]) -> list[str]:
-        if not self.enabled:
-            return list(command)
-        args = [self.bwrap, "--die-with-parent", "--new-session", "--unshare-all"]
+    @property
+    def reached(self) -> list[Path]:
+        """The host paths the run's uid must reach: bubblewrap binds them by name, and
+        without the sandbox the agent opens them (``reveal`` makes them reachable)."""
+        paths = [self.workspace, self.scratch, *self.read_only]
+        if self.enabled:  # bubblewrap itself, wherever it is installed
+            paths.append(Path(shutil.which(self.bwrap) or self.bwrap))
+        paths += [host for host, _ in (*self.binds, *self.ro_binds)]
+        if self.gateway_socket is not None:
+            paths.append(self.gateway_socket)
+        return paths
+
+    def options(self, seccomp_fd: int) -> list[str]:
+        """bubblewrap's options (``--args``, not its command line, carries them: they hold
+        the environment, the run's key included); ``seccomp_fd`` holds the filter."""
+        args = ["--die-with-parent", "--new-session", "--unshare-all", "--unshare-user"]
+        args += ["--disable-userns", "--seccomp", str(seccomp_fd)]
         args += ["--ro-bind", "/usr", "/usr"]
         for link in _SYSTEM_LINKS:
             if os.path.islink(link):
@@ -94,25 +121,25 @@ class Sandbox:
         for path in _ETC:
             args += ["--ro-bind-try", path, path]
         args += ["--proc", "/proc", "--dev", "/dev"]
-        args += ["--bind", str(self.workspace), "/workspace"]
+        args += ["--bind", _real(self.workspace), "/workspace"]
         if (self.workspace / ".git").exists():
-            args += ["--ro-bind", str(self.workspace / ".git"), "/workspace/.git"]
+            args += ["--ro-bind", _real(self.workspace / ".git"), "/workspace/.git"]
         # /tmp inside is the run's scratch folder, not the host's /tmp
-        args += ["--bind", str(self.scratch), "/scratch", "--bind", str(self.scratch), _TMP]
+        args += ["--bind", _real(self.scratch), "/scratch", "--bind", _real(self.scratch), _TMP]
         for bound in self.read_only:
-            args += ["--ro-bind", str(bound), str(bound)]
+            args += ["--ro-bind", _real(bound), str(bound)]
         for host, inside in self.binds:
-            args += ["--bind", str(host), inside]
+            args += ["--bind", _real(host), inside]
         for host, inside in self.ro_binds:
-            args += ["--ro-bind", str(host), inside]
+            args += ["--ro-bind", _real(host), inside]
         if self.gateway_socket is not None:
-            args += ["--ro-bind", str(self.gateway_socket), GATEWAY_SOCKET]
+            args += ["--ro-bind", _real(self.gateway_socket), GATEWAY_SOCKET]
         # bubblewrap's root is a tmpfs: make it read-only too, so the binds are all that takes
         # writes (and /workspace/.git, bound read-only over the workspace, stays so).
         args += ["--remount-ro", "/", "--chdir", "/workspace", "--clearenv"]
         for name, value in self.environment.items():
             args += ["--setenv", name, value]
-        return [*args, "--", *command]
+        return args
 
     @contextlib.contextmanager
     def cgroups(self) -> Iterator[list[Path]]:
@@ -152,28 +179,53 @@ class Sandbox:
     ) -> subprocess.Popen[bytes]:
         """Start ``command`` inside (in the cgroups ``groups``, made by ``cgroups``); the caller
         waits. Without the sandbox it runs in the workspace with only the profile's variables
-        (and the host's PATH) as the uid given."""
-        drop = (
-            {"user": self.uid, "group": self.uid, "extra_groups": []}
-            if self.uid != os.geteuid()
-            else {}
-        )
-        env = (
-            self.environment
-            if self.enabled
-            else {**self.env, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-        )
-        return subprocess.Popen(  # type: ignore[call-overload,no-any-return]
-            self.argv(command),
-            **drop,
-            env=None if self.enabled else env,
-            cwd=None if self.enabled else self.workspace,
-            start_new_session=True,
-            preexec_fn=_confine(self.limits, groups, die_with_parent=not self.enabled),
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-        )
+        (and the host's PATH) as the uid given.
+
+        Nothing secret is on a command line (``/proc/PID/cmdline`` is world-readable): the
+        options, the environment among them, reach bubblewrap through ``--args`` on an
+        in-memory file, and bubblewrap starts with an empty environment (its first process
+        stays inside as PID 1, where the agent could read the server's variables).
+        """
+        reveal = reveals.plan(self.reached, self.uid)
+        confine = _confine(self.limits, groups, die_with_parent=not self.enabled)
+        workspace = None if self.enabled else self.workspace
+        uid = self.uid if self.uid != os.geteuid() else None
+
+        def preexec() -> None:  # in the child, still Corral's uid, before exec
+            try:
+                _enter(reveal, workspace, uid)
+            except OSError as exc:  # Popen reports only that preexec failed: say what
+                os.write(2, f"corral: the run could not be started: {exc}\n".encode())
+                raise
+            confine()
+
+        fds: list[int] = []
+        try:
+            argv, env = self._command(command, fds)
+            return subprocess.Popen(
+                argv,
+                env=env,
+                pass_fds=fds,
+                start_new_session=True,
+                preexec_fn=preexec,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+            )
+        finally:
+            for fd in fds:  # the child has its own copies
+                os.close(fd)
+
+    def _command(self, command: Sequence[str], fds: list[int]) -> tuple[list[str], dict[str, str]]:
+        """The command line and environment to start; the in-memory files it reads (the
+        seccomp filter and bubblewrap's options) are appended to ``fds``."""
+        if not self.enabled:
+            return list(command), {**self.env, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        fds.append(seccomp.memfd(seccomp.build(), "corral-seccomp"))
+        options = "\0".join(self.options(fds[-1])) + "\0"
+        fds.append(seccomp.memfd(options.encode(), "corral-bwrap-args"))
+        bwrap = shutil.which(self.bwrap) or self.bwrap
+        return [bwrap, "--args", str(fds[-1]), "--", *command], {}
 
     def run(
         self, command: Sequence[str], *, grace: float = 5.0
@@ -195,6 +247,24 @@ class Sandbox:
                     out, err = proc.communicate()
         text = (out.decode(errors="replace"), err.decode(errors="replace"))
         return subprocess.CompletedProcess(proc.args, proc.returncode, *text)
+
+
+def _real(path: Path) -> str:
+    """``path`` with its links resolved, as root sees it: bubblewrap resolves a source as the
+    run's uid, which reaches the real folder (``reveal``), not a link's folder."""
+    return os.path.realpath(path)
+
+
+def _enter(reveal: reveals.Reveal, workspace: Path | None, uid: int | None) -> None:
+    """In the child: reach the run's paths, drop to the run's uid, enter the workspace
+    (without the sandbox; inside, bubblewrap does)."""
+    reveal.apply()
+    if uid is not None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+    if workspace is not None:
+        os.chdir(workspace)
 
 
 def signal_tree(groups: Sequence[Path], leader: int, sig: int) -> None:
@@ -276,6 +346,7 @@ def _confine(
         resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
 
     return preexec
 
@@ -300,28 +371,65 @@ class Probe:
     problems: list[str]
 
 
-def probe(scratch: Path, bwrap: str = "bwrap") -> Probe:
+def probe(
+    scratch: Path,
+    bwrap: str = "bwrap",
+    *,
+    runtime: Runtime | None = None,
+    uid: int = NOBODY,
+    sandboxed: bool = True,
+) -> Probe:
     """Check that the sandbox isolates on this host: bubblewrap runs, the root is
-    read-only, host processes and the network are out of sight, limits exist."""
-    if shutil.which(bwrap) is None:
+    read-only, host processes and the network are out of sight, no user namespace can be
+    made inside, the seccomp filter is in force, Corral's Python (``runtime``, by default
+    this one) runs inside, and limits exist. Without the sandbox (``sandboxed=False``):
+    only that Corral's Python runs as the run's uid."""
+    if sandboxed and shutil.which(bwrap) is None:
         return Probe(False, [f"{bwrap} is not installed (Debian: apt-get install bubblewrap)"])
+    runtime = runtime or find()
     work, tmp = scratch / "probe-ws", scratch / "probe-tmp"
     work.mkdir(parents=True, exist_ok=True)
     tmp.mkdir(parents=True, exist_ok=True)
-    box = Sandbox(work, tmp, limits=Limits(wall_seconds=20), bwrap=bwrap)
+    limits = Limits(wall_seconds=20)
+    box = Sandbox(
+        work, tmp, limits=limits, bwrap=bwrap, read_only=runtime.read_only, uid=uid,
+        enabled=sandboxed,
+    )  # fmt: skip
     script = (
         "touch /usr/corral-probe 2>/dev/null && echo ROOT_WRITABLE; "
         "test -r /proc/1/cmdline && grep -q bwrap /proc/1/cmdline || echo PID_NS_MISSING; "
         "ls /sys/class/net 2>/dev/null | grep -qv '^lo$' && echo NETWORK_VISIBLE; "
-        "touch /workspace/ok && echo WORKSPACE_OK"
+        'touch /workspace/ok && echo WORKSPACE_OK; "$@"'
     )
-    problems: list[str] = []
+    inside = runtime.module("corral.runs.seccomp")  # prints SANDBOX_CHECKED when it ran
     try:
-        result = box.run(["/bin/sh", "-c", script])
-    except (OSError, subprocess.SubprocessError) as exc:
-        return Probe(False, [f"bubblewrap could not start: {exc}"])
-    if result.returncode != 0 or "WORKSPACE_OK" not in result.stdout:
+        result = box.run(["/bin/sh", "-c", script, "probe", *inside] if sandboxed else inside)
+    except (OSError, subprocess.SubprocessError, ConfigError) as exc:
+        return Probe(False, [f"{'bubblewrap' if sandboxed else 'a run'} could not start: {exc}"])
+    if not sandboxed:
+        if "SANDBOX_CHECKED" in result.stdout:
+            return Probe(True, [])
+        why = result.stderr.strip()[-300:]
+        return Probe(
+            False, [f"Corral's Python ({runtime.python}) does not run as uid {uid}: {why}"]
+        )
+    problems = _problems(result)
+    if not (_CGROUP_ROOT / "memory" / "cgroup.procs").exists():
+        problems.append("no memory cgroup (v1) to cap a run's memory")
+    if not (_CGROUP_ROOT / "pids" / "cgroup.procs").exists():
+        problems.append("no pids cgroup (v1) to cap a run's processes")
+    return Probe(not problems, problems)
+
+
+def _problems(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """What the probe's script found wrong, from its markers."""
+    problems: list[str] = []
+    if "WORKSPACE_OK" not in result.stdout:
         problems.append(f"bubblewrap failed ({result.returncode}): {result.stderr.strip()[:300]}")
+    elif "SANDBOX_CHECKED" not in result.stdout:
+        problems.append(
+            f"Corral's Python does not run inside the sandbox: {result.stderr.strip()[-300:]}"
+        )
     for marker, what in (
         ("ROOT_WRITABLE", "the system folders are writable inside"),
         ("PID_NS_MISSING", "host processes are visible inside (no PID namespace)"),
@@ -329,11 +437,10 @@ def probe(scratch: Path, bwrap: str = "bwrap") -> Probe:
     ):
         if marker in result.stdout:
             problems.append(what)
-    if not (_CGROUP_ROOT / "memory" / "cgroup.procs").exists():
-        problems.append("no memory cgroup (v1) to cap a run's memory")
-    if not (_CGROUP_ROOT / "pids" / "cgroup.procs").exists():
-        problems.append("no pids cgroup (v1) to cap a run's processes")
-    return Probe(not problems, problems)
+    for line in result.stdout.splitlines():
+        if line.startswith("SANDBOX_PROBLEM "):
+            problems.append(line.removeprefix("SANDBOX_PROBLEM "))
+    return problems
 
 
 def require(scratch: Path, bwrap: str = "bwrap") -> None:

@@ -21,9 +21,9 @@ from typing import Any
 from sqlalchemy import select
 
 from corral.clock import Clock
-from corral.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
+from corral.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, UnknownModel
 from corral.identity.keys import KeyInfo
-from corral.identity.service import IdentityService
+from corral.identity.service import IdentityService, Team, User
 from corral.quota._model import NANO_PER_USD
 from corral.runs.model import ACTIVE, PRIORITIES, Run, RunEvent, check_transition
 from corral.store import Store
@@ -82,17 +82,9 @@ class RunService:
         timeout_s: float,
         sandbox: str,
     ) -> Run:
-        """Insert a queued run (the caller has checked profile, repo and model)."""
-        refuse_run_keys(key, "submit runs")
-        team = self._identity.get_team(req.team or key.team_id or "")
-        if key.role != "admin" and team.id != key.team_id:
-            raise PermissionDenied(
-                f"this key may only submit runs for its own team, not {team.name}"
-            )
-        owner_ref = req.owner or key.user_id
-        if owner_ref is None:
-            raise InvalidRequest("name the run's owner (--owner USER): the admin key has no user")
-        owner = self._identity.get_user(owner_ref, team_id=team.id)
+        """Insert a queued run (the caller has checked profile, repo and that the models are
+        in the catalog); ``key`` may not widen what it may do (``check_rights``)."""
+        team, owner = self.check_rights(req, key, allowed)
         if req.priority not in PRIORITIES:
             raise InvalidRequest(f"--priority must be one of {', '.join(PRIORITIES)}")
         if not req.task.strip():
@@ -146,6 +138,58 @@ class RunService:
                 )
             )  # fmt: skip
         return self.load(run_id)
+
+    def check_rights(
+        self, req: RunRequest, key: KeyInfo, allowed: Sequence[str]
+    ) -> tuple[Team, User]:
+        """The run's team and owner, refused (403) where ``key`` would get more through the
+        run than it may itself: a model it may not call, another team, another owner."""
+        refuse_run_keys(key, "submit runs")
+        for name in allowed:  # the gateway's own rule, so the run's key could call them too
+            _check_model(key, name)
+        team = self._team(req, key)
+        return team, self._owner(req, key, team)
+
+    def _team(self, req: RunRequest, key: KeyInfo) -> Team:
+        """The run's team: the key's own (only the organisation admin names another)."""
+        if key.role == "admin":
+            if req.team is None:
+                raise InvalidRequest(
+                    "name the run's team (team, or --team T): the organisation admin key "
+                    "belongs to no team"
+                )
+            return self._identity.get_team(req.team)
+        own = self._identity.get_team(key.team_id or "")
+        if req.team is not None and req.team not in (own.id, own.name):
+            # refused without looking the team up: this key learns nothing of other teams
+            raise PermissionDenied(
+                f"this key may only submit runs for its own team ({own.name}); another "
+                "team's runs need that team's key or the organisation admin key"
+            )
+        return own
+
+    def _owner(self, req: RunRequest, key: KeyInfo, team: Team) -> User:
+        """The run's owner, who is billed for it: the key's user unless a team admin key (of
+        the run's team) or the organisation admin key names another user of the team."""
+        if req.owner is None:
+            if key.user_id is None:
+                raise InvalidRequest(
+                    "name the run's owner (owner, or --owner USER; a user of team "
+                    f"{team.name}): the organisation admin key speaks for no user; or submit "
+                    "with that person's own key"
+                )
+            return self._identity.get_user(key.user_id, team_id=team.id)
+        if key.role not in ("admin", "team_admin"):
+            me = self._identity.get_user(key.user_id) if key.user_id else None
+            if me is None or req.owner not in (me.id, me.name):
+                # refused before looking the name up: who exists is not this key's business
+                raise PermissionDenied(
+                    f"this key may only submit runs owned by its own user "
+                    f"({me.name if me else 'none'}); making another user the owner needs "
+                    f"team {team.name}'s admin key or the organisation admin key"
+                )
+            return me  # not looked up by the name again: a name may equal another's id
+        return self._identity.get_user(req.owner, team_id=team.id)
 
     # -- read ----------------------------------------------------------------------------
 
@@ -273,6 +317,28 @@ class RunService:
                 )
             )
             return {r.id: (r.state, r.cancel_requested) for r in rows}
+
+
+def default_model(key: KeyInfo, preferred: str | None, catalog: Sequence[str]) -> str:
+    """The model of a run that names none: ``preferred`` (``run_default_model``), else the
+    catalog's first; the first of those the key may call, when it may not call them."""
+    ordered = [m for m in dict.fromkeys([preferred, *catalog]) if m]
+    if key.allowed_models is not None:
+        mine = [m for m in ordered if m in key.allowed_models]
+        ordered = mine or ordered
+    return ordered[0] if ordered else ""
+
+
+def _check_model(key: KeyInfo, model: str) -> None:
+    """``KeyInfo.check_model`` (what the gateway checks per call), said of a run."""
+    try:
+        key.check_model(model)
+    except UnknownModel as exc:
+        raise UnknownModel(
+            f"{exc.message}: a run may use only models the key that submits it may call",
+            status=exc.status,
+            code=exc.code,
+        ) from exc
 
 
 def _may_see(key: KeyInfo, run: Run) -> bool:

@@ -1,38 +1,64 @@
 """A run's workspace: its own clone of the repository at the ref, and what it changed.
 
-The clone is Corral's, never the engineer's checkout: a local repository is
-cloned with ``--no-local`` (objects copied, not hard-linked, so nothing the
-agent does can reach the source's object store), a URL is fetched. The
-workspace is checked out detached at the ref's commit, which is recorded as
-the base; ``diff`` compares the working tree against it from outside the
-sandbox (the agent cannot rewrite ``.git``), untracked files included.
+The clone is Corral's, never the engineer's checkout: a local repository is cloned with
+``--no-local`` (objects copied, not hard-linked, so nothing the agent does can reach the
+source's object store), a URL is fetched. Where a repository may come from, and how git is
+run on one Corral does not own (as its owner, hooks off, no link followed, never in the
+runs folder), is ``corral.runs.repos``. The workspace is checked out detached at the ref's
+commit, which is recorded as the base; ``diff`` writes the working tree's change against it
+from outside the sandbox without letting git treat anything in the tree specially
+(``corral.runs.snapshot``), untracked files included.
 
-Layout under the runs folder: ``RUN/workspace`` (the clone), ``RUN/scratch``
-(the agent's scratch and ``/tmp``), ``RUN/artifacts`` (logs, the report, the
-diff, and what the agent writes there).
+Layout under the runs folder: ``RUN/workspace`` (the clone), ``RUN/scratch`` (the agent's
+scratch and ``/tmp``), ``RUN/artifacts`` (what the agent writes there), ``RUN/output``
+(logs, the report, the diff).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
+import stat
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
-from corral.errors import Conflict, InvalidRequest, PermissionDenied
+from corral.errors import Conflict, InvalidRequest
+from corral.runs import snapshot
+from corral.runs.repos import (
+    SERVER_PINS,
+    LocalRepo,
+    RepoPolicy,
+    check_url,
+    git,
+    is_url,
+    open_local,
+    remote_env,
+    repo_policy,
+    server_program,
+    team_policy,
+)
+from corral.runs.snapshot import DiffResult
 
-_GIT_ENV = {
-    "GIT_TERMINAL_PROMPT": "0",  # never wait for credentials on a terminal
-    "GIT_CONFIG_NOSYSTEM": "1",
-    # Only these transports, whatever a URL, a submodule or a config says: never ext::
-    # (which runs a command) or another remote helper.
-    "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh",
-    "LC_ALL": "C",
-}
-_URL_SCHEMES = ("https://", "http://", "ssh://", "git://")
+ANY_FOLDER = RepoPolicy()
+"""No roots and no URL host: what a caller gets that names no policy (tests, tools)."""
+
+__all__ = [
+    "ANY_FOLDER",
+    "DiffResult",
+    "RepoPolicy",
+    "Workspace",
+    "check_source",
+    "deliver_branch",
+    "diff",
+    "hand_over",
+    "prepare",
+    "remove",
+    "remove_tree",
+    "repo_policy",
+    "team_policy",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,21 +79,26 @@ class Workspace:
         return self.root / "artifacts"
 
 
-def prepare(repo: str, ref: str | None, runs: Path, run_id: str) -> Workspace:
-    """Clone ``repo`` (a local path or a URL) at ``ref`` (branch, tag or commit; default:
-    its HEAD) into ``runs/run_id``; raise ``InvalidRequest`` naming what is wrong."""
+def prepare(
+    repo: str, ref: str | None, runs: Path, run_id: str, policy: RepoPolicy = ANY_FOLDER
+) -> Workspace:
+    """Clone ``repo`` (a local path or a URL, as ``check_source`` returned it) at ``ref``
+    (branch, tag or commit; default: its HEAD) into ``runs/run_id``, checking it against
+    ``policy`` again (a path may have changed since it was submitted); raise a
+    ``ClientError`` naming what is wrong."""
     root = runs / run_id
     if root.exists():
         raise InvalidRequest(f"run folder {root} already exists")
-    source = _source(repo)
-    runs.mkdir(parents=True, exist_ok=True)
-    runs.chmod(0o711)  # the run's unprivileged uid must traverse it, not list it
-    root.mkdir(mode=0o711)
+    policy = replace(policy, forbidden=(*policy.forbidden, runs.resolve()))
+    source, local, env = _remote(repo, policy)
+    runs.mkdir(mode=0o700, parents=True, exist_ok=True)  # Corral's alone: a run reaches
+    root.mkdir(mode=0o700)  # its own folders through the sandbox's binds (runs.reveal)
     try:
-        _git("clone", "--quiet", "--no-local", "--no-checkout", source, str(root / "workspace"))
         workspace = root / "workspace"
+        git("clone", "--quiet", "--no-local", "--no-checkout", *_serve(local, "upload-pack"),
+            "--", source, str(workspace), env=env)  # fmt: skip
         commit = _resolve(workspace, ref or "HEAD", repo)
-        _git("-C", str(workspace), "checkout", "--quiet", "--detach", commit)
+        git("-C", str(workspace), "checkout", "--quiet", "--detach", commit)
         for sub in ("scratch", "artifacts"):
             (root / sub).mkdir(mode=0o700)
     except BaseException:
@@ -76,19 +107,34 @@ def prepare(repo: str, ref: str | None, runs: Path, run_id: str) -> Workspace:
     return Workspace(root, commit)
 
 
-def diff(ws: Workspace) -> str:
-    """The change against the base commit as a patch, new files included (binary as git
-    binary patches), whatever the agent staged or not."""
-    index = ws.root / "diff.index"  # a private index: the workspace's own is left as it is
-    env = {"GIT_INDEX_FILE": str(index)}
-    # The working tree belongs to the run's uid now: _git trusts it (the clone is Corral's).
-    here = ("-C", str(ws.path))
+def diff(ws: Workspace, dest: Path, max_bytes: int) -> DiffResult:
+    """Write the change against the base commit to ``dest`` as a patch (new files included,
+    binary as git binary patches, ``.gitignore`` respected, nested repositories' files as
+    plain files and their ``.git`` left out), holding a chunk at a time. Past ``max_bytes``
+    ``dest`` keeps the patch's first lines and a last line saying it was cut there."""
+    objects = _own_objects(ws)
+    private = ws.root / ".diff.git"
+    shutil.rmtree(private, ignore_errors=True)
     try:
-        _git(*here, "read-tree", ws.base, env=env)
-        _git(*here, "add", "--all", ".", env=env)
-        return _git(*here, "diff", "--cached", "--binary", ws.base, env=env)
+        repo = snapshot.private_repo(private, objects)
+        commit = snapshot.snapshot(repo, ws.path, ws.base)
+        return snapshot.write_patch(repo, ws.base, commit, dest, max_bytes)
     finally:
-        index.unlink(missing_ok=True)
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _own_objects(ws: Workspace) -> Path:
+    """The workspace's object folder, once it is sure to be Corral's (without the sandbox
+    the agent owns the working tree, so it could have replaced ``.git``)."""
+    git_dir = ws.path / ".git"
+    for path in (git_dir, git_dir / "objects"):
+        info = os.lstat(path)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            raise InvalidRequest(
+                f"the workspace's {path.relative_to(ws.path)} is no longer Corral's own "
+                "folder (the agent replaced it): its change cannot be read"
+            )
+    return git_dir / "objects"
 
 
 def hand_over(ws: Workspace, uid: int) -> None:
@@ -113,52 +159,54 @@ def remove(ws: Workspace) -> None:
     shutil.rmtree(ws.root, ignore_errors=True)
 
 
-def check_source(repo: str, ref: str | None, roots: Sequence[Path] = ()) -> str:
-    """Check before queueing that ``repo`` is a repository holding ``ref``; return the
-    repository as it will be cloned (a local path resolved, a URL as given). With ``roots``,
-    a local repository must lie inside one of them (several teams share the server: one
-    must not clone another's checkout). A URL's ref is checked when the run starts (a
-    failed clone fails the run, saying why)."""
-    source = _source(repo)
-    if _is_url(source):
-        return source
-    if roots and not any(_inside(Path(source), root) for root in roots):
-        allowed = ", ".join(str(r) for r in roots)
-        raise PermissionDenied(
-            f"--repo {repo} is outside the folders runs may clone from ({allowed}; "
-            "run_repo_roots): give a repository under one of them, or a URL"
-        )
-    _resolve(Path(source), ref or "HEAD", repo, remote=False)
-    return source
-
-
-def _is_url(source: str) -> bool:
-    return source.startswith(_URL_SCHEMES) or (source.startswith("git@") and ":" in source)
-
-
-def _inside(path: Path, root: Path) -> bool:
-    root = root.expanduser().resolve()
-    return path == root or root in path.parents
+def check_source(repo: str, ref: str | None, policy: RepoPolicy = ANY_FOLDER) -> str:
+    """Check before queueing that ``repo`` is a repository the policy allows, holding
+    ``ref``; return it as it will be cloned (a local path resolved, a URL as given). A
+    URL's host is checked now, without connecting; its ref when the run starts (a failed
+    clone fails the run, saying why)."""
+    if is_url(repo):
+        check_url(repo, policy)
+        return repo
+    path = _local_path(repo)
+    if not os.path.lexists(path):
+        raise InvalidRequest(f"--repo {repo}: no such folder on the server ({path})")
+    local = open_local(path.resolve(), policy, repo)
+    _check_ref(local, ref or "HEAD", repo)
+    return str(local.path)
 
 
 def deliver_branch(
-    repo: str, base: str, patch: str, branch: str, *, message: str, author: str
+    repo: str,
+    base: str,
+    patch: Path | str | bytes,
+    branch: str,
+    *,
+    message: str,
+    author: str,
+    policy: RepoPolicy = ANY_FOLDER,
 ) -> str:
-    """Create ``branch`` in ``repo`` holding ``patch`` applied to ``base``; return its commit.
+    """Create ``branch`` in ``repo`` holding ``patch`` (a file, streamed, or its text)
+    applied to ``base``; return its commit. An empty patch is refused (409): no empty
+    commit is made.
 
     The commit is made in a private clone and pushed to the new branch, so the repository's
-    checked-out working tree and index are never touched. An existing branch is refused.
+    checked-out working tree and index are never touched; an existing branch is refused.
+    In a local repository, receive-pack runs as the repository's owner with its hooks off.
     """
-    source = _source(repo)
     if not branch or branch.startswith("-") or " " in branch:
         raise InvalidRequest(f"--branch {branch!r}: not a usable branch name")
-    _git("check-ref-format", "--branch", branch)
-    if _git("ls-remote", "--heads", source, f"refs/heads/{branch}").strip():
+    git("check-ref-format", "--branch", branch)
+    if _empty(patch):
+        raise Conflict("the run changed nothing: there is nothing to deliver")
+    target, local, env = _remote(repo, policy)
+    upload, receive = _serve(local, "upload-pack"), _serve(local, "receive-pack")
+    if git("ls-remote", "--heads", *upload, target, f"refs/heads/{branch}", env=env):
         raise Conflict(f"branch {branch} already exists in {repo}; choose another --branch")
     with tempfile.TemporaryDirectory(prefix="corral-deliver-") as tmp:
         clone = Path(tmp) / "clone"
-        _git("clone", "--quiet", "--no-local", "--no-checkout", source, str(clone))
-        env = {
+        git("clone", "--quiet", "--no-local", "--no-checkout", *upload, "--", target,
+            str(clone), env=env)  # fmt: skip
+        commit_env = {
             "GIT_INDEX_FILE": str(Path(tmp) / "index"),
             "GIT_AUTHOR_NAME": author,
             "GIT_AUTHOR_EMAIL": "runs@corral.invalid",
@@ -166,41 +214,49 @@ def deliver_branch(
             "GIT_COMMITTER_EMAIL": "runs@corral.invalid",
         }
         here = ("-C", str(clone))
-        _git(*here, "read-tree", base, env=env)
-        if patch.strip():
-            patch_file = Path(tmp) / "change.patch"
-            patch_file.write_text(patch)
-            _git(*here, "apply", "--cached", "--binary", str(patch_file), env=env)
-        tree = _git(*here, "write-tree", env=env).strip()
-        commit = _git(*here, "commit-tree", tree, "-p", base, "-m", message, env=env).strip()
-        owner = _owner(source)
-        if owner is not None:  # write into the repository as its owner, never as root
-            _chown_tree(Path(tmp), *owner)
-        _git(*here, "push", "--quiet", "origin", f"{commit}:refs/heads/{branch}", user=owner)
+        git(*here, "read-tree", base, env=commit_env)
+        apply = (*here, "apply", "--cached", "--binary")
+        if isinstance(patch, Path):
+            with _read(patch) as change:
+                git(*apply, env=commit_env, stdin=change)
+        else:
+            git(*apply, env=commit_env, stdin=patch.encode() if isinstance(patch, str) else patch)
+        tree = git(*here, "write-tree", env=commit_env).strip()
+        commit = git(*here, "commit-tree", tree, "-p", base, "-m", message, env=commit_env)
+        commit = commit.strip()
+        git(*here, "push", "--quiet", *receive, "origin",
+            f"{commit}:refs/heads/{branch}", env=env)  # fmt: skip
     return commit
 
 
-def _owner(source: str) -> tuple[int, int] | None:
-    """The uid and gid a push into local repository ``source`` must run as, when Corral runs
-    as root and the repository is someone else's (objects root wrote there would be
-    folders its owner could no longer write into)."""
-    if _is_url(source) or os.geteuid() != 0:
-        return None
-    git_dir = Path(source) / ".git"
-    info = (git_dir if git_dir.exists() else Path(source)).stat()
-    return None if info.st_uid == 0 else (info.st_uid, info.st_gid)
+def _empty(patch: Path | str | bytes) -> bool:
+    if isinstance(patch, Path):
+        with _read(patch) as f:
+            return not f.read(4096).strip()  # a patch starts with its first header
+    return not patch.strip()
 
 
-def _chown_tree(top: Path, uid: int, gid: int) -> None:
-    os.chown(top, uid, gid)
-    for folder, dirs, files in os.walk(top):
-        for name in (*dirs, *files):
-            os.chown(os.path.join(folder, name), uid, gid, follow_symlinks=False)
+def _read(path: Path) -> BinaryIO:
+    """``path`` opened for reading, never through a link (Corral's own output folder)."""
+    return open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
 
 
-def _source(repo: str) -> str:
-    if _is_url(repo):
-        return repo
+def _remote(repo: str, policy: RepoPolicy) -> tuple[str, LocalRepo | None, dict[str, str]]:
+    """How git reaches ``repo``: its address, the local repository it is (checked), and the
+    environment (ssh without the server's keys) for a URL."""
+    if is_url(repo):
+        check_url(repo, policy)
+        return repo, None, remote_env(policy)
+    local = open_local(_local_path(repo), policy, repo)
+    return str(local.path), local, {}
+
+
+def _serve(local: LocalRepo | None, verb: str) -> list[str]:
+    """``--upload-pack``/``--receive-pack`` arguments for a local repository."""
+    return [] if local is None else [f"--{verb}", server_program(verb, local)]
+
+
+def _local_path(repo: str) -> Path:
     if repo.startswith("file://"):
         repo = repo.removeprefix("file://")
     elif "::" in repo or "://" in repo:
@@ -208,61 +264,35 @@ def _source(repo: str) -> str:
             f"--repo {repo}: not a repository Corral clones (a path on the server, or an "
             "https, http, ssh or git URL)"
         )
-    path = Path(repo).expanduser().resolve()
-    if not (path / ".git").exists() and not (path / "HEAD").exists():
-        raise InvalidRequest(f"--repo {repo}: not a git repository (no .git there)")
-    return str(path)
+    return Path(os.path.abspath(Path(repo).expanduser()))
 
 
-def _resolve(workspace: Path, ref: str, repo: str, *, remote: bool = True) -> str:
-    for candidate in (f"origin/{ref}", ref) if remote else (ref,):
+def _check_ref(local: LocalRepo, ref: str, repo: str) -> None:
+    """``ref`` names a commit of ``local``: asked as its owner, with its settings pinned."""
+    if ref.startswith("-"):
+        raise InvalidRequest(f"--ref {ref}: not a branch, tag or commit name")
+    pins = [arg for pin in SERVER_PINS for arg in ("-c", pin)]
+    try:
+        # entered as Corral, then read as the owner: its path need not be open to the owner
+        git("--git-dir=.", *pins, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}",
+            user=local.drop(), cwd=local.git_dir)  # fmt: skip
+    except InvalidRequest as exc:
+        if not exc.message.endswith("failed: "):  # git said more than "no such ref"
+            raise InvalidRequest(
+                f"--repo {repo}: git could not read it as its owner (uid {local.uid}): "
+                f"{exc.message}"
+            ) from exc
+        raise InvalidRequest(f"--ref {ref}: no such branch, tag or commit in {repo}") from None
+
+
+def _resolve(workspace: Path, ref: str, repo: str) -> str:
+    if ref.startswith("-"):
+        raise InvalidRequest(f"--ref {ref}: not a branch, tag or commit name")
+    for candidate in (f"origin/{ref}", ref):
         try:
-            return _git(
+            return git(
                 "-C", str(workspace), "rev-parse", "--verify", "--quiet", f"{candidate}^{{commit}}"
             ).strip()
         except InvalidRequest:
             continue
     raise InvalidRequest(f"--ref {ref}: no such branch, tag or commit in {repo}")
-
-
-_GIT_CONFIG = "[safe]\n\tdirectory = *\n"
-"""Corral's own global git config. Repositories are trusted whoever owns them: an engineer's
-source is only cloned from (upload-pack ignores a repository's hook and command settings
-by design) and checked for a ref, and a workspace's .git is Corral's (read-only to the
-agent). Given through GIT_CONFIG_GLOBAL, which, unlike ``-c``, reaches the upload-pack of
-a local clone; root's own ~/.gitconfig is left out."""
-
-
-def _git(*args: str, env: dict[str, str] | None = None, user: tuple[int, int] | None = None) -> str:
-    """Run git (as ``user``'s uid and gid when given); ``InvalidRequest`` with its stderr."""
-    drop: dict[str, object] = {}
-    if user is not None:
-        drop = {"user": user[0], "group": user[1], "extra_groups": []}
-    with tempfile.NamedTemporaryFile("w", prefix="corral-git-", suffix=".config") as config:
-        config.write(_GIT_CONFIG)
-        config.flush()
-        os.chmod(config.name, 0o644)  # readable by ``user`` too
-        result: subprocess.CompletedProcess[str] = subprocess.run(  # type: ignore[call-overload]
-            ["git", *args],
-            capture_output=True,
-            text=True,
-            env={**os.environ, **_GIT_ENV, "GIT_CONFIG_GLOBAL": config.name, **(env or {})},
-            timeout=600,
-            check=False,
-            **drop,
-        )
-    if result.returncode != 0:
-        raise InvalidRequest(f"git {_verb(args)} failed: {result.stderr.strip()[:500]}")
-    return result.stdout
-
-
-def _verb(args: tuple[str, ...]) -> str:
-    """The git command of ``args`` (past ``-C path`` and ``-c name=value``), for messages."""
-    skip = False
-    for arg in args:
-        if skip or arg in ("-C", "-c"):
-            skip = not skip
-            continue
-        if not arg.startswith("-"):
-            return arg
-    return ""

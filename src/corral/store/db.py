@@ -7,6 +7,7 @@ start together do not race.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,10 +15,13 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError, SQLAlchemyError
 
-from corral.errors import StoreError
+from corral.errors import InvalidRequest, StoreError
+from corral.store.files import private_sqlite
+
+log = logging.getLogger(__name__)
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK = 0x436F7272  # "Corr": the advisory lock id migrations take on Postgres
@@ -31,9 +35,9 @@ class Store:
         self.dialect = url.split(":", 1)[0].split("+", 1)[0]
         kwargs: dict[str, Any] = {"echo": echo, "future": True}
         if self.dialect == "sqlite":
-            path = url.removeprefix("sqlite:///")
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            path = make_url(url).database  # None or "" for an in-memory database
+            if path and path != ":memory:" and not path.startswith("file:"):
+                private_sqlite(Path(path))
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         else:
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
@@ -67,24 +71,42 @@ class Store:
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
-        """A transaction; database errors become ``StoreError``."""
+        """A transaction; database errors become ``StoreError`` (see ``store_error``)."""
         try:
             with self.engine.begin() as conn:
                 yield conn
-        except SQLAlchemyError as exc:
-            raise StoreError(f"store error: {exc.__class__.__name__}: {exc}") from exc
+        except (SQLAlchemyError, OverflowError) as exc:
+            raise store_error(exc) from exc
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
-        """A connection for reads."""
+        """A connection for reads; database errors become ``StoreError``."""
         try:
             with self.engine.connect() as conn:
                 yield conn
-        except SQLAlchemyError as exc:
-            raise StoreError(f"store error: {exc.__class__.__name__}: {exc}") from exc
+        except (SQLAlchemyError, OverflowError) as exc:
+            raise store_error(exc) from exc
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def store_error(exc: Exception) -> StoreError | InvalidRequest:
+    """What a caller is told of a database error: never the SQL, its parameters or the
+    driver's detail (which quote other rows' values). The log keeps the driver's detail,
+    not the statement's parameters (bodies may be among them).
+
+    A value the database cannot hold (a number out of range: SQLite raises ``OverflowError``
+    before SQLAlchemy sees it) is the caller's to fix: a 400. A connection problem is a 503
+    that says so; anything else a 503 that names only the class of the error.
+    """
+    log.warning("store error: %s: %s", exc.__class__.__name__, getattr(exc, "orig", exc))
+    if isinstance(exc, OverflowError | DataError):
+        return InvalidRequest("a value is out of the range the store can hold")
+    kind = exc.__class__.__name__
+    if isinstance(exc, OperationalError | InterfaceError):
+        return StoreError(f"the store is unreachable or busy ({kind}); retry shortly")
+    return StoreError(f"the store refused the operation ({kind}); the server log has the details")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -74,6 +74,9 @@ users = Table(
 # ``role``: ``virtual`` keys call models, ``team_admin`` keys also manage their
 # own team, the ``admin`` key manages the organisation. Only a SHA-256 of the
 # secret is kept; ``prefix`` (the first characters) lets people recognise a key.
+# ``parent_key_id``: the key a run's key was minted under (the one that submitted the
+# run); the run's key never outlives it, calls only models it may call, and is charged
+# to its budgets and limits too.
 keys = Table(
     "keys",
     metadata,
@@ -92,8 +95,15 @@ keys = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("created_by", String(40), nullable=True),
+    Column("parent_key_id", String(40), nullable=True),
     Index("ix_keys_updated_at", "updated_at"),
     Index("ix_keys_team_id", "team_id"),
+    Index(
+        "ix_keys_parent",
+        "parent_key_id",
+        sqlite_where=text("parent_key_id IS NOT NULL"),
+        postgresql_where=text("parent_key_id IS NOT NULL"),
+    ),
 )
 
 spans = Table(
@@ -181,9 +191,8 @@ spans = Table(
 # Hourly roll-ups of ``llm_request`` spans (duplicates left out), kept by the writer in the
 # same transaction as the spans, so spend over a month reads hundreds of rows, not millions.
 # Key columns hold "" rather than NULL so the upsert's conflict target always matches.
-# ``lat_bN`` count requests whose duration fell in bucket N of ``LATENCY_BOUNDS_MS``
-# (corral.traces.rollup); percentiles are interpolated within a bucket.
-LATENCY_BUCKETS = 16
+# The plain sums are what the gateway metered; ``reported_*`` what agents reported over
+# OTLP (never spend). Latency is in ``span_latency`` (corral.traces.rollup).
 span_rollups = Table(
     "span_rollups",
     metadata,
@@ -205,8 +214,36 @@ span_rollups = Table(
     Column("reasoning_tokens", BigInteger, nullable=False, default=0),
     Column("cost_nusd", BigInteger, nullable=False, default=0),
     Column("latency_ms_sum", Float, nullable=False, default=0.0),
-    *(Column(f"lat_b{i}", BigInteger, nullable=False, default=0) for i in range(LATENCY_BUCKETS)),
+    *(
+        Column(f"reported_{name}", BigInteger, nullable=False, default=0)
+        for name in (
+            "requests",
+            "input_tokens",
+            "cached_input_tokens",
+            "cache_write_tokens",
+            "output_tokens",
+            "reasoning_tokens",
+            "cost_nusd",
+        )
+    ),
     Index("ix_span_rollups_team_hour", "team_id", "hour"),
+)
+
+# The latency histogram of the metered calls of each ``span_rollups`` row: one row per
+# non-empty bucket of ``corral.traces.rollup.LATENCY_BOUNDS_NS`` (log-spaced), summed to merge.
+span_latency = Table(
+    "span_latency",
+    metadata,
+    Column("hour", BigInteger, primary_key=True),
+    Column("org_id", String(40), primary_key=True),
+    Column("team_id", String(40), primary_key=True),
+    Column("user_id", String(40), primary_key=True),
+    Column("key_id", String(40), primary_key=True),
+    Column("model", String(200), primary_key=True),
+    Column("provider", String(100), primary_key=True),
+    Column("bucket", Integer, primary_key=True),
+    Column("count", BigInteger, nullable=False, default=0),
+    Index("ix_span_latency_team_hour", "team_id", "hour"),
 )
 
 # Budgets and rate limits set through the API/CLI (the config file's live in memory only).
@@ -298,6 +335,7 @@ runs = Table(
     Column("cancel_requested", String(200), nullable=True),
     Index("ix_runs_team_created", "team_id", "created_at"),
     Index("ix_runs_state", "state"),
+    Index("ix_runs_requested_by_key", "requested_by_key"),
 )
 
 run_events = Table(

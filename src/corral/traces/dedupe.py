@@ -20,6 +20,11 @@ Matching runs in the span writer, in the transaction that stores the batch,
 from whichever side arrives second. An agent row whose gateway record has not
 arrived yet is remembered (in this process, for ``PENDING_S``) so a later
 gateway batch can claim it by fingerprint too.
+
+Every match is within one tenant: the agent's row and the gateway's record
+carry the same organisation and team (from the keys that sent them). A
+``traceparent`` or a response id is a claim anyone can copy; another team's
+call naming this team's span must not mark it a duplicate (and so hide it).
 """
 
 from __future__ import annotations
@@ -32,8 +37,8 @@ from typing import Any
 from sqlalchemy import Connection, and_, or_, select
 
 from corral.store.schema import spans
+from corral.traces.spans import GATEWAY
 
-GATEWAY = "gateway"
 FINGERPRINT = "_fingerprint"  # transient row key: an event without ids, match it by fingerprint
 FINGERPRINT_WINDOW_S = 120.0
 PENDING_S = 180.0
@@ -52,6 +57,7 @@ _ROW_COLUMNS = [
         "span_id",
         "trace_id",
         "kind",
+        "source",
         "status",
         "org_id",
         "team_id",
@@ -88,13 +94,17 @@ def totals(row: Row) -> tuple[int, int]:
     return tokens_in, row["output_tokens"] + row["reasoning_tokens"]
 
 
+def tenant(row: Row) -> tuple[str | None, str | None]:
+    return row.get("org_id"), row.get("team_id")
+
+
 def _models(row: Row) -> set[str]:
     return {m for m in (row.get("model_requested"), row.get("model_served")) if m}
 
 
 def _fits(agent: Row, gateway: Row) -> bool:
     """Whether two rows can be one call by fingerprint (ids aside)."""
-    if agent.get("team_id") != gateway.get("team_id") or totals(agent) != totals(gateway):
+    if tenant(agent) != tenant(gateway) or totals(agent) != totals(gateway):
         return False
     if agent.get("run_id") and gateway.get("run_id") and agent["run_id"] != gateway["run_id"]:
         return False
@@ -123,15 +133,19 @@ class Matcher:
     # -- agent rows arriving: find their gateway record ------------------------
 
     def _claim_for_agents(self, conn: Connection, agents: list[Row], batch: list[Row]) -> None:
-        by_parent = {(g["trace_id"], g["parent_span_id"]): g["span_id"] for g in batch}
-        by_response = {g["response_id"]: g["span_id"] for g in batch if g.get("response_id")}
+        by_parent: dict[tuple[str | None, ...], str] = {
+            (*tenant(g), g["trace_id"], g["parent_span_id"]): g["span_id"] for g in batch
+        }
+        by_response: dict[tuple[str | None, ...], str] = {
+            (*tenant(g), g["response_id"]): g["span_id"] for g in batch if g.get("response_id")
+        }
         _stored_links(conn, agents, by_parent, by_response)
         claimed: set[str] = set()
         loose: list[Row] = []
         for a in agents:
-            gid = by_parent.get((a["trace_id"], a["span_id"]))
+            gid = by_parent.get((*tenant(a), a["trace_id"], a["span_id"]))
             if gid is None and a.get("response_id"):
-                gid = by_response.get(a["response_id"])
+                gid = by_response.get((*tenant(a), a["response_id"]))
             if gid is not None and gid not in claimed:
                 a["duplicate_of"] = gid
                 claimed.add(gid)
@@ -166,7 +180,7 @@ class Matcher:
             where = and_(spans.c.span_id.in_(chunk), _llm, _is_agent)
             for row in _rows(conn, and_(where, spans.c.duplicate_of.is_(None))):
                 g = parents[row["span_id"]]
-                if row["trace_id"] == g["trace_id"]:
+                if row["trace_id"] == g["trace_id"] and tenant(row) == tenant(g):
                     marked[row["span_id"]] = (row, g["span_id"])
         responses = {g["response_id"]: g for g in gateways if g.get("response_id")}
         for chunk in _chunks(list(responses)):
@@ -175,8 +189,9 @@ class Matcher:
             )
             for r in conn.execute(query):
                 row = dict(r._mapping)
-                if row["span_id"] not in marked:
-                    marked[row["span_id"]] = (row, responses[row.pop("response_id")]["span_id"])
+                g = responses[row.pop("response_id")]
+                if row["span_id"] not in marked and tenant(row) == tenant(g):
+                    marked[row["span_id"]] = (row, g["span_id"])
         self._claim_pending(gateways, marked)
         return marked
 
@@ -207,25 +222,25 @@ class Matcher:
 def _stored_links(
     conn: Connection,
     agents: list[Row],
-    by_parent: dict[tuple[str, str], str],
-    by_response: dict[str, str],
+    by_parent: dict[tuple[str | None, ...], str],
+    by_response: dict[tuple[str | None, ...], str],
 ) -> None:
     """Add the stored gateway records that link to ``agents`` to the two lookups."""
     ids = [a["span_id"] for a in agents]
+    org, team = spans.c.org_id, spans.c.team_id
     for chunk in _chunks(ids):
         # Exactly the predicate of the partial index ix_spans_gateway_parent.
-        query = select(spans.c.span_id, spans.c.trace_id, spans.c.parent_span_id).where(
-            spans.c.parent_span_id.in_(chunk), _llm, spans.c.source == GATEWAY
-        )
-        for span_id, trace_id, parent in conn.execute(query):
-            by_parent.setdefault((trace_id, parent), span_id)
+        query = select(spans.c.span_id, org, team, spans.c.trace_id, spans.c.parent_span_id)
+        query = query.where(spans.c.parent_span_id.in_(chunk), _llm, spans.c.source == GATEWAY)
+        for span_id, *link in conn.execute(query):
+            by_parent.setdefault(tuple(link), span_id)
     wanted = [a["response_id"] for a in agents if a.get("response_id")]
     for chunk in _chunks(wanted):
-        query = select(spans.c.span_id, spans.c.response_id).where(
+        query = select(spans.c.span_id, org, team, spans.c.response_id).where(
             spans.c.response_id.in_(chunk), _llm, _is_gateway
         )
-        for found in conn.execute(query):
-            by_response.setdefault(found.response_id, found.span_id)
+        for span_id, *link in conn.execute(query):
+            by_response.setdefault(tuple(link), span_id)
 
 
 def _window(conn: Connection, team_id: str, low: int, high: int, claimed: set[str]) -> list[Row]:

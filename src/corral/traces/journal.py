@@ -52,7 +52,7 @@ class Journal:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # bodies, unredacted
         self._stem = f"seg-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._counter = 0
         self.current = self._open()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import astuple, dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -25,6 +25,7 @@ import orjson
 from sqlalchemy import (
     Connection,
     Numeric,
+    Table,
     and_,
     case,
     cast,
@@ -45,7 +46,8 @@ from corral.store.schema import span_rollups, spans, teams, users
 from corral.traces.rollup import (
     TOKEN_COLUMNS,
 )
-from corral.traces.spans import SPAN_KINDS
+from corral.traces.spans import GATEWAY, SPAN_KINDS
+from corral.traces.totals import TreeTotals, tree_totals
 
 BodyPart = Literal["request", "response"]
 MAX_PAGE = 1000
@@ -123,17 +125,18 @@ class Visibility:
             parts.append(or_(*either))
         return and_(true(), *parts)
 
-    def rollups_clause(self) -> ColumnElement[bool]:
-        """The same rule over ``span_rollups`` (which hold "" where a span held NULL)."""
+    def rollups_clause(self, table: Table = span_rollups) -> ColumnElement[bool]:
+        """The same rule over ``span_rollups`` or ``span_latency`` (which hold "" where a
+        span held NULL)."""
         if self.nothing or self.run_id is not None:  # roll-ups know no runs
             return false()
         parts: list[ColumnElement[bool]] = []
         if self.org_id is not None:
-            parts.append(span_rollups.c.org_id.in_([self.org_id, ""]))
+            parts.append(table.c.org_id.in_([self.org_id, ""]))
         if self.team_id is not None:
-            parts.append(span_rollups.c.team_id == self.team_id)
+            parts.append(table.c.team_id == self.team_id)
         if self.key_id is not None:
-            parts.append(span_rollups.c.key_id == self.key_id)
+            parts.append(table.c.key_id == self.key_id)
         return and_(true(), *parts)
 
 
@@ -166,6 +169,7 @@ _SPAN_COLUMNS = (
         (or_(spans.c.request_blob.is_not(None), spans.c.response_blob.is_not(None)), 1),
         else_=0,
     ).label("has_bodies"),
+    spans.c.team_id,
 )
 SPAN_FIELDS = tuple(str(c.name) for c in _SPAN_COLUMNS)
 _BY_START = itemgetter(SPAN_FIELDS.index("start_ns"), SPAN_FIELDS.index("span_id"))
@@ -196,6 +200,7 @@ SpanValues = tuple[
     int | None,  # attempt
     int | None,  # http_status
     int,  # has_bodies: 1 when a request or response body is stored, else 0
+    str | None,  # team_id
 ]
 """One span of a tree: the values of ``SPAN_FIELDS``, in that order."""
 
@@ -208,24 +213,6 @@ read of its tree makes a node of each. Such tuples cost little to make, and the 
 collector stops tracking them at its first pass; named tuples or objects stay tracked,
 and a few thousand of them kept through every request made full collections frequent.
 """
-
-
-@dataclass(frozen=True, slots=True)
-class TreeTotals:
-    """Totals of a trajectory. LLM calls, tokens and cost count each call once: an
-    agent-reported call the gateway also recorded (``duplicate_of``) is left out."""
-
-    spans: int
-    llm_calls: int
-    errors: int
-    input_tokens: int
-    cached_input_tokens: int
-    cache_write_tokens: int
-    output_tokens: int
-    reasoning_tokens: int
-    cost_nusd: int
-    start_ns: int
-    end_ns: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,8 +256,37 @@ def tree(store: Store, visibility: Visibility, ref: str) -> Tree:
         trace_ids=sorted({row[2] for row in rows}),
         roots=roots,
         nodes=nodes,
-        totals=_totals(rows),
+        totals=tree_totals(SPAN_FIELDS, rows, _records_elsewhere(store, visibility, rows)),
     )
+
+
+def _records_elsewhere(
+    store: Store, visibility: Visibility, rows: list[SpanValues]
+) -> dict[str, SpanValues]:
+    """The gateway records that agent calls of ``rows`` duplicate but that are not among
+    them (in another trace), as far as the caller may see them."""
+    at = {name: i for i, name in enumerate(SPAN_FIELDS)}
+    ids = {row[0] for row in rows}
+    wanted = sorted(
+        {
+            str(row[at["duplicate_of"]])
+            for row in rows
+            if row[at["kind"]] == "llm_request" and row[at["duplicate_of"]] not in (None, *ids)
+        }
+    )
+    if not wanted:
+        return {}
+    metered = or_(spans.c.source.is_(None), spans.c.source == GATEWAY)
+    found: dict[str, SpanValues] = {}
+    for start in range(0, len(wanted), 500):
+        where = and_(
+            spans.c.span_id.in_(wanted[start : start + 500]),
+            spans.c.kind == "llm_request",
+            metered,
+            visibility.spans_clause(),
+        )
+        found.update((row[0], row) for row in _span_values(store, where))
+    return found
 
 
 def _span_values(store: Store, where: ColumnElement[bool]) -> list[SpanValues]:
@@ -344,38 +360,19 @@ def _link(
     grouped: dict[str, list[str]] = {}
     for row in rows:
         span_id, parent = row[0], row[1]
-        if parent is None or parent == span_id or parent not in by_id:
+        # A parent of another team is no parent: a traceparent is a claim anyone can copy,
+        # and another tenant's call must not join this team's tree.
+        if (
+            parent is None
+            or parent == span_id
+            or parent not in by_id
+            or by_id[parent][-1] != row[-1]
+        ):
             roots.append(span_id)
         else:
             grouped.setdefault(parent, []).append(span_id)
     # Tuples, and the lists dropped before the walk (see ``TreeNode``).
     return roots, {parent: tuple(ids) for parent, ids in grouped.items()}
-
-
-def _totals(rows: Sequence[Sequence[Any]]) -> TreeTotals:
-    at = {name: i for i, name in enumerate(SPAN_FIELDS)}
-    kind, status, duplicate_of = at["kind"], at["status"], at["duplicate_of"]
-    counted = [row for row in rows if not row[duplicate_of]]
-    calls = [row for row in counted if row[kind] == "llm_request"]
-
-    def total(name: str) -> int:
-        i = at[name]
-        return sum([row[i] for row in calls])
-
-    start, end = at["start_ns"], at["end_ns"]
-    return TreeTotals(
-        spans=len(rows),
-        llm_calls=len(calls),
-        errors=sum(1 for row in counted if row[status] == "error"),
-        input_tokens=total("input_tokens"),
-        cached_input_tokens=total("cached_input_tokens"),
-        cache_write_tokens=total("cache_write_tokens"),
-        output_tokens=total("output_tokens"),
-        reasoning_tokens=total("reasoning_tokens"),
-        cost_nusd=total("cost_nusd"),
-        start_ns=min([row[start] for row in rows]),
-        end_ns=max([row[end] for row in rows]),
-    )
 
 
 # -- one span and its bodies --------------------------------------------------------
@@ -532,7 +529,8 @@ class AttributeFilter:
 class SpanFilter:
     """What ``search`` narrows spans by; ``None`` leaves a field open.
 
-    ``team``, ``user`` and ``key`` are ids or names; ``model`` matches the model
+    ``team``, ``user`` and ``key`` are ids or names; ``status`` ``error`` also
+    matches ``refused`` (the call failed either way); ``model`` matches the model
     asked for or the one that served; ``since``/``until`` bound the start time
     (epoch seconds, ``until`` excluded).
     """
@@ -606,11 +604,14 @@ def _conditions(conn: Connection, f: SpanFilter, sqlite: bool) -> list[ColumnEle
     ):
         if value is not None:
             out.append(column.in_(_ids(conn, table, value)))
+    if f.status == "error":  # a refused call failed too: the caller got an error back
+        out.append(spans.c.status.in_(("error", "refused")))
+    elif f.status is not None:
+        out.append(spans.c.status == f.status)
     for value, column in (
         (f.run, spans.c.run_id),
         (f.trace, spans.c.trace_id),
         (f.kind, spans.c.kind),
-        (f.status, spans.c.status),
         (f.error_class, spans.c.error_class),
         (f.provider, spans.c.provider),
         (f.source, spans.c.source),

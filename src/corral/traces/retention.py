@@ -24,7 +24,7 @@ from sqlalchemy import Connection, delete, func, select, text
 
 from corral.clock import Clock
 from corral.store import Store
-from corral.store.schema import span_rollups, spans, teams
+from corral.store.schema import span_latency, span_rollups, spans, teams
 from corral.traces.blobs import NO_TEAM, BlobBackend
 
 log = logging.getLogger(__name__)
@@ -172,6 +172,7 @@ class Retention:
     def _delete_rollups(self, cut: float) -> int:
         stmt = delete(span_rollups).where(span_rollups.c.hour < int(cut))
         with self._store.begin() as conn:
+            conn.execute(delete(span_latency).where(span_latency.c.hour < int(cut)))
             return conn.execute(stmt).rowcount
 
 

@@ -12,6 +12,12 @@ retry), ``span`` any other span an agent sent. Roll-ups of spend read
 ``attempt`` rows keep what each upstream try cost. An ``llm_request`` an agent
 reported that the gateway also recorded has ``duplicate_of`` set and is left
 out of every roll-up.
+
+Who wrote a row (``source``) decides what it may move: only the gateway's own
+records (``metered``) spend budgets and count as usage; what an agent reports
+over OTLP is shown as *reported*, beside them, and never spends. Rows Corral
+writes itself (the gateway's, a run's root span) own their span ids: an
+agent's row can neither replace one nor take its id first (``SpanWriter``).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from corral.store.schema import spans
@@ -27,6 +34,11 @@ if TYPE_CHECKING:
     from corral.identity.keys import KeyInfo
 
 SPAN_KINDS = ("run", "agent", "step", "tool", "llm_request", "attempt", "event", "span")
+
+GATEWAY = "gateway"
+CORRAL = "corral"  # the source of spans Corral writes about runs
+CORRAL_SOURCES = frozenset((GATEWAY, CORRAL))
+"""``source`` values only Corral writes; an OTLP ``service.name`` never becomes one."""
 
 # Transient row keys (never columns): the raw request/response body of the span, as text.
 BODY_KEYS = ("_request_body", "_response_body")
@@ -44,6 +56,18 @@ SPAN_DEFAULTS.update(
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
+
+
+def written_by_corral(row: Mapping[str, Any]) -> bool:
+    """Whether Corral wrote ``row`` itself (rows stored before ``source`` existed, NULL,
+    were all the gateway's)."""
+    source = row.get("source")
+    return source is None or source in CORRAL_SOURCES
+
+
+def metered(row: Mapping[str, Any]) -> bool:
+    """Whether ``row`` is a call the gateway metered: the only rows that spend."""
+    return row["kind"] == "llm_request" and row.get("source") in (None, GATEWAY)
 
 
 def new_trace_id() -> str:

@@ -1,25 +1,30 @@
 """Usage roll-ups: spend, tokens, requests, errors and latency, grouped any way.
 
-Reads the hourly ``span_rollups`` for the whole hours inside the window and
-the raw ``llm_request`` spans (duplicates left out) for the partial hours at
-its edges, so sums are exact for any window; latency percentiles are
-interpolated within the roll-ups' histogram buckets. Filtered by the
-caller's ``Visibility`` like every trajectory query.
+Reads the hourly ``span_rollups`` (and ``span_latency``) for the whole hours
+inside the window and the raw ``llm_request`` spans (duplicates left out) for
+the partial hours at its edges, so sums are exact for any window. The sums
+are what the gateway metered; what agents reported over OTLP comes beside
+them as ``reported`` and is never added in. Latency percentiles come from the
+roll-ups' log-spaced histogram, within 4 % of the true ones
+(``corral.traces.rollup``). Filtered by the caller's ``Visibility`` like every
+trajectory query.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Any, Literal
 
 from sqlalchemy import (
     Connection,
     Select,
+    Table,
     and_,
     case,
     func,
+    literal_column,
+    or_,
     select,
 )
 from sqlalchemy.sql.elements import ColumnElement
@@ -27,16 +32,17 @@ from sqlalchemy.sql.elements import ColumnElement
 from corral.errors import InvalidRequest
 from corral.store import Store
 from corral.store.schema import keys as keys_table
-from corral.store.schema import span_rollups, spans, teams, users
+from corral.store.schema import span_latency, span_rollups, spans, teams, users
 from corral.traces.query import _DAY_S, _MAX_NS, Visibility, _ns, _show, _time
 from corral.traces.rollup import (
-    BUCKET_COLUMNS,
     HOUR_NS,
-    LATENCY_BOUNDS_MS,
+    LATENCY_BOUNDS_NS,
+    REPORTED_COLUMNS,
     SUM_COLUMNS,
     TOKEN_COLUMNS,
     percentile,
 )
+from corral.traces.spans import GATEWAY
 
 Dimension = Literal["team", "user", "key", "model", "provider", "day", "hour"]
 DIMENSIONS: tuple[Dimension, ...] = ("team", "user", "key", "model", "provider", "day", "hour")
@@ -51,6 +57,10 @@ class UsageRow:
     id the value behind it (``None`` for models, providers and times, and for
     spans recorded without that part of the identity chain). ``requests``
     leaves out calls refused at admission, which are counted in ``refused``.
+    Every figure is what the gateway metered; ``reported`` holds what agents
+    reported over OTLP for calls the gateway has no record of (requests,
+    tokens, ``cost_nusd``): shown beside the spend, never part of it.
+    ``latency_buckets`` maps a bucket of ``corral.traces.rollup`` to its count.
     """
 
     group: tuple[tuple[str, str, str | None], ...]
@@ -65,7 +75,8 @@ class UsageRow:
     reasoning_tokens: int
     cost_nusd: int
     latency_ms_sum: float
-    latency_buckets: tuple[int, ...]
+    latency_buckets: dict[int, int]
+    reported: dict[str, int]
 
     @property
     def cost_usd(self) -> float:
@@ -77,9 +88,9 @@ class UsageRow:
         return self.errors / self.requests if self.requests else 0.0
 
     def latency_ms(self, q: float) -> float | None:
-        """The ``q`` quantile of latency (interpolated within its histogram bucket)."""
+        """The ``q`` quantile of latency by nearest rank, to four significant digits."""
         value = percentile(self.latency_buckets, q)
-        return None if value is None else round(value, 1)
+        return None if value is None else float(f"{value:.4g}")
 
     def to_dict(self) -> dict[str, Any]:
         """The row as the API and ``corral usage --json`` show it."""
@@ -103,7 +114,14 @@ class UsageRow:
             latency_p50_ms=self.latency_ms(0.5),
             latency_p95_ms=self.latency_ms(0.95),
             latency_p99_ms=self.latency_ms(0.99),
+            reported=self.reported_dict(),
         )
+        return out
+
+    def reported_dict(self) -> dict[str, Any]:
+        """``reported`` as the API shows it: counts, and the cost in USD."""
+        out: dict[str, Any] = {k: v for k, v in self.reported.items() if k != "cost_nusd"}
+        out["cost_usd"] = round(self.reported.get("cost_nusd", 0) / 1e9, 9)
         return out
 
 
@@ -149,6 +167,7 @@ def usage(
         raise InvalidRequest("until must not be before since")
     base = _base_dimensions(dims)
     totals: dict[tuple[Any, ...], list[float]] = {}
+    latency: dict[tuple[Any, ...], dict[int, int]] = {}
     first_hour = -(-lo // HOUR_NS) * HOUR_NS
     last_hour = hi // HOUR_NS * HOUR_NS
     with store.connect() as conn:
@@ -156,14 +175,18 @@ def usage(
             ranges = [(lo, hi)]  # a run's spans are few, and roll-ups know no runs
         else:
             ranges = [(lo, first_hour), (last_hour, hi)]
-            rollups = _rollup_query(base, visibility, first_hour, last_hour, team_id)
-            _merge(totals, dims, base, conn.execute(rollups))
+            window = (visibility, first_hour, last_hour, team_id)
+            _merge(totals, dims, base, conn.execute(_rollup_query(base, *window)))
+            _merge_latency(latency, dims, base, conn.execute(_rollup_latency(base, *window)))
         for start, end in ranges:
             if start < end:
-                raw = _raw_query(base, visibility, start, end, team_id)
-                _merge(totals, dims, base, conn.execute(raw))
+                window = (visibility, start, end, team_id)
+                _merge(totals, dims, base, conn.execute(_raw_query(base, *window)))
+                _merge_latency(latency, dims, base, conn.execute(_raw_latency(base, *window)))
         labels = _labels(conn, dims)
-    rows = [_usage_row(dims, key, sums, labels) for key, sums in totals.items()]
+    rows = [
+        _usage_row(dims, key, sums, latency.get(key, {}), labels) for key, sums in totals.items()
+    ]
     timed = [i for i, d in enumerate(dims) if d in ("day", "hour")]
     rows.sort(
         key=lambda r: (
@@ -184,34 +207,52 @@ def _base_dimensions(dims: Sequence[Dimension]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _rollup_groups(table: Table, base: Sequence[str]) -> list[ColumnElement[Any]]:
+    columns = {
+        "team": table.c.team_id,
+        "user": table.c.user_id,
+        "key": table.c.key_id,
+        "model": table.c.model,
+        "provider": table.c.provider,
+        "hour": table.c.hour,
+    }
+    return [columns[d] for d in base]
+
+
+def _rollup_where(
+    table: Table, vis: Visibility, first_ns: int, last_ns: int, team_id: str | None
+) -> list[ColumnElement[bool]]:
+    where = [
+        table.c.hour >= first_ns // 1_000_000_000,
+        table.c.hour < last_ns // 1_000_000_000,
+        vis.rollups_clause(table),
+    ]
+    if team_id is not None:
+        where.append(table.c.team_id == team_id)
+    return where
+
+
 def _rollup_query(
     base: Sequence[str], vis: Visibility, first_ns: int, last_ns: int, team_id: str | None
 ) -> Select[Any]:
-    columns = {
-        "team": span_rollups.c.team_id,
-        "user": span_rollups.c.user_id,
-        "key": span_rollups.c.key_id,
-        "model": span_rollups.c.model,
-        "provider": span_rollups.c.provider,
-        "hour": span_rollups.c.hour,
-    }
-    groups = [columns[d] for d in base]
+    groups = _rollup_groups(span_rollups, base)
     sums = [func.coalesce(func.sum(span_rollups.c[name]), 0) for name in SUM_COLUMNS]
     query = select(*groups, *sums).where(
-        span_rollups.c.hour >= first_ns // 1_000_000_000,
-        span_rollups.c.hour < last_ns // 1_000_000_000,
-        vis.rollups_clause(),
+        *_rollup_where(span_rollups, vis, first_ns, last_ns, team_id)
     )
-    if team_id is not None:
-        query = query.where(span_rollups.c.team_id == team_id)
     return query.group_by(*groups) if groups else query
 
 
-def _raw_query(
-    base: Sequence[str], vis: Visibility, start_ns: int, end_ns: int, team_id: str | None
+def _rollup_latency(
+    base: Sequence[str], vis: Visibility, first_ns: int, last_ns: int, team_id: str | None
 ) -> Select[Any]:
-    """The roll-up sums computed from the ``llm_request`` spans themselves, as the writer
-    computes them (``corral.traces.rollup.contributions``)."""
+    groups = [*_rollup_groups(span_latency, base), span_latency.c.bucket]
+    query = select(*groups, func.sum(span_latency.c.count))
+    query = query.where(*_rollup_where(span_latency, vis, first_ns, last_ns, team_id))
+    return query.group_by(*groups)
+
+
+def _raw_groups(base: Sequence[str]) -> list[ColumnElement[Any]]:
     columns = {
         "team": func.coalesce(spans.c.team_id, ""),
         "user": func.coalesce(spans.c.user_id, ""),
@@ -222,42 +263,92 @@ def _raw_query(
         "provider": func.coalesce(spans.c.provider, ""),
         "hour": (spans.c.start_ns // HOUR_NS) * 3600,
     }
-    groups = [columns[d] for d in base]
-    query = select(*groups, *_raw_sums()).where(
+    return [columns[d] for d in base]
+
+
+def _raw_where(
+    vis: Visibility, start_ns: int, end_ns: int, team_id: str | None
+) -> list[ColumnElement[bool]]:
+    where = [
         spans.c.kind == "llm_request",
         spans.c.duplicate_of.is_(None),
         spans.c.start_ns >= start_ns,
         spans.c.start_ns < end_ns,
         vis.spans_clause(),
-    )
+    ]
     if team_id is not None:
-        query = query.where(spans.c.team_id == team_id)
+        where.append(spans.c.team_id == team_id)
+    return where
+
+
+def _raw_query(
+    base: Sequence[str], vis: Visibility, start_ns: int, end_ns: int, team_id: str | None
+) -> Select[Any]:
+    """The roll-up sums computed from the ``llm_request`` spans themselves, as the writer
+    computes them (``corral.traces.rollup.Deltas``)."""
+    groups = _raw_groups(base)
+    query = select(*groups, *_raw_sums()).where(*_raw_where(vis, start_ns, end_ns, team_id))
     return query.group_by(*groups) if groups else query
+
+
+def _raw_latency(
+    base: Sequence[str], vis: Visibility, start_ns: int, end_ns: int, team_id: str | None
+) -> Select[Any]:
+    """The latency histogram of the metered calls, bucketed in SQL as ``rollup.bucket_of``."""
+    bucket = _bucket_case(spans.c.end_ns - spans.c.start_ns, 0, len(LATENCY_BOUNDS_NS))
+    groups = [*_raw_groups(base), bucket]
+    query = select(*groups, func.count()).where(
+        *_raw_where(vis, start_ns, end_ns, team_id), _METERED, spans.c.status != "refused"
+    )
+    return query.group_by(*groups)
+
+
+def _bucket_case(took: ColumnElement[Any], low: int, high: int) -> ColumnElement[Any]:
+    """The bucket in ``[low, high]`` holding ``took`` ns: a binary search as nested CASEs
+    (SQLite has no logarithm), about nine comparisons a row. Literal numbers, not bound
+    parameters, so the same text can be grouped by on PostgreSQL."""
+    if low == high:
+        return literal_column(str(low))
+    middle = (low + high) // 2
+    bound: ColumnElement[Any] = literal_column(str(LATENCY_BOUNDS_NS[middle]))
+    return case(
+        (took <= bound, _bucket_case(took, low, middle)),
+        else_=_bucket_case(took, middle + 1, high),
+    )
+
+
+_METERED = or_(spans.c.source.is_(None), spans.c.source == GATEWAY)
 
 
 def _raw_sums() -> list[ColumnElement[Any]]:
     """SUM_COLUMNS over raw spans; latency is summed in ns (scaled to ms when merged)."""
-    served = spans.c.status != "refused"
+    served = and_(_METERED, spans.c.status != "refused")
     took = spans.c.end_ns - spans.c.start_ns
-    bounds = [int(b * 1_000_000) for b in LATENCY_BOUNDS_MS[:-1]]
 
     def total(condition: ColumnElement[bool], value: Any = 1) -> ColumnElement[Any]:
         return func.coalesce(func.sum(case((condition, value), else_=0)), 0)
 
-    buckets = [total(and_(served, took <= bounds[0]))]
-    buckets += [total(and_(served, took > low, took <= high)) for low, high in pairwise(bounds)]
-    buckets.append(total(and_(served, took > bounds[-1])))
-    assert len(buckets) == len(BUCKET_COLUMNS)
+    reported = ~_METERED
     return [
         total(served),
         total(and_(served, spans.c.status == "error")),
         total(and_(served, spans.c.status == "cancelled")),
-        total(~served),
+        total(and_(_METERED, spans.c.status == "refused")),
         *(total(served, spans.c[name]) for name in TOKEN_COLUMNS),
         total(served, spans.c.cost_nusd),
         total(and_(served, took > 0), took * 1e-6),
-        *buckets,
+        total(reported),
+        *(total(reported, spans.c[name]) for name in (*TOKEN_COLUMNS, "cost_nusd")),
     ]
+
+
+def _key(dims: Sequence[Dimension], base: Sequence[str], row: Any) -> tuple[Any, ...]:
+    values = dict(zip(base, row[: len(base)], strict=True))
+    hour = int(values.get("hour") or 0)
+    return tuple(
+        hour // _DAY_S * _DAY_S if d == "day" else hour if d == "hour" else values[d] or ""
+        for d in dims
+    )
 
 
 def _merge(
@@ -268,17 +359,25 @@ def _merge(
 ) -> None:
     width = len(base)
     for row in rows:
-        values = dict(zip(base, row[:width], strict=True))
-        hour = int(values.get("hour") or 0)
-        key = tuple(
-            hour // _DAY_S * _DAY_S if d == "day" else hour if d == "hour" else values[d] or ""
-            for d in dims
-        )
+        key = _key(dims, base, row)
         acc = totals.get(key)
         if acc is None:
             acc = totals[key] = [0] * len(SUM_COLUMNS)
         for i, value in enumerate(row[width:]):
             acc[i] += value or 0
+
+
+def _merge_latency(
+    latency: dict[tuple[Any, ...], dict[int, int]],
+    dims: Sequence[Dimension],
+    base: Sequence[str],
+    rows: Iterable[Any],
+) -> None:
+    width = len(base)
+    for row in rows:
+        histogram = latency.setdefault(_key(dims, base, row), {})
+        bucket, count = int(row[width]), int(row[width + 1] or 0)
+        histogram[bucket] = histogram.get(bucket, 0) + count
 
 
 def _labels(conn: Connection, dims: Sequence[Dimension]) -> dict[str, dict[str, str]]:
@@ -298,6 +397,7 @@ def _usage_row(
     dims: Sequence[Dimension],
     key: tuple[Any, ...],
     sums: list[float],
+    latency: dict[int, int],
     labels: dict[str, dict[str, str]],
 ) -> UsageRow:
     group: list[tuple[str, str, str | None]] = []
@@ -317,5 +417,6 @@ def _usage_row(
         group=tuple(group),
         **{name: int(named[name]) for name in _COUNT_COLUMNS},
         latency_ms_sum=float(named["latency_ms_sum"]),
-        latency_buckets=tuple(int(named[name]) for name in BUCKET_COLUMNS),
+        latency_buckets={bucket: n for bucket, n in sorted(latency.items()) if n > 0},
+        reported={name.removeprefix("reported_"): int(named[name]) for name in REPORTED_COLUMNS},
     )

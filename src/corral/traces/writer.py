@@ -12,11 +12,11 @@ from __future__ import annotations
 import functools
 import logging
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import orjson
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, delete, select, update
 
 from corral.errors import CorralError
 from corral.store import Store
@@ -24,7 +24,7 @@ from corral.store.schema import spans
 from corral.traces import dedupe, rollup
 from corral.traces.blobs import BlobBackend, Part
 from corral.traces.redact import body_metadata, prepare_body
-from corral.traces.spans import BODY_KEYS
+from corral.traces.spans import BODY_KEYS, CORRAL_SOURCES, written_by_corral
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +67,16 @@ class SpanWriter:
             if any(k in row for k in BODY_KEYS):
                 self._store_bodies(row)
         with self._store.begin() as conn:
-            if check_existing:
-                rows = _new_only(conn, rows)
-                if not rows:
-                    return 0
+            rows, evicted = _claim_ids(conn, rows, check_all=check_existing)
+            if not rows:
+                return 0
             marked = self._matcher.match(conn, rows)
+            if evicted:
+                _evict(conn, evicted)
             self._insert(conn, rows)
-            deltas = rollup.contributions(rows)
+            deltas = rollup.contributions(rows).add(evicted, sign=-1)
             if marked:
-                changed = _mark(conn, marked)
-                _merge(deltas, rollup.contributions(changed, sign=-1))
+                deltas.add(_mark(conn, marked), sign=-1)
             rollup.apply(conn, self._store.is_sqlite, deltas)
         for sink in self.sinks:
             try:
@@ -124,18 +124,73 @@ class SpanWriter:
             row["attributes"] = attrs
 
 
-def _new_only(conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    ids = [row["span_id"] for row in rows]
-    stored: set[str] = set()
+# What deciding who owns a stored span id needs, and what taking its row out of the
+# roll-ups needs (``rollup.contributions``).
+_CLAIM_COLUMNS = [
+    spans.c[name]
+    for name in (
+        "span_id", "source", "kind", "status", "duplicate_of", "start_ns", "end_ns", "org_id",
+        "team_id", "user_id", "key_id", "model_requested", "model_served", "provider",
+        *rollup.TOKEN_COLUMNS, "cost_nusd",
+    )
+]  # fmt: skip
+
+
+def _claim_ids(
+    conn: Connection, rows: list[dict[str, Any]], *, check_all: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows of the batch to insert, and the stored agent rows they take the ids of.
+
+    A span id belongs to whoever stored it first, except that a row Corral writes itself
+    (the gateway's records, a run's root span) always owns its id: an agent's row holding
+    it, stored earlier, is evicted (deleted, its roll-up share taken back), and an agent's
+    row arriving later is dropped. So an agent can neither overwrite Corral's span nor
+    pre-empt it by sending the id first (a run's root span id is derived from the run id).
+    Rows already stored (a resent OTLP payload, a replayed journal) are dropped rather than
+    left to the insert to ignore, so the roll-ups count each row once. ``check_all``: look
+    up every row (a replay); otherwise only those that count in roll-ups or are Corral's.
+    """
+    batch: dict[str, dict[str, Any]] = {}
+    for row in rows:  # within the batch: one row an id, Corral's first
+        held = batch.get(row["span_id"])
+        if held is None or (written_by_corral(row) and not written_by_corral(held)):
+            batch[row["span_id"]] = row
+    ids = [
+        span_id
+        for span_id, row in batch.items()
+        if check_all or row["kind"] == "llm_request" or written_by_corral(row)
+    ]
+    evicted: list[dict[str, Any]] = []
     for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        stored.update(conn.scalars(select(spans.c.span_id).where(spans.c.span_id.in_(chunk))))
-    return [row for row in rows if row["span_id"] not in stored]
+        query = select(*_CLAIM_COLUMNS).where(spans.c.span_id.in_(ids[start : start + 500]))
+        for found in conn.execute(query).mappings():
+            stored = dict(found)
+            span_id = stored["span_id"]
+            if written_by_corral(batch[span_id]) and not written_by_corral(stored):
+                evicted.append(stored)
+            else:
+                del batch[span_id]
+    if len(batch) == len(rows):
+        return rows, evicted
+    return list(batch.values()), evicted
+
+
+def _evict(conn: Connection, evicted: list[dict[str, Any]]) -> None:
+    ids = [row["span_id"] for row in evicted]
+    log.warning("span ids written by Corral were held by agent spans: %s", ", ".join(ids[:10]))
+    for start in range(0, len(ids), 500):
+        conn.execute(delete(spans).where(spans.c.span_id.in_(ids[start : start + 500])))
 
 
 _MARK = (
     update(spans)
-    .where(spans.c.span_id == bindparam("agent_span"), spans.c.duplicate_of.is_(None))
+    .where(
+        spans.c.span_id == bindparam("agent_span"),
+        spans.c.duplicate_of.is_(None),
+        # an agent's row only: the id may have gone to Corral's own row since (``_claim_ids``)
+        spans.c.source.is_not(None),
+        spans.c.source.not_in(sorted(CORRAL_SOURCES)),
+    )
     .values(duplicate_of=bindparam("gateway_span"))
 )
 
@@ -151,24 +206,19 @@ def _mark(conn: Connection, marked: dedupe.Marked) -> list[dict[str, Any]]:
     return changed
 
 
-def _merge(into: dict[rollup.Key, list[float]], more: Mapping[rollup.Key, Iterable[float]]) -> None:
-    for key, values in more.items():
-        acc = into.get(key)
-        if acc is None:
-            into[key] = list(values)
-        else:
-            for i, v in enumerate(values):
-                acc[i] += v
-
-
 _COLUMNS = tuple(str(column.name) for column in spans.columns)
 _JSON_COLUMNS = frozenset(str(c.name) for c in spans.columns if c.type.__class__.__name__ == "JSON")
 
 
 _NAMES = ", ".join(_COLUMNS)
+_CORRAL = ", ".join(f"'{source}'" for source in sorted(CORRAL_SOURCES))
+# ``_claim_ids`` evicted agent rows holding Corral's ids; another process may have stored
+# one since, so a row of Corral's still replaces an agent's here (never the other way).
 _PG_INSERT = (
     f"INSERT INTO spans ({_NAMES}) VALUES ({', '.join('%s' for _ in _COLUMNS)}) "  # noqa: S608
-    "ON CONFLICT (span_id) DO NOTHING"
+    "ON CONFLICT (span_id) DO UPDATE SET "
+    + ", ".join(f"{name} = EXCLUDED.{name}" for name in _COLUMNS if name != "span_id")
+    + f" WHERE spans.source NOT IN ({_CORRAL}) AND EXCLUDED.source IN ({_CORRAL})"
 )
 # SQLite: many rows a statement. ``executemany`` steps once a row and releases the GIL around
 # each step; under load the event loop holds it and every re-acquisition waits up to the

@@ -1,7 +1,10 @@
-"""A minimal server-rendered status page: per-team usage, runs by state, the catalog, links.
+"""A minimal server-rendered status page: usage, runs by state, the catalog, links.
 
-It reads only aggregate figures (no prompts, no keys), so it is served without
-authentication on the loopback address Corral listens on by default. The full
+Anyone who reaches the port sees that the process serves and figures that name
+no tenant: requests in the last 24 hours and runs by state, organisation-wide,
+and the model catalog. Usage by team and by model (names and spend), runs by
+team and where the store lives need the org admin key (``Authorization:
+Bearer``), as ``/metrics`` does, or ``metrics_public = true``. The full
 dashboard arrives later.
 """
 
@@ -14,7 +17,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
-from corral.gateway.http import Receive, Scope, Send, send_bytes
+from corral.errors import CorralError
+from corral.gateway.http import Receive, Scope, Send, api_key, send_bytes
 from corral.identity.service import IdentityService, UsageRow
 from corral.runs.model import STATES
 from corral.store.schema import runs, teams
@@ -42,40 +46,78 @@ async def status_app(app: CorralApp, scope: Scope, receive: Receive, send: Send)
     if method == "HEAD":
         await send_bytes(send, 200, [_HTML], b"")
         return
-    page = await asyncio.to_thread(render, app)
+    try:
+        full = await _may_see_tenants(app, scope)
+    except CorralError as exc:  # a key was sent and is not one: say so rather than hide it
+        headers = [_HTML, (b"www-authenticate", b"Bearer")]
+        await send_bytes(send, exc.status, headers, f"<p>{escape(exc.message)}</p>".encode())
+        return
+    page = await asyncio.to_thread(render, app, full=full)
     await send_bytes(send, 200, [_HTML], page.encode())
 
 
-def render(app: CorralApp) -> str:
+async def _may_see_tenants(app: CorralApp, scope: Scope) -> bool:
+    """The org admin key (or ``metrics_public``): teams' names and spend are tenant data."""
+    if app.settings.metrics_public:
+        return True
+    presented = api_key(scope)
+    if not presented:
+        return False
+    caller = await app.keys.authenticate(presented)
+    return caller.role == "admin"
+
+
+def render(app: CorralApp, *, full: bool = False) -> str:
+    """The page; ``full`` adds what names teams and models with their spend, and the store."""
+    base = f"http://{app.settings.host}:{app.settings.port}"
+    store = f" · store {escape(app.store.describe())}" if full else ""
+    body = _tenants(app) if full else _public(app)
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>Corral status</title><meta http-equiv="refresh" content="5"><style>{_STYLE}</style></head>
+<body><h1>Corral</h1>
+<p class="muted">Gateway <code>{escape(base)}/v1</code> · admin API
+<a href="/api/v1/docs">/api/v1</a>{store} ·
+price table {escape(app.catalog.price_version)} · {time.strftime("%Y-%m-%d %H:%M:%S %Z")}</p>
+{body}
+<h2>Models</h2>{_catalog(app)}
+</body></html>"""
+
+
+def _public(app: CorralApp) -> str:
+    """Organisation-wide counts, naming no team, user or model."""
+    service = IdentityService(app.store, app.clock)
+    day = service.usage("team", app.clock.now() - 86_400)
+    requests = sum(r.requests for r in day)
+    return f"""<h2>Requests, last 24 hours</h2><p>{requests:,}</p>
+<h2>Agent runs by state</h2>{_runs(app, by_team=False)}
+<p class="muted">Usage by team and model needs the org admin key
+(<code>Authorization: Bearer</code>), as <code>/metrics</code> does.</p>"""
+
+
+def _tenants(app: CorralApp) -> str:
     service = IdentityService(app.store, app.clock)
     now = app.clock.now()
     day = service.usage("team", now - 86_400)
     total = service.usage("team", 0)
     models = service.usage("model", now - 86_400)
-    base = f"http://{app.settings.host}:{app.settings.port}"
-    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>Corral status</title><meta http-equiv="refresh" content="5"><style>{_STYLE}</style></head>
-<body><h1>Corral</h1>
-<p class="muted">Gateway <code>{escape(base)}/v1</code> · admin API
-<a href="/api/v1/docs">/api/v1</a> · store {escape(app.store.describe())} ·
-price table {escape(app.catalog.price_version)} · {time.strftime("%Y-%m-%d %H:%M:%S %Z")}</p>
-<h2>Usage by team, last 24 hours</h2>{_table(day, "team")}
+    return f"""<h2>Usage by team, last 24 hours</h2>{_table(day, "team")}
 <h2>Usage by model, last 24 hours</h2>{_table(models, "model")}
 <h2>Usage by team, all time</h2>{_table(total, "team")}
-<h2>Agent runs by team and state</h2>{_runs(app)}
-<h2>Models</h2>{_catalog(app)}
-</body></html>"""
+<h2>Agent runs by team and state</h2>{_runs(app, by_team=True)}"""
 
 
-def _runs(app: CorralApp) -> str:
+def _runs(app: CorralApp, *, by_team: bool) -> str:
     """Counts only: a run's task and repository are for those who may see the run."""
-    with app.store.connect() as conn:
-        rows = conn.execute(
+    query = select(runs.c.state, func.count()).group_by(runs.c.state)
+    if by_team:
+        query = (
             select(teams.c.name, runs.c.state, func.count())
             .join(teams, teams.c.id == runs.c.team_id)
             .group_by(teams.c.name, runs.c.state)
-        ).all()
-    refusal = app.executor.refusal
+        )
+    with app.store.connect() as conn:
+        rows = [tuple(r) if by_team else ("all teams", *r) for r in conn.execute(query)]
+    refusal = app.executor.refusal if by_team else None  # it names folders on the host
     note = f'<p class="muted">This process refuses runs: {escape(refusal)}</p>' if refusal else ""
     if not rows:
         return note + '<p class="muted">No runs yet (<code>corral runs submit</code>).</p>'

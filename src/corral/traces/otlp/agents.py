@@ -202,20 +202,22 @@ def _capped(attrs: dict[str, Any], ctx: Context) -> dict[str, Any]:
 
 def _place(event: Event, row: dict[str, Any], state: _Payload, ctx: Context) -> None:
     """Trace, parent and span id: derived from the session, the prompt and the record."""
-    org = state.identity.org_id
+    # Ids derive from the tenant (org and team) as well: another team reusing a session or
+    # prompt id gets ids of its own, never a place in this team's trace.
+    tenant = (state.identity.org_id, state.identity.team_id)
     record = event.record
     if event.session and (event.agent or not record.trace_id):
         row["trace_id"] = derived_id(
-            16, "session", org, event.agent or row["source"], event.session
+            16, "session", *tenant, event.agent or row["source"], event.session
         )
         turn = _turn_of(event, state)
-        step_id = derived_id(8, "step", org, event.session, turn) if turn else None
+        step_id = derived_id(8, "step", *tenant, event.session, turn) if turn else None
     elif record.trace_id:
         row["trace_id"] = record.trace_id
         step_id = record.span_id
     else:
         instance = ctx.resource_facts.get("service.instance.id")
-        row["trace_id"] = derived_id(16, "service", org, row["source"], instance)
+        row["trace_id"] = derived_id(16, "service", *tenant, row["source"], instance)
         step_id = None
     if row["kind"] == "step" and step_id and event.agent:
         row["span_id"] = step_id  # the step others point at: the same id from either side
@@ -232,7 +234,7 @@ def _place(event: Event, row: dict[str, Any], state: _Payload, ctx: Context) -> 
     )
     occurrence = state.seen.get(key, 0)
     state.seen[key] = occurrence + 1
-    row["span_id"] = derived_id(8, "log", org, *key, occurrence)
+    row["span_id"] = derived_id(8, "log", *tenant, *key, occurrence)
 
 
 def _turn_of(event: Event, state: _Payload) -> str | None:

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from corral.traces.otlp.decode import LONG_STRING, EventIn, Resource, SpanIn
-from corral.traces.spans import SPAN_DEFAULTS, SPAN_KINDS
+from corral.traces.spans import CORRAL_SOURCES, SPAN_DEFAULTS, SPAN_KINDS
 
 MAX_ATTRIBUTE_CHARS = LONG_STRING
 MAX_EVENTS = 16
@@ -95,11 +95,13 @@ def context(identity: Identity, resource: Resource) -> Context:
     ``run_id`` is the key's run and nothing else: a resource's ``corral.run_id`` is a claim
     anyone can write (it is kept among the resource attributes), while a run's own key is
     minted for that run alone. ``source`` is the resource's ``service.name`` (``otlp`` when
-    absent).
+    absent; ``otlp:gateway`` for one that claims a source only Corral writes).
     """
     attrs = resource.attributes
     service = attrs.get("service.name")
     service = service if isinstance(service, str) and service else "otlp"
+    if service in CORRAL_SOURCES:  # an agent calling itself "gateway" reports, never meters
+        service = f"otlp:{service}"
     run_id = identity.run_id
     facts = {key: attrs[key] for key in _RESOURCE_FACTS if key in attrs}
     facts.update((key, value) for key, value in attrs.items() if key.startswith("corral."))
