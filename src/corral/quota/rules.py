@@ -420,17 +420,7 @@ class QuotaRules:
         Only the gateway's own records spend (``source`` gateway; NULL on rows stored before
         the column existed): what an agent reports over OTLP is a claim, never a charge.
         """
-        _, start, _end = window_range(window, now)
-        value = spans.c.cost_nusd if resource == "usd" else _TOKENS
-        query = select(func.coalesce(func.sum(value), 0)).where(
-            spans.c.kind == "llm_request",
-            _SPAN_COLUMN[level.kind] == level.id,
-            or_(spans.c.source == GATEWAY, spans.c.source.is_(None)),
-        )
-        if start is not None:
-            query = query.where(spans.c.start_ns >= int(start * 1e9))
-        with self._store.connect() as conn:
-            return int(conn.execute(query).scalar() or 0)
+        return self._sum(resource, window, now, _SPAN_COLUMN[level.kind] == level.id)
 
     def spent_with_runs(self, level: Level, resource: Resource, window: Window, now: float) -> int:
         """``spent``, plus for a key what the runs it submitted spent with their own keys
@@ -438,16 +428,22 @@ class QuotaRules:
         total = self.spent(level, resource, window, now)
         if level.kind != "key":
             return total
+        submitted = select(runs.c.id).where(runs.c.requested_by_key == level.id)
+        return total + self._sum(resource, window, now, spans.c.run_id.in_(submitted))
+
+    def _sum(self, resource: Resource, window: Window, now: float, which: Any) -> int:
+        """The metered spend of the spans ``which`` selects in the current ``window``."""
         _, start, _end = window_range(window, now)
-        query = select(runs.c.id).where(
-            runs.c.requested_by_key == level.id, runs.c.key_id.is_not(None)
+        value = spans.c.cost_nusd if resource == "usd" else _TOKENS
+        query = select(func.coalesce(func.sum(value), 0)).where(
+            spans.c.kind == "llm_request",
+            which,
+            or_(spans.c.source == GATEWAY, spans.c.source.is_(None)),
         )
-        if start is not None:  # a run that ended before the window spent nothing in it
-            query = query.where(runs.c.ended_at.is_(None) | (runs.c.ended_at >= start))
+        if start is not None:
+            query = query.where(spans.c.start_ns >= int(start * 1e9))
         with self._store.connect() as conn:
-            run_ids = conn.execute(query).scalars().all()
-        # One query per run, through ``spent``: whatever it counts as spend, runs count alike.
-        return total + sum(self.spent(Level("run", r), resource, window, now) for r in run_ids)
+            return int(conn.execute(query).scalar() or 0)
 
 
 def _budget_words(resource: str, window: str) -> str:
