@@ -151,25 +151,42 @@ def test_team_admin_keys_manage_only_their_own_team(corral: Corral) -> None:
 
 
 def test_virtual_keys_read_only_themselves(corral: Corral) -> None:
+    """A person's key reads its own team, itself, its own keys and the models it may call;
+    a teammate, another team and every change are refused or absent."""
     with corral.client() as admin:
         _team(admin, "payments")
+        _team(admin, "search")
         _user(admin, "alice", "payments")
+        _user(admin, "bob", "payments")
         key = _key(admin, "payments", "alice")
+        _key(admin, "payments", "bob")
+        r = admin.post(
+            "/api/v1/keys",
+            json={"team": "payments", "user": "alice", "models": ["sim-economy"]},
+        )
+        narrow = r.json()
     with corral.client(key["key"]) as c:
         assert c.get("/api/v1/me").json()["user"]["name"] == "alice"
         assert c.get(f"/api/v1/keys/{key['id']}").json()["id"] == key["id"]
         assert c.get("/api/v1/usage", params={"by": "model"}).status_code == 200
+        assert [t["name"] for t in c.get("/api/v1/teams").json()] == ["payments"]
+        assert c.get("/api/v1/teams/payments").json()["name"] == "payments"
+        assert [u["name"] for u in c.get("/api/v1/users").json()] == ["alice"]
+        keys = c.get("/api/v1/keys").json()
+        assert {k["id"] for k in keys} == {key["id"], narrow["id"]}
+        assert len(c.get("/api/v1/models").json()) == len(corral.app.catalog.models)
+        for r in [c.get("/api/v1/teams/search"), c.get("/api/v1/users/bob")]:
+            _error(r, 404)
+        _error(c.get("/api/v1/keys", params={"user": "bob"}), 404)
         for r in [
-            c.get("/api/v1/teams"),
             c.post("/api/v1/teams", json={"name": "x"}),
-            c.get("/api/v1/users"),
             c.post("/api/v1/keys", json={"team": "payments", "user": "alice"}),
-            c.get("/api/v1/keys"),
             c.get("/api/v1/providers"),
-            c.get("/api/v1/models"),
             c.post(f"/api/v1/keys/{key['id']}/revoke"),
         ]:
             _error(r, 403)
+    with corral.client(narrow["key"]) as c:
+        assert [m["name"] for m in c.get("/api/v1/models").json()] == ["sim-economy"]
 
 
 def test_revoked_key_is_refused_at_once_by_this_process(corral: Corral) -> None:

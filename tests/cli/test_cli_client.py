@@ -206,3 +206,16 @@ def test_a_persons_key_lists_only_their_runs_and_spans(org: Org) -> None:
     }
     alone = org.cli("ada", "runs", "list", admin_too=False)["runs"]
     assert [r["owner"] for r in alone] == ["ada"]
+
+
+def test_the_directory_commands_answer_within_a_persons_key(org: Org) -> None:
+    """`corral teams list`, `users list` and `keys list` with a person's key answer with
+    that person's team, that person and their keys; a team admin's with the team's."""
+    teams = {who: [t["name"] for t in org.cli(who, "teams", "list")] for who in ("ada", "lead")}
+    assert teams == {"ada": ["payments"], "lead": ["payments"]}
+    assert [u["name"] for u in org.cli("carol", "users", "list")] == ["carol"]
+    assert {u["name"] for u in org.cli("lead", "users", "list")} >= {"ada", "bob"}
+    mine = org.cli("ada", "keys", "list")
+    assert {k["user"] for k in mine} == {"ada"}
+    assert {k["user"] for k in org.cli("lead", "keys", "list")} >= {"ada", "bob"}
+    assert org.cli("ada", "models", "list")

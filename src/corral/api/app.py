@@ -25,7 +25,8 @@ metered and the trajectories (traces, spans, bodies) it has recorded.
 
 Authenticate with `Authorization: Bearer <key>` or `x-api-key: <key>`. The
 organisation admin key manages everything; a team admin key manages its own
-team; any other key may read `/api/v1/me`, its own usage, budgets and spans.
+team; any other key may read `/api/v1/me`, its own team, user and keys, the models it
+may call, its own usage, budgets and spans.
 A span or trace the key may not read is answered 404, as one that does not exist.
 Errors are `{"error": {"type": ..., "message": ...}}`.
 """

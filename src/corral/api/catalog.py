@@ -36,10 +36,15 @@ def list_providers(ctx: Ctx) -> list[m.Provider]:
 
 
 def list_models(ctx: Ctx) -> list[m.Model]:
-    """The model catalog with prices in USD per 1M tokens and the price-table version."""
-    ctx.require_manager()
+    """The model catalog with prices in USD per 1M tokens and the price-table version; a
+    key limited to some models sees those."""
     catalog = ctx.host.catalog
-    return [_model(d, catalog.price_version) for d in catalog.models.values()]
+    allowed = ctx.caller.allowed_models
+    return [
+        _model(d, catalog.price_version)
+        for name, d in catalog.models.items()
+        if allowed is None or name in allowed
+    ]
 
 
 def _model(d: Deployment, price_version: str) -> m.Model:

@@ -20,7 +20,7 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from corral.clock import Clock
-from corral.errors import PermissionDenied
+from corral.errors import NotFound, PermissionDenied
 from corral.identity.keys import KeyCache, KeyInfo
 from corral.identity.service import IdentityService
 from corral.quota.gate import QuotaGate
@@ -98,6 +98,22 @@ class Context:
             raise PermissionDenied(
                 "this key may only call models; an admin or team admin key is needed here"
             )
+
+    @property
+    def is_person(self) -> bool:
+        """A key that only calls models (a person's, a service account's, a run's)."""
+        return self.caller.role not in ("admin", "team_admin")
+
+    def own_team(self, team: str | None) -> str | None:
+        """For a person's key: its own team's id, and ``team`` (a name or id) must be it
+        (another team is 404, as one that does not exist)."""
+        own = self.caller.team_id
+        if team is not None and team not in (own, self._team_name(own)):
+            raise NotFound(f"team {team!r} not found")
+        return own
+
+    def _team_name(self, team_id: str | None) -> str | None:
+        return self.service.get_team(team_id).name if team_id else None
 
     def team_scope(self, team: str | None) -> str | None:
         """The team id a listing is limited to: a team admin always sees only its own team."""

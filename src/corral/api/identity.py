@@ -18,6 +18,7 @@ from corral.api.traces import TeamDetail, TracePolicyIn
 from corral.errors import InvalidRequest, NotFound
 from corral.identity import service as svc
 from corral.identity.service import parse_duration, utc
+from corral.runs.service import refuse_run_keys
 
 
 def _time(ts: float) -> datetime:
@@ -105,16 +106,28 @@ def create_team(ctx: Ctx, body: m.TeamIn) -> TeamDetail:
 
 
 def list_teams(ctx: Ctx) -> list[TeamDetail]:
-    """All teams; a team admin sees its own team only."""
+    """All teams; a team admin, or a person's key, sees its own team only."""
+    if ctx.is_person:
+        own = ctx.own_team(None)
+        return [team_out(ctx, ctx.service.get_team(own))] if own else []
     return [team_out(ctx, t) for t in ctx.service.list_teams(team_id=ctx.team_scope(None))]
 
 
 def get_team(ctx: Ctx, team: str) -> TeamDetail:
-    """One team, by id or name, with its trajectory policy."""
+    """One team, by id or name, with its trajectory policy (a person's key: its own)."""
+    if ctx.is_person:
+        return team_out(ctx, ctx.service.get_team(_own_team(ctx, team)))
     ctx.require_manager()
     found = ctx.service.get_team(team)
     ctx.require_team_admin(found.id)
     return team_out(ctx, found)
+
+
+def _own_team(ctx: Ctx, team: str | None) -> str:
+    own = ctx.own_team(team)
+    if own is None:  # a key of no team that is not an admin's: it has nothing to read here
+        raise NotFound(f"team {team!r} not found")
+    return own
 
 
 async def update_team(ctx: Ctx, team: str, body: TracePolicyIn) -> TeamDetail:
@@ -152,14 +165,22 @@ def create_user(ctx: Ctx, body: m.UserIn) -> m.User:
 def list_users(
     ctx: Ctx, team: Annotated[str | None, Query(description="Team id or name.")] = None
 ) -> list[m.User]:
-    """Users and service accounts, optionally of one team."""
+    """Users and service accounts, optionally of one team (a person's key: itself)."""
+    if ctx.is_person:
+        _own_team(ctx, team)
+        return [get_user(ctx, ctx.caller.user_id)] if ctx.caller.user_id else []
     team_id = ctx.team_scope(team)
     names = {t.id: t.name for t in ctx.service.list_teams()}
     return [user_out(u, names) for u in ctx.service.list_users(team_id=team_id)]
 
 
 def get_user(ctx: Ctx, user: str) -> m.User:
-    """One user, by id (or by name when it is unique)."""
+    """One user, by id (or by name when it is unique); a person's key reads itself."""
+    if ctx.is_person:
+        own = ctx.service.get_user(user, team_id=_own_team(ctx, None))
+        if own.id != ctx.caller.user_id:
+            raise NotFound(f"user {user!r} not found")
+        return user_out(own, {own.team_id: ctx.service.get_team(own.team_id).name})
     ctx.require_manager()
     team_id = None if ctx.caller.role == "admin" else ctx.caller.team_id
     found = ctx.service.get_user(user, team_id=team_id)
@@ -210,9 +231,17 @@ def list_keys(
     team: Annotated[str | None, Query(description="Team id or name.")] = None,
     user: Annotated[str | None, Query(description="User id or name.")] = None,
 ) -> list[m.Key]:
-    """Keys (never their secrets or hashes), optionally of one team or user."""
-    team_id = ctx.team_scope(team)
-    user_id = ctx.service.get_user(user, team_id=team_id).id if user is not None else None
+    """Keys (never their secrets or hashes), optionally of one team or user; a person's
+    key sees that person's keys."""
+    if ctx.is_person:
+        refuse_run_keys(ctx.caller, "list keys")
+        team_id: str | None = _own_team(ctx, team)
+        user_id = get_user(ctx, user).id if user is not None else ctx.caller.user_id
+        if user_id is None:  # a service key of no user: only itself
+            return [get_key(ctx, ctx.caller.key_id)]
+    else:
+        team_id = ctx.team_scope(team)
+        user_id = ctx.service.get_user(user, team_id=team_id).id if user is not None else None
     names = _names(ctx)
     return [
         m.Key(**key_fields(k, names))
