@@ -209,16 +209,17 @@ def limited(start_corral: StartCorral, tmp_path: Path) -> Iterator[Corral]:
 
 def test_half_open_connections_are_closed_after_the_header_timeout(limited: Corral) -> None:
     """200 connections that send part of a request head and stop: every one is answered 408
-    and closed within the header timeout (before: all still open a minute later)."""
+    and closed soon after the header timeout, 1 s (before: all still open a minute later).
+    The slack is for a loaded machine: the server shares this process and its GIL."""
     socks = [_connect(limited.url) for _ in range(200)]
     try:
         for sock in socks:
             sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: corral\r\nx-slow: ")
         opened = time.monotonic()
-        assert all(_closed_by_server(s, within=3 - (time.monotonic() - opened)) for s in socks)
-        assert time.monotonic() - opened < 3
+        assert all(_closed_by_server(s, within=6 - (time.monotonic() - opened)) for s in socks)
+        assert time.monotonic() - opened < 6
         fresh = _connect(limited.url)  # one that sends nothing at all is closed too
-        assert _closed_by_server(fresh, within=3)
+        assert _closed_by_server(fresh, within=6)
         fresh.close()
     finally:
         for sock in socks:
@@ -240,7 +241,7 @@ def test_idle_keep_alive_connections_are_closed_after_the_idle_timeout(limited: 
         status, headers, _ = _read_response(sock)
         assert status == 200
         assert headers.get("connection") != "close"
-        assert _closed_by_server(sock, within=3)
+        assert _closed_by_server(sock, within=5)
     with _connect(limited.url) as sock:  # a second request in time keeps it open
         for _ in range(3):
             sock.sendall(b"HEAD / HTTP/1.1\r\nHost: corral\r\n\r\n")
