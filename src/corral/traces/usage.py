@@ -175,9 +175,9 @@ def usage(
             ranges = [(lo, hi)]  # a run's spans are few, and roll-ups know no runs
         else:
             ranges = [(lo, first_hour), (last_hour, hi)]
-            window = (visibility, first_hour, last_hour, team_id)
-            _merge(totals, dims, base, conn.execute(_rollup_query(base, *window)))
-            _merge_latency(latency, dims, base, conn.execute(_rollup_latency(base, *window)))
+            whole = (visibility, first_hour, last_hour, team_id, _by_day(dims))
+            _merge(totals, dims, base, conn.execute(_rollup_query(base, *whole)))
+            _merge_latency(latency, dims, base, conn.execute(_rollup_latency(base, *whole)))
         for start, end in ranges:
             if start < end:
                 window = (visibility, start, end, team_id)
@@ -207,14 +207,21 @@ def _base_dimensions(dims: Sequence[Dimension]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _rollup_groups(table: Table, base: Sequence[str]) -> list[ColumnElement[Any]]:
+def _by_day(dims: Sequence[Dimension]) -> bool:
+    """Whether whole days are the finest time asked for: the roll-ups are then summed by day
+    in SQL (UTC days, as ``_key`` makes them), 24 times fewer rows than by hour."""
+    return "day" in dims and "hour" not in dims
+
+
+def _rollup_groups(table: Table, base: Sequence[str], by_day: bool) -> list[ColumnElement[Any]]:
+    hour = table.c.hour
     columns = {
         "team": table.c.team_id,
         "user": table.c.user_id,
         "key": table.c.key_id,
         "model": table.c.model,
         "provider": table.c.provider,
-        "hour": table.c.hour,
+        "hour": (hour - hour % _DAY_S) if by_day else hour,
     }
     return [columns[d] for d in base]
 
@@ -233,9 +240,14 @@ def _rollup_where(
 
 
 def _rollup_query(
-    base: Sequence[str], vis: Visibility, first_ns: int, last_ns: int, team_id: str | None
+    base: Sequence[str],
+    vis: Visibility,
+    first_ns: int,
+    last_ns: int,
+    team_id: str | None,
+    by_day: bool,
 ) -> Select[Any]:
-    groups = _rollup_groups(span_rollups, base)
+    groups = _rollup_groups(span_rollups, base, by_day)
     sums = [func.coalesce(func.sum(span_rollups.c[name]), 0) for name in SUM_COLUMNS]
     query = select(*groups, *sums).where(
         *_rollup_where(span_rollups, vis, first_ns, last_ns, team_id)
@@ -244,9 +256,14 @@ def _rollup_query(
 
 
 def _rollup_latency(
-    base: Sequence[str], vis: Visibility, first_ns: int, last_ns: int, team_id: str | None
+    base: Sequence[str],
+    vis: Visibility,
+    first_ns: int,
+    last_ns: int,
+    team_id: str | None,
+    by_day: bool,
 ) -> Select[Any]:
-    groups = [*_rollup_groups(span_latency, base), span_latency.c.bucket]
+    groups = [*_rollup_groups(span_latency, base, by_day), span_latency.c.bucket]
     query = select(*groups, func.sum(span_latency.c.count))
     query = query.where(*_rollup_where(span_latency, vis, first_ns, last_ns, team_id))
     return query.group_by(*groups)

@@ -67,7 +67,9 @@ def upgrade() -> None:
         sa.Column("count", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint(*_KEYS, "bucket", name=op.f("pk_span_latency")),
     )
-    op.create_index("ix_span_latency_team_hour", "span_latency", ["team_id", "hour"])
+    op.create_index(
+        "ix_span_latency_team_hour", "span_latency", ["team_id", "hour", "bucket", "count"]
+    )
     conn = op.get_bind()
     _move_reported(conn)
     _convert_histograms(conn)
