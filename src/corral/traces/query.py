@@ -265,13 +265,15 @@ def _records_elsewhere(
 ) -> dict[str, SpanValues]:
     """The gateway records that agent calls of ``rows`` duplicate but that are not among
     them (in another trace), as far as the caller may see them."""
-    at = {name: i for i, name in enumerate(SPAN_FIELDS)}
+    kind, duplicate_of = SPAN_FIELDS.index("kind"), SPAN_FIELDS.index("duplicate_of")
     ids = {row[0] for row in rows}
     wanted = sorted(
         {
-            str(row[at["duplicate_of"]])
+            str(record)
             for row in rows
-            if row[at["kind"]] == "llm_request" and row[at["duplicate_of"]] not in (None, *ids)
+            if row[kind] == "llm_request"
+            and (record := row[duplicate_of]) is not None
+            and record not in ids
         }
     )
     if not wanted:
