@@ -109,12 +109,10 @@ def _parts(rel: str) -> list[str]:
 # -- one open file --------------------------------------------------------------------------
 
 
-class Opened:
-    """A regular file of a run, open for reading; ``size`` as it was when opened."""
+class _Descriptor:
+    """An open descriptor (``fd``), closed once, also as a context manager."""
 
-    def __init__(self, fd: int, size: int) -> None:
-        self.fd = fd
-        self.size = size
+    fd: int
 
     def __enter__(self) -> Self:
         return self
@@ -126,6 +124,14 @@ class Opened:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+class Opened(_Descriptor):
+    """A regular file of a run, open for reading; ``size`` as it was when opened."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
 
     def read_at(self, offset: int, limit: int) -> bytes:
         """At most ``limit`` bytes from ``offset`` (fewer at the end of the file)."""
@@ -174,7 +180,7 @@ class Opened:
 # -- a run's folder ---------------------------------------------------------------------------
 
 
-class Folder:
+class Folder(_Descriptor):
     """A handle on a run's folder (made by Corral); every path below it is the agent's."""
 
     def __init__(self, path: Path) -> None:
@@ -183,17 +189,6 @@ class Folder:
             self.fd = os.open(path, _DIR)
         except OSError as exc:
             raise Unreadable(str(path), "missing") from exc
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
     def open(self, rel: str) -> Opened:
         """The regular file at ``rel``, opened without following any link on the way."""
