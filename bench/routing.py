@@ -15,8 +15,8 @@ own cost, without the difference between the two protocols' answers.
 
 Every route is checked before and after the cells (status, ``x-corral-route``,
 ``x-corral-attempts``, the answer's shape); a wrong one aborts the run. The
-section ends with a micro-benchmark of ``corral.translate.messages_to_chat`` on
-a Claude Code-sized request (the corpus of ``tests/translate/corpus.py``).
+section ends with a micro-benchmark of ``corral.protocols.messages.messages_to_chat`` on
+a Claude Code-sized request (the corpus of ``tests/protocols/corpus.py``).
 
 Run alone: ``.venv/bin/python bench/routing.py [--quick]``.
 """
@@ -57,7 +57,7 @@ from cells import (
     measure,
     noise_line,
 )
-from corral.translate import messages_to_chat
+from corral.protocols.messages import messages_to_chat
 from harness import (
     GATEWAY_CORE,
     REPO,
@@ -445,9 +445,9 @@ def _setup(run: Run) -> str:
 def _timing_setup(t: Timing) -> str:
     return (
         f"Micro-benchmark, in the benchmark's own process pinned to core 0 after the servers "
-        f"stopped: `corral.translate.messages_to_chat` (as the gateway calls it for an "
+        f"stopped: `corral.protocols.messages.messages_to_chat` (as the gateway calls it for an "
         f'`openai-compatible` provider, `max_tokens_field="max_tokens"`) on the Claude '
-        f"Code-sized request of `tests/translate/corpus.py` ({t.sizes[0]:,} bytes of JSON: "
+        f"Code-sized request of `tests/protocols/corpus.py` ({t.sizes[0]:,} bytes of JSON: "
         f"{t.shape}; {t.sizes[1]:,} bytes as Chat). `timeit`, garbage collector on, "
         f"{t.repeats} repeats of {t.calls[0]:,} and {t.calls[1]:,} calls; µs per call."
     )

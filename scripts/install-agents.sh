@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Install the real agent CLIs the agent_cli tests drive (idempotent): Claude Code and Codex
-# from npm into .cache/npm, aider from PyPI into its own virtualenv, .cache/aider.
+# Install the real agent CLIs the agent_cli tests drive (idempotent): Claude Code, Codex and
+# Gemini CLI from npm into .cache/npm, aider from PyPI into its own virtualenv, .cache/aider.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 prefix=.cache/npm
-if ! [ -x "$prefix/bin/claude" ] || ! [ -x "$prefix/bin/codex" ]; then
+if ! [ -x "$prefix/bin/claude" ] || ! [ -x "$prefix/bin/codex" ] || ! [ -x "$prefix/bin/gemini" ]; then
   mkdir -p "$prefix"
   npm install --silent --no-fund --no-audit --prefix "$prefix" -g \
-    "@anthropic-ai/claude-code@2" "@openai/codex@0" >/dev/null
+    "@anthropic-ai/claude-code@2" "@openai/codex@0" "@google/gemini-cli@0" >/dev/null
   "$prefix/bin/claude" --version
   "$prefix/bin/codex" --version
+  "$prefix/bin/gemini" --version
 fi
 
 # aider is pinned: tests/agents/data/managed_aider.toml replays the exact shape of its chat.

@@ -37,6 +37,7 @@ from tests.services import free_port, missing_service
 if TYPE_CHECKING:
     from corral.app import CorralApp
     from corral.clock import Clock
+    from corral.gateway.hooks import GatewayHooks
 
 ADMIN_KEY = "sk-corral-admin-test-0123456789abcdefghijklmnopqrstuv"
 
@@ -181,15 +182,18 @@ def run_corral(
     *,
     clock: Clock | None = None,
     environ: dict[str, str] | None = None,
+    hooks: GatewayHooks | None = None,
     **settings: object,
 ) -> Iterator[Corral]:
-    """Start a real ``CorralApp`` on ``database_url`` and stop it afterwards."""
+    """Start a real ``CorralApp`` on ``database_url`` and stop it afterwards (``hooks``: the
+    gateway's guards, observers and listeners)."""
     from corral.app import CorralApp  # the whole application; only the tests that run it pay
 
     app = CorralApp(
         load_settings(home=home, database_url=database_url, admin_key=ADMIN_KEY, **settings),
         clock=clock,
         environ=environ,
+        hooks=hooks,
     )
     with ServerThread(app) as server:
         yield Corral(app, server, ADMIN_KEY)

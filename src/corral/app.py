@@ -11,24 +11,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from corral.asgi import Receive, Scope, Send
 from corral.clock import Clock, SystemClock
 from corral.errors import ConfigError
 from corral.gateway import Gateway, Upstream
-from corral.gateway.http import Receive, Scope, Send
+from corral.gateway.hooks import GatewayHooks
 from corral.identity import KeyCache
-from corral.metrics import Metrics
+from corral.identity.service import IdentityService
+from corral.metrics import BreakerCollector, Metrics, PipelineCollector, RunsCollector
+from corral.plugins import Extensions
 from corral.quota import EmbeddedQuota, QuotaBackend, RedisQuota
 from corral.quota.gate import QuotaGate
 from corral.quota.rules import QuotaRules
 from corral.routing import Catalog
 from corral.routing.breaker import Breakers
 from corral.routing.policy import RoutePolicy, load_stored
+from corral.runs.artifacts import LocalArtifactStore
+from corral.runs.executor import LocalExecutor
+from corral.runs.launcher import BubblewrapLauncher, Launcher
+from corral.runs.profiles import Profile, default_profiles
+from corral.runs.service import RunService
+from corral.runs.steps import default_steps
 from corral.settings import Settings
 from corral.sim import SimConfig, SimServer, bind_socket
 from corral.store import Store
@@ -40,6 +50,7 @@ from corral.traces.ingest import PATHS as OTLP_PATHS
 from corral.traces.ingest import OtlpIngest
 from corral.traces.policy import TracePolicy
 from corral.traces.retention import Retention
+from corral.traces.writer import Sink
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +66,26 @@ class CorralApp:
         *,
         clock: Clock | None = None,
         environ: Mapping[str, str] | None = None,
+        upstream: Upstream | None = None,
+        quota_backend: QuotaBackend | None = None,
+        hooks: GatewayHooks | None = None,
+        span_sinks: Sequence[Sink] = (),
+        extensions: Extensions | None = None,
+        launcher: Launcher | None = None,
     ) -> None:
-        """``environ`` is where provider secrets are read (default: the process environment)."""
+        """Every collaborator has today's default; pass one to replace it.
+
+        ``environ`` is where provider secrets are read (default: the process environment);
+        ``upstream`` the providers' HTTP client; ``quota_backend`` where counters live
+        (default: Redis when ``redis_url`` is set, else in this process); ``hooks`` the
+        gateway's guards, observers and listeners; ``span_sinks`` receive every stored
+        batch of spans; ``extensions`` the plug-ins (default: every ``corral`` entry point
+        installed), whose contributions are added after these; ``launcher`` starts runs'
+        agents (default: bubblewrap on this host).
+        """
         self.settings = settings
+        self.extensions = extensions if extensions is not None else Extensions.load()
+        collect = functools.partial(self.extensions.collect, settings=settings)
         self.clock: Clock = clock or SystemClock()
         self.store = Store(settings.resolved_database_url)
         self.keys = KeyCache(self.store, self.clock, refresh_interval=settings.key_refresh_interval)
@@ -80,12 +108,21 @@ class CorralApp:
                 queue_max=settings.otlp_export_queue_max,
             )
             self.recorder.writer.sinks.append(self.exporter)
+        self.recorder.writer.sinks.extend([*span_sinks, *collect("corral_span_sinks")])
         self.retention = Retention(
             self.store, self.blobs, self.clock, default_days=settings.trace_retention_days
         )
-        self.ingest = OtlpIngest(self)
+        self.ingest = OtlpIngest(
+            self.keys,
+            self.recorder,
+            self.trace_policy,
+            lambda: self.catalog,
+            max_body_bytes=settings.max_body_bytes,
+        )
         backend: QuotaBackend
-        if settings.redis_url:
+        if quota_backend is not None:
+            backend = quota_backend
+        elif settings.redis_url:
             backend = RedisQuota(
                 settings.redis_url, self.clock, settle_grace=settings.quota_settle_grace
             )
@@ -102,14 +139,32 @@ class CorralApp:
             window=settings.breaker_window,
             cooldown=settings.breaker_cooldown,
         )
+        # Traffic metrics listen to finished calls; the collectors read the recorder,
+        # exporter, quotas and executor anew at each scrape (corral.metrics' protocols).
+        on_loop = (BreakerCollector(self.breakers), PipelineCollector(self), RunsCollector(self))
+        self.metrics = Metrics(settings, self.keys, on_loop)
+        self.hooks = hooks or GatewayHooks()
+        self.hooks.listeners.insert(0, self.metrics.traffic.listen)
+        self.hooks.guards.extend(collect("corral_request_guards"))
+        self.hooks.observers.extend(collect("corral_response_observers"))
+        self.hooks.listeners.extend(collect("corral_call_listeners"))
         self.gateway = Gateway(
-            self,
-            upstream=Upstream(
+            settings=settings,
+            keys=self.keys,
+            quotas=self.quotas,
+            breakers=self.breakers,
+            recorder=self.recorder,
+            trace_policy=self.trace_policy,
+            catalog=lambda: self.catalog,
+            route_policy=lambda: self.route_policy,
+            upstream=upstream
+            or Upstream(
                 connect_timeout=settings.upstream_connect_timeout,
                 read_timeout=settings.upstream_read_timeout,
                 max_connections=settings.upstream_max_connections,
                 environ=environ,
             ),
+            hooks=self.hooks,
         )
         self._catalog: Catalog | None = None
         self.route_policy: RoutePolicy | None = None
@@ -117,17 +172,21 @@ class CorralApp:
         self._retention_task: asyncio.Task[None] | None = None
         self._sim: SimServer | None = None
         self._api: ASGIApp | None = None
+        self._status_page: ASGIApp | None = None
         self.generated_admin_key: str | None = None
         self.on_startup: list[Callable[[CorralApp], None]] = []
-        self.metrics = Metrics(self)
-        from corral.identity.service import IdentityService
-        from corral.runs.executor import LocalExecutor
-        from corral.runs.profiles import default_profiles
-        from corral.runs.service import RunService
+        self.on_startup.append(lambda app: app.metrics.catalog_built(app.catalog))
 
         identity = IdentityService(self.store, self.clock)
         self.runs = RunService(self.store, self.clock, identity)
-        self.executor = LocalExecutor(self, self, self.runs, identity, default_profiles())
+        self.executor = LocalExecutor(
+            settings=settings, clock=self.clock, runs=self.runs, identity=identity,
+            keys=self.keys, quotas=self.quotas, record_spans=self.record_spans, asgi=self,
+            launcher=launcher or BubblewrapLauncher.from_settings(settings),
+            artifacts=LocalArtifactStore(settings.artifact_dir or settings.home / "artifacts"),
+            steps=[*default_steps(), *collect("corral_after_run_steps")],
+            profiles=_profiles(collect("corral_agent_profiles")),
+        )  # fmt: skip
         self.started = False
 
     @property
@@ -148,6 +207,21 @@ class CorralApp:
 
             self._api = guarded_api(self)
         return self._api
+
+    @property
+    def status_page(self) -> ASGIApp:
+        if self._status_page is None:
+            from corral.web import StatusPage
+
+            self._status_page = StatusPage(
+                self.settings,
+                self.keys,
+                self.store,
+                self.clock,
+                lambda: self.catalog,
+                self.executor,
+            )
+        return self._status_page
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -246,16 +320,14 @@ class CorralApp:
             path: str = scope["path"]
             if path in OTLP_PATHS:
                 await self.ingest(scope, receive, send)
-            elif path.startswith("/v1/"):
+            elif path.startswith(("/v1/", "/v1beta/")):
                 await self.gateway(scope, receive, send)
             elif path.startswith("/api/"):
                 await self.api(scope, receive, send)
             elif path == "/metrics":
                 await self.metrics(scope, receive, send)
             else:
-                from corral.web import status_app
-
-                await status_app(self, scope, receive, send)
+                await self.status_page(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -274,6 +346,19 @@ class CorralApp:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _profiles(extra: list[Any]) -> dict[str, Profile]:
+    """Corral's agent profiles and the extensions' (an extension may not replace one)."""
+    profiles = default_profiles()
+    for profile in extra:
+        if profile.name in profiles:
+            raise ConfigError(
+                f"an extension offers the agent profile {profile.name!r}, which Corral already "
+                "has; give it another name"
+            )
+        profiles[profile.name] = profile
+    return profiles
 
 
 def create_app(

@@ -34,6 +34,8 @@ from corral.identity.service import IdentityService
 from corral.runs import sample
 from corral.settings import load_settings
 from corral.sim import SimConfig, SimServer
+from corral.traces.query import Visibility
+from corral.traces.usage import usage
 
 TEAMS = {"payments": ["ada", "grace"], "search": ["linus"]}
 ROUNDS = 4  # requests per agent per protocol: bounded, the demo is not a load test
@@ -360,13 +362,13 @@ def _otlp_value(value: Any) -> dict[str, Any]:
 
 
 def _usage_table(console: Console, app: CorralApp) -> None:
-    rows = IdentityService(app.store, app.clock).usage("team", 0)
+    rows = usage(app.store, Visibility(), ["team"], 0)
     table = Table(title="Usage by team")
     for column in ("team", "requests", "input", "cached", "output", "cost (USD)"):
         table.add_column(column, justify="left" if column == "team" else "right")
     for r in rows:
         table.add_row(
-            r.label,
+            r.group[0][1],
             f"{r.requests:,}",
             f"{r.input_tokens:,}",
             f"{r.cached_input_tokens:,}",

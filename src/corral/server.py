@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import logging
+import re
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +63,31 @@ class _Config(uvicorn.Config):
         super().__init__(app, **kwargs)
         self.limits = limits
 
+    def configure_logging(self) -> None:
+        """uvicorn's, except that a server without an access log leaves the process-wide
+        ``uvicorn.access`` logger as it found it: the runs executor's socket server must not
+        silence the access log of the ``corral serve`` it runs in."""
+        access = logging.getLogger("uvicorn.access")
+        handlers, level = list(access.handlers), access.level
+        super().configure_logging()
+        if not self.access_log and handlers:
+            access.handlers[:] = handlers
+            access.setLevel(level)
+
+
+class RedactKeys(logging.Filter):
+    """Keeps a caller's key out of the access log: Google's clients may send it in the query
+    string (``?key=``), which uvicorn logs with the path."""
+
+    _KEY = re.compile(r"([?&]key=)[^&\s]*", re.IGNORECASE)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self._KEY.sub(r"\1[redacted]", a) if isinstance(a, str) else a for a in record.args
+            )
+        return True
+
 
 def server_config(
     app: Any,
@@ -74,7 +101,7 @@ def server_config(
 ) -> uvicorn.Config:
     """The uvicorn configuration Corral is served with, limits included (``uds``: served on
     that Unix socket, as the runs executor serves the gateway to its sandboxes)."""
-    return _Config(
+    config = _Config(
         app,
         limits=limits,
         uds=uds,
@@ -87,6 +114,12 @@ def server_config(
         timeout_graceful_shutdown=round(graceful_shutdown),
         backlog=2048,
     )
+    if access_log:  # after uvicorn configured its loggers (all at warning, above its lines)
+        access = logging.getLogger("uvicorn.access")
+        access.setLevel(logging.INFO)
+        if not any(isinstance(f, RedactKeys) for f in access.filters):
+            access.addFilter(RedactKeys())
+    return config
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -113,6 +146,8 @@ class LimitedHttp(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # uvicorn logs access whenever the process-wide logger has a handler: ask this server.
+        self.access_log = self.access_log and bool(getattr(self.config, "access_log", False))
         self._limits: HttpLimits = getattr(self.config, "limits", HttpLimits())
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False

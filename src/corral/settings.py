@@ -23,8 +23,11 @@ from pydantic_settings import (
 
 from corral.errors import ConfigError
 
-ProviderKind = Literal["openai", "anthropic", "openai-compatible", "sim"]
-Protocol = Literal["chat", "responses", "messages"]
+ProviderKind = Literal["openai", "anthropic", "google", "openai-compatible", "sim"]
+Protocol = Literal["chat", "responses", "messages", "gemini"]
+# What of a call's bodies is kept: the setting's values, and a team's own (its `body_capture`).
+BodyMode = Literal["off", "metadata", "full"]
+BODY_MODES: tuple[BodyMode, ...] = ("off", "metadata", "full")
 
 
 class CapacityConfig(BaseModel):
@@ -62,8 +65,8 @@ class ProviderConfig(BaseModel):
 
     name: str = Field(description="Name the catalog refers to, e.g. `openai`.")
     kind: ProviderKind = Field(
-        description="Wire family: `openai`, `anthropic`, `openai-compatible` "
-        "(vLLM, Ollama, llama.cpp server) or `sim` (Corral's simulator)."
+        description="Wire family: `openai`, `anthropic`, `google` (the Gemini API), "
+        "`openai-compatible` (vLLM, Ollama, llama.cpp server) or `sim` (Corral's simulator)."
     )
     base_url: str = Field(
         description="Base URL up to and including the version prefix's parent, "
@@ -77,7 +80,9 @@ class ProviderConfig(BaseModel):
     protocols: list[Protocol] | None = Field(
         default=None,
         description="Protocols this provider speaks; defaults by kind "
-        "(openai: chat, responses; anthropic: messages; openai-compatible: chat; sim: all).",
+        "(openai: chat, responses; anthropic: messages; google: gemini; openai-compatible: "
+        "chat; sim: all). A deployment serves every protocol: what its provider does not "
+        "speak is translated (docs/protocols.md).",
     )
     headers: dict[str, str] = Field(
         default_factory=dict, description="Extra headers sent upstream on every request."
@@ -392,7 +397,7 @@ class Settings(BaseSettings):
         description="Seconds between reloads of budgets and limits from the store; a change "
         "takes effect on every process within this interval.",
     )
-    trace_bodies: Literal["off", "metadata", "full"] = Field(
+    trace_bodies: BodyMode = Field(
         default="full",
         description="Raw request/response bodies kept for each LLM call, unless a team says "
         "otherwise (`corral teams set --bodies`): `full` (redacted, capped), `metadata` (size, "
@@ -463,6 +468,12 @@ class Settings(BaseSettings):
         description="Folder of run workspaces, scratch folders and artifacts. Default: "
         "`$CORRAL_HOME/runs`. Made 0700, Corral's alone; it may sit anywhere (under a 0700 "
         "home too): each run reaches only its own folders, through its sandbox's binds.",
+    )
+    artifact_dir: Path | None = Field(
+        default=None,
+        description="Folder of the artifact store: each run's logs, diff, report and "
+        "artifacts, written and read through it. Default: `$CORRAL_HOME/artifacts`. Made "
+        "0700. Servers sharing the database and this folder all serve every run's outputs.",
     )
     run_slots: int = Field(
         default=2, ge=0, description="Runs this process executes at once (0: it runs none)."

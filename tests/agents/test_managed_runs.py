@@ -1,4 +1,5 @@
-"""The real Claude Code and Codex CLIs complete a task as managed runs, metered to the run.
+"""The real Claude Code, Codex and Gemini CLIs complete a task as managed runs, metered to
+the run.
 
 Corral (gateway, in-process simulator playing ``data/managed_runs.toml``, run
 executor) runs on a loopback port; a user submits a run over the runs API.
@@ -6,7 +7,8 @@ The executor clones a fixture repository, mints the run key and starts the CLI
 inside bubblewrap as uid 65534, with the gateway relayed to
 ``127.0.0.1:4000`` inside. The script answers the task through the CLI's own
 tools (Claude Code: ``Read``, ``Edit``, ``Write``, ``Bash``; Codex:
-``exec_command``, with ``apply_patch`` run through it), then ends with a text
+``exec_command``, with ``apply_patch`` run through it; Gemini CLI: ``read_file``,
+``write_file``, ``run_shell_command``), then ends with a text
 turn. The run must end awaiting review with the change as its diff and the
 CLI's report, and every gateway record must carry the run, its team and owner.
 
@@ -74,6 +76,15 @@ CODEX = Task(
     changed=("notes.txt",),
     tool_output=("Corral runs agnets.", RUN_UID, "Updated the following files"),
     telemetry="codex",
+)
+GEMINI = Task(
+    agent="gemini",
+    binary="gemini",
+    task="Fix the typo in notes.txt (managed gemini run)",
+    calls=4,
+    changed=("notes.txt",),
+    tool_output=("Corral runs agnets.", RUN_UID),
+    telemetry="gemini-cli",
 )
 
 
@@ -164,7 +175,8 @@ def llm_calls(running: Running, run_id: str, source: str, want: int) -> list[Any
 
 def tool_outputs(body: dict[str, Any]) -> list[str]:
     """The tool results a request carries back: Messages ``tool_result`` blocks, Responses
-    ``function_call_output``/``custom_tool_call_output`` items."""
+    ``function_call_output``/``custom_tool_call_output`` items, Gemini ``functionResponse``
+    parts."""
     found: list[str] = []
     for message in body.get("messages", []):
         content = message.get("content")
@@ -174,6 +186,10 @@ def tool_outputs(body: dict[str, Any]) -> list[str]:
     for item in body.get("input", []):
         if item.get("type") in ("function_call_output", "custom_tool_call_output"):
             found.append(json.dumps(item.get("output")))
+    for content in body.get("contents", []):
+        for part in content.get("parts", []):
+            if "functionResponse" in part:
+                found.append(json.dumps(part["functionResponse"].get("response")))
     return found
 
 
@@ -228,3 +244,9 @@ def test_codex_completes_a_managed_run(managed: Running, repo: Path) -> None:
     """Codex, sandboxed, patches through exec_command; its diff, report and metered calls come
     back on the run."""
     check_managed_run(managed, repo, CODEX)
+
+
+def test_gemini_cli_completes_a_managed_run(managed: Running, repo: Path) -> None:
+    """Gemini CLI, sandboxed, reads, writes and runs a command with its own tools over the
+    Gemini API; its diff, report and metered calls come back on the run."""
+    check_managed_run(managed, repo, GEMINI)

@@ -1,4 +1,4 @@
-"""The real Claude Code and Codex CLIs (from npm) complete a turn through Corral.
+"""The real Claude Code, Codex and Gemini CLIs (from npm) complete a turn through Corral.
 
 They are installed into .cache/npm by scripts/install-agents.sh (``make agents``;
 .ci/run does it). Under CI=true a missing CLI fails the test; elsewhere it skips.
@@ -109,3 +109,34 @@ def test_codex_completes_a_turn(corral: Running, tmp_path: Path) -> None:
     assert rows[0].protocol == "responses"
     assert rows[0].status == "ok"
     assert rows[0].input_tokens > 0
+
+
+def gemini_env(corral: Running, home: Path) -> dict[str, str]:
+    """Gemini CLI on an API key against the gateway, with no folder-trust prompt."""
+    env = base_env(home)
+    settings = {
+        "security": {"auth": {"selectedType": "gemini-api-key"}, "folderTrust": {"enabled": False}}
+    }
+    (home / ".gemini").mkdir(exist_ok=True)
+    (home / ".gemini" / "settings.json").write_text(json.dumps(settings))
+    env.update(GEMINI_API_KEY=corral.key, GOOGLE_GEMINI_BASE_URL=corral.url)
+    return env
+
+
+def test_gemini_cli_completes_a_turn(corral: Running, tmp_path: Path) -> None:
+    env = gemini_env(corral, tmp_path / "home")
+    argv = [str(cli("gemini")), "-p", "Say hello to the platform team", "-m", "sim-standard"]
+    result = run_cli([*argv, "--output-format", "json"], env, tmp_path)
+    out = json.loads(result.stdout[result.stdout.index("{") :])
+    assert "simulator" in out["response"].lower(), out
+    rows = [r for r in corral.records() if r.model_requested == "sim-standard"]
+    assert rows
+    assert all(r.key_id == corral.key_id for r in rows)
+    assert {r.protocol for r in rows} == {"gemini"}
+    assert all(r.status == "ok" for r in rows)
+    # The CLI's own token count of its calls is what Corral recorded.
+    tokens = out["stats"]["models"]["sim-standard"]["tokens"]
+    assert tokens["prompt"] == sum(r.input_tokens + r.cached_input_tokens for r in rows) > 0
+    assert tokens["cached"] == sum(r.cached_input_tokens for r in rows)
+    assert tokens["candidates"] == sum(r.output_tokens for r in rows) > 0
+    assert tokens["thoughts"] == sum(r.reasoning_tokens for r in rows)

@@ -1,5 +1,6 @@
-"""The real Claude Code and Codex CLIs send their own telemetry to Corral while calling models
-through it: their events land on the right team and run, and each call is counted once."""
+"""The real Claude Code, Codex and Gemini CLIs send their own telemetry to Corral while
+calling models through it: their events land on the right team and run, and each call is
+counted once."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from corral.store.schema import keys, span_rollups, spans
-from tests.agents.test_real_cli_agents import claude_env, cli, run_cli, run_codex
+from tests.agents.test_real_cli_agents import claude_env, cli, gemini_env, run_cli, run_codex
 from tests.gateway.conftest import Running
 
 pytestmark = pytest.mark.agent_cli
@@ -125,3 +126,21 @@ def _sources(corral: Running) -> list[str]:
         if any(s.startswith("codex") for s in found) or time.monotonic() > deadline:
             return found
         time.sleep(0.2)
+
+
+def test_gemini_cli_telemetry_joins_the_gateway_records(corral: Running, tmp_path: Path) -> None:
+    """Over OTLP/HTTP (Gemini CLI's other choice, gRPC, Corral does not take)."""
+    make_run_key(corral)
+    env = gemini_env(corral, tmp_path / "home")
+    env.update(
+        GEMINI_TELEMETRY_ENABLED="true",
+        GEMINI_TELEMETRY_TARGET="local",
+        GEMINI_TELEMETRY_OTLP_ENDPOINT=corral.url,
+        GEMINI_TELEMETRY_OTLP_PROTOCOL="http",
+        GEMINI_TELEMETRY_LOG_PROMPTS="true",
+        OTEL_EXPORTER_OTLP_HEADERS=f"authorization=Bearer {corral.key}",
+        OTEL_RESOURCE_ATTRIBUTES=f"corral.run_id={RUN}",
+    )
+    argv = [str(cli("gemini")), "-p", "Say hello", "-m", "sim-standard"]
+    run_cli(argv, env, tmp_path)
+    check_one_trajectory(corral, "gemini-cli")

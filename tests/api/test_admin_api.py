@@ -238,7 +238,7 @@ def test_providers_and_models_come_from_the_catalog(corral: Corral) -> None:
             "name": "sim",
             "kind": "sim",
             "base_url": corral.app.settings.sim_url,
-            "protocols": ["chat", "messages", "responses"],
+            "protocols": ["chat", "gemini", "messages", "responses"],
             "api_key_env": None,
             "api_key_set": False,
         }

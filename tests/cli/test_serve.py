@@ -126,3 +126,37 @@ def test_corral_home_is_private(tmp_path: Path) -> None:
         if m & 0o077 and p != runs and runs not in p.parents and not p.is_socket()
     }
     assert open_to_others == {}
+
+
+def test_the_access_log_never_holds_a_key_sent_in_the_query(tmp_path: Path) -> None:
+    """Google's clients may put the key in ``?key=``; uvicorn logs the path with its query."""
+    home = tmp_path / "home"
+    port = _free_port()
+    env = {**_environ(home, f"sqlite:///{tmp_path / 'c.db'}"), "CORRAL_ACCESS_LOG": "true"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral", "serve", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stderr=subprocess.STDOUT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    secret = "sk-corral-secret-in-the-query-0123456789"
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(url + "/metrics", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                assert proc.poll() is None
+                time.sleep(0.2)
+        answer = httpx.get(f"{url}/v1beta/models", params={"alt": "json", "key": secret})
+        assert answer.status_code == 401
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)  # uvicorn's access log goes to stdout
+    assert "/v1beta/models?alt=json&key=[redacted]" in out, out[-2000:]
+    assert secret not in out

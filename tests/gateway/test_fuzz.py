@@ -7,6 +7,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.gateway.conftest import Running
+from tests.gateway.test_gemini import crossing
+
+__all__ = ["crossing"]
 
 scalars = (
     st.none()
@@ -100,3 +103,81 @@ def test_raw_bytes(corral: Running, raw: bytes, path: str) -> None:
     with httpx.Client(base_url=corral.url, timeout=30) as c:
         r = c.post(path, content=raw, headers={"x-api-key": corral.key})
     assert r.status_code < 500, (raw, r.text[:300])
+
+
+part = st.fixed_dictionaries(
+    {},
+    optional={
+        "text": content,
+        "thought": json_values,
+        "functionCall": st.fixed_dictionaries(
+            {"name": st.text(max_size=8) | json_values}, optional={"args": json_values}
+        )
+        | json_values,
+        "functionResponse": st.fixed_dictionaries(
+            {"name": st.text(max_size=8) | json_values}, optional={"response": json_values}
+        )
+        | json_values,
+        "inlineData": json_values,
+        "fileData": json_values,
+    },
+)
+gemini_content = st.fixed_dictionaries(
+    {"parts": st.lists(part, max_size=3) | json_values},
+    optional={"role": st.sampled_from(["user", "model", "function", "x"]) | json_values},
+)
+gemini_bodies = st.fixed_dictionaries(
+    {"contents": st.lists(gemini_content, max_size=3) | json_values},
+    optional={
+        "systemInstruction": gemini_content | json_values,
+        "tools": json_values,
+        "toolConfig": json_values,
+        "generationConfig": st.fixed_dictionaries(
+            {},
+            optional={
+                "maxOutputTokens": st.integers(-5, 100_000) | json_values,
+                "thinkingConfig": json_values,
+                "responseMimeType": st.sampled_from(["application/json", "text/plain"])
+                | json_values,
+                "responseSchema": json_values,
+                "stopSequences": json_values,
+                "topK": json_values,
+            },
+        )
+        | json_values,
+        "safetySettings": json_values,
+        "generation_config": json_values,
+    },
+)
+gemini_paths = st.sampled_from(
+    [
+        "/v1beta/models/{m}:generateContent",
+        "/v1beta/models/{m}:streamGenerateContent?alt=sse",
+        "/v1/models/{m}:countTokens",
+        "/v1beta/models/{m}:nope",
+    ]
+)
+
+
+@FUZZ
+@given(body=gemini_bodies, path=gemini_paths, model=st.sampled_from(["sim-standard", "nope", ""]))
+def test_gemini_bodies(corral: Running, body: object, path: str, model: str) -> None:
+    check(corral, path.format(m=model), body)
+
+
+@FUZZ
+@given(body=gemini_bodies, path=gemini_paths, model=st.sampled_from(["chat-only", "claude-x"]))
+def test_gemini_bodies_crossing_protocols(
+    crossing: Running, body: object, path: str, model: str
+) -> None:
+    """Through the internal form: a Chat-only and an Anthropic deployment."""
+    check(crossing, path.format(m=model), body)
+
+
+@FUZZ
+@given(body=st.one_of(chat_bodies, messages_bodies, responses_bodies))
+def test_other_clients_crossing_to_a_google_deployment(crossing: Running, body: object) -> None:
+    if isinstance(body, dict):
+        body = {**body, "model": "gemini-x"}
+    for path in ("/v1/chat/completions", "/v1/messages", "/v1/responses"):
+        check(crossing, path, body)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import orjson
 import pytest
@@ -21,6 +22,7 @@ class CaptureUpstream:
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, dict[str, str], dict[str, Any]]] = []
+        self.queries: list[bytes] = []
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -34,7 +36,19 @@ class CaptureUpstream:
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         data = orjson.loads(body)
         self.seen.append((scope["path"], headers, data))
-        if scope["path"] == "/v1/messages":
+        self.queries.append(scope["query_string"])
+        if scope["path"].endswith(":generateContent"):
+            reply = {
+                "candidates": [
+                    {
+                        "content": {"role": "model", "parts": [{"text": "captured"}]},
+                        "finishReason": "STOP",
+                    }
+                ],
+                "usageMetadata": {"promptTokenCount": 12, "candidatesTokenCount": 4},
+                "responseId": "gem_cap",
+            }
+        elif scope["path"] == "/v1/messages":
             reply = {
                 "id": "msg_cap",
                 "type": "message",
@@ -91,6 +105,7 @@ def corral_with_providers(
         ProviderConfig(name="oai", kind="openai", base_url=url, api_key_env="TEST_OAI_SECRET"),
         ProviderConfig(name="ant", kind="anthropic", base_url=url, api_key_env="TEST_ANT_SECRET"),
         ProviderConfig(name="local", kind="openai-compatible", base_url=url),
+        ProviderConfig(name="goog", kind="google", base_url=url, api_key_env="TEST_GOOG_SECRET"),
     ]
     models = [
         ModelConfig(
@@ -98,8 +113,15 @@ def corral_with_providers(
         ),
         ModelConfig(name="claude-x", provider="ant", input_price=3, output_price=15),
         ModelConfig(name="qwen-local", provider="local", input_price=0, output_price=0),
+        ModelConfig(
+            name="gem-x", provider="goog", upstream_model="gemini-9", input_price=1, output_price=2
+        ),
     ]
-    secrets = {"TEST_OAI_SECRET": "sk-provider-openai", "TEST_ANT_SECRET": "sk-provider-anthropic"}
+    secrets = {
+        "TEST_OAI_SECRET": "sk-provider-openai",
+        "TEST_ANT_SECRET": "sk-provider-anthropic",
+        "TEST_GOOG_SECRET": "goog-provider-secret",
+    }
     with gateway_corral(
         tmp_path / "home",
         f"sqlite:///{tmp_path / 'c.db'}",
@@ -170,9 +192,15 @@ def test_openai_compatible_without_secret_translation_and_protocol_mismatch(
     assert path == "/v1/chat/completions"
     assert sent["max_tokens"] == 5  # the field an openai-compatible server reads
     assert sent["messages"] == [{"role": "user", "content": "hi"}]
-    # Responses has a translation to Chat only: an Anthropic-only deployment cannot serve it.
-    with pytest.raises(openai.BadRequestError, match="does not speak the OpenAI Responses"):
-        client.responses.create(model="claude-x", input="hi")
+    # A Responses client reaches an Anthropic-only deployment through the internal form.
+    answer = client.responses.create(model="claude-x", input="hi", max_output_tokens=9)
+    assert answer.output_text == "captured"
+    assert answer.usage is not None
+    assert (answer.usage.input_tokens, answer.usage.output_tokens) == (11, 7)
+    path, _, sent = capture.seen[-1]
+    assert path == "/v1/messages"
+    assert sent["max_tokens"] == 9
+    assert sent["messages"] == [{"role": "user", "content": "hi"}]
 
 
 def test_missing_provider_secret_is_a_clear_502(
@@ -198,3 +226,28 @@ def test_missing_provider_secret_is_a_clear_502(
                 model="gpt-x", messages=[{"role": "user", "content": "hi"}]
             )
         assert caught.value.status_code == 502
+
+
+def test_google_provider_gets_its_key_and_never_the_callers(
+    corral_with_providers: Running, upstream: tuple[CaptureUpstream, str]
+) -> None:
+    """The caller's Corral key in ``?key=`` must not reach Google: the upstream path and
+    query are the adapter's own, the upstream model in the path, the secret in a header."""
+    corral = corral_with_providers
+    capture, _ = upstream
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    answer = httpx.post(
+        corral.url + "/v1beta/models/gem-x:generateContent",
+        params={"key": corral.key},
+        json=body,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["candidates"][0]["content"]["parts"] == [{"text": "captured"}]
+    path, headers, sent = capture.seen[-1]
+    assert path == "/v1beta/models/gemini-9:generateContent"
+    assert capture.queries[-1] == b""
+    assert headers["x-goog-api-key"] == "goog-provider-secret"
+    assert corral.key not in str(headers)
+    assert "model" not in sent
+    (row,) = corral.records()
+    assert (row.protocol, row.input_tokens, row.output_tokens) == ("gemini", 12, 4)

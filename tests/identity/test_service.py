@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -31,8 +30,6 @@ from corral.identity.service import (
 from corral.settings import Settings
 from corral.store import Store
 from corral.store.schema import keys as keys_table
-from corral.store.schema import spans
-from corral.traces import rollup
 
 
 @pytest.fixture
@@ -245,105 +242,18 @@ def test_concurrent_bootstraps_mint_one_admin_key(store_url: str, tmp_path: Path
     assert len([r for r in results if r is not None]) == 1
 
 
-def _store_spans(store: Store, rows: list[dict[str, Any]]) -> None:
-    """Store spans as the span writer does: the rows and their roll-ups in one transaction."""
-    with store.begin() as conn:
-        conn.execute(spans.insert(), rows)
-        rollup.apply(conn, store.is_sqlite, rollup.contributions(rows))
-
-
-def _span(n: int, **values: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "span_id": f"{n:016x}",
-        "trace_id": f"{n:032x}",
-        "kind": "llm_request",
-        "name": "chat",
-        "status": "ok",
-        "start_ns": 1_800_000_000 * 10**9,
-        "end_ns": 1_800_000_001 * 10**9,
-        "input_tokens": 0,
-        "cached_input_tokens": 0,
-        "cache_write_tokens": 0,
-        "output_tokens": 0,
-        "reasoning_tokens": 0,
-        "cost_nusd": 0,
-    }
-    base.update(values)
-    return base
-
-
-def test_usage_groups_llm_requests(svc: IdentityService, store: Store, clock: ManualClock) -> None:
-    """Totals per team/user/key/model, readable names, attempts not double counted."""
+def test_team_and_user_names(svc: IdentityService) -> None:
+    """Names are read for the ids asked for; unknown ids are left out, none asked reads none."""
     pay, search = svc.create_team("payments"), svc.create_team("search")
-    alice = svc.create_user("alice", "payments")
-    bob = svc.create_user("bob", "search")
-    k1, _ = svc.create_key("payments", "alice", name="laptop")
-    k2, raw2 = svc.create_key("search", "bob")
-    now_ns = int(clock.now() * 1e9)
-    chain_a = {"team_id": pay.id, "user_id": alice.id, "key_id": k1.id}
-    chain_b = {"team_id": search.id, "user_id": bob.id, "key_id": k2.id}
-    rows = [
-        _span(1, **chain_a, model_requested="m1", input_tokens=10, output_tokens=5,
-              cached_input_tokens=3, cache_write_tokens=2, reasoning_tokens=1,
-              cost_nusd=1_500, start_ns=now_ns - 10**9),
-        _span(2, **chain_a, model_requested="m2", input_tokens=20, output_tokens=7,
-              cost_nusd=2_000_000_001, start_ns=now_ns - 2 * 10**9),
-        # the attempt under request 2: must not be counted again
-        _span(3, **chain_a, kind="attempt", model_requested="m2", input_tokens=20,
-              cost_nusd=2_000_000_001, start_ns=now_ns - 2 * 10**9),
-        _span(4, **chain_b, model_requested="m1", input_tokens=1, cost_nusd=7,
-              start_ns=now_ns - 3600 * 10**9),
-        # outside a 24h window
-        _span(5, **chain_b, model_requested="m1", input_tokens=1000, cost_nusd=9,
-              start_ns=now_ns - 2 * 86400 * 10**9),
-    ]  # fmt: skip
-    _store_spans(store, rows)
-    since = parse_since("24h", clock.now())
-
-    by_team = [r.to_dict("team") for r in svc.usage("team", since)]
-    assert by_team == [
-        {
-            "team": "payments",
-            "team_id": pay.id,
-            "requests": 2,
-            "input_tokens": 30,
-            "cached_input_tokens": 3,
-            "cache_write_tokens": 2,
-            "output_tokens": 12,
-            "reasoning_tokens": 1,
-            "cost_usd": 2.000001501,
-        },
-        {
-            "team": "search",
-            "team_id": search.id,
-            "requests": 1,
-            "input_tokens": 1,
-            "cached_input_tokens": 0,
-            "cache_write_tokens": 0,
-            "output_tokens": 0,
-            "reasoning_tokens": 0,
-            "cost_usd": 7e-09,
-        },
-    ]
-    assert {r.label: r.requests for r in svc.usage("model", since)} == {"m1": 2, "m2": 1}
-    assert {r.label: r.requests for r in svc.usage("model", 0.0)} == {"m1": 3, "m2": 1}
-    by_key = {r.group_id: r.label for r in svc.usage("key", since)}
-    assert by_key == {k1.id: "laptop", k2.id: f"{shown_prefix(raw2)}…"}
-    assert [r.label for r in svc.usage("user", since, team_id=search.id)] == ["bob"]
-    assert [r.requests for r in svc.usage("user", since, key_id=k1.id)] == [2]
-    assert "model_id" not in svc.usage("model", since)[0].to_dict("model")
-    with pytest.raises(InvalidRequest):
-        svc.usage("colour", since)  # type: ignore[arg-type]
-
-
-def test_usage_of_spans_without_identity_is_labelled_none(
-    svc: IdentityService, store: Store
-) -> None:
-    _store_spans(store, [_span(1, cost_nusd=5)])
-    [row] = svc.usage("team", 0.0)
-    assert (row.label, row.group_id, row.requests) == ("(none)", None, 1)
-    [row] = svc.usage("model", 0.0)
-    assert row.label == "(none)"
+    alice = svc.create_user("alice", pay.id)
+    bot = svc.create_user("ci", search.id, kind="service")
+    assert svc.team_names([pay.id, search.id, "team_gone"]) == {
+        pay.id: "payments",
+        search.id: "search",
+    }
+    assert svc.team_names([]) == {}
+    assert svc.user_names({alice.id, bot.id, pay.id}) == {alice.id: "alice", bot.id: "ci"}
+    assert svc.user_names(iter(())) == {}
 
 
 def test_parse_duration_and_since() -> None:

@@ -49,6 +49,12 @@ class Runs:
     repo: Path
     dir: Path
 
+    @property
+    def store(self) -> Path:
+        """The artifact store's folder (``artifact_dir``)."""
+        settings = self.corral.app.settings
+        return settings.artifact_dir or settings.home / "artifacts"
+
     def api(self, key: str | None = None) -> httpx.Client:
         return httpx.Client(
             base_url=self.corral.url,
@@ -95,7 +101,13 @@ def start_runs(
     """A Corral executing runs under ``shared_dir/runs``, with team payments, user ada and
     her key; ``settings`` on top of the quick ones; on SQLite unless ``database_url``."""
     need_sandbox()
-    settings = {**QUICK, "runs_dir": shared_dir / "runs", "sim_script": sample.SCRIPT, **settings}
+    settings = {
+        **QUICK,
+        "runs_dir": shared_dir / "runs",
+        "artifact_dir": shared_dir / "artifacts",
+        "sim_script": sample.SCRIPT,
+        **settings,
+    }
     url = database_url or f"sqlite:///{home}/corral.db"
     with run_corral(home / "home", url, **settings) as corral:
         identity = IdentityService(corral.app.store, corral.app.clock)

@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from corral.runs.artifacts import LocalArtifactStore
+from corral.runs.outputs import Folder, Unreadable
 from tests.runs.conftest import Runs, make_repo, start_runs
 
 PY = "/usr/bin/python3"
@@ -99,42 +101,48 @@ while not os.path.exists("stop"):
 """
 
 
-def test_an_artifact_swapped_under_a_download_never_serves_host_files(runs: Runs) -> None:
-    """While the agent keeps swapping artifacts/x between a file, a link to a host file and
-    a FIFO (and artifacts/d between a folder and a link to /etc), 300 downloads (bounded at
-    10 s) answer the agent's data or 404: never host content, never a hang."""
+def test_an_artifact_swapped_under_the_copy_never_stores_host_files(
+    runs: Runs, tmp_path: Path
+) -> None:
+    """What a run leaves is copied into the artifact store, and served from there. While the
+    agent keeps swapping artifacts/x between a file, a link to a host file and a FIFO (and
+    artifacts/d between a folder and a link to /etc), the store's own copy (300 copies of the
+    live run's folder, bounded at 10 s) keeps the agent's data or nothing: never host
+    content, never a hang. After the run, what is served holds only the agent's data."""
     run = runs.submit(command=[PY, "-c", SWAPPER], timeout="60s")
-    folder = runs.dir / "runs" / run["id"] / "artifacts"
+    root = runs.dir / "runs" / run["id"]
     deadline = time.monotonic() + 30
-    while not (folder / "ready").exists():
+    while not (root / "artifacts" / "ready").exists():
         assert time.monotonic() < deadline, runs.get(run["id"])
         time.sleep(0.05)
-    answers: Counter[tuple[str, int, bytes]] = Counter()
+    store = LocalArtifactStore(tmp_path / "store")
+    copied: Counter[tuple[str, bytes | None]] = Counter()
     end = time.monotonic() + 10
     try:
-        with httpx.Client(
-            base_url=runs.corral.url,
-            headers={"authorization": f"Bearer {runs.key}"},
-            timeout=5,  # a download blocked on the FIFO would fail here
-        ) as c:
-            for n in range(300):
-                if time.monotonic() > end:
-                    break
-                name = "artifacts/x" if n % 3 else "artifacts/d/shadow"
-                r = c.get(f"/api/v1/runs/{run['id']}/artifacts/{name}")
-                answers[(name, r.status_code, r.content if r.status_code == 200 else b"")] += 1
-                if n % 25 == 0:
-                    listed = c.get(f"/api/v1/runs/{run['id']}/artifacts")
-                    assert listed.status_code == 200, listed.text
+        for n in range(300):
+            if time.monotonic() > end:
+                break
+            with Folder(root) as folder:
+                store.collect(f"copy{n}", folder, "artifacts", "artifacts", budget=2**20)
+            for name in ("artifacts/x", "artifacts/d/shadow"):
+                try:
+                    with store.open(f"copy{n}", name) as opened:
+                        copied[(name, opened.read_at(0, 2**16))] += 1
+                except Unreadable:
+                    copied[(name, None)] += 1
     finally:
-        (folder / "stop").touch()
+        (root / "artifacts" / "stop").touch()
     assert runs.wait(run["id"])["state"] == "awaiting_review"
-    bodies = {content for (_, status, content) in answers if status == 200}
-    assert bodies <= {b"agent data\n"}, answers
-    statuses = {status for (_, status, _) in answers}
-    assert statuses <= {200, 404}, answers
-    assert sum(answers.values()) >= 50, answers  # the attack really ran
-    print(f"\nswap race: {dict(answers)}")
+    contents = {content for (_, content) in copied if content is not None}
+    assert contents <= {b"agent data\n"}, copied
+    assert contents, copied  # the agent's own file was copied at least once: the race ran
+    assert sum(copied.values()) >= 100, copied
+    with runs.api() as c:
+        for name in ("artifacts/x", "artifacts/d/shadow", "artifacts/d.real/shadow"):
+            r = c.get(f"/api/v1/runs/{run['id']}/artifacts/{name}")
+            assert r.status_code in (200, 404), r.text
+            assert r.status_code == 404 or r.content == b"agent data\n", r.content
+    print(f"\nswap race: {dict(copied)}")
 
 
 def test_a_fifo_in_the_artifacts_hangs_neither_the_listing_nor_the_download(runs: Runs) -> None:
@@ -171,7 +179,7 @@ def test_output_past_the_log_cap_is_dropped_without_growing_the_server(
         done = live.wait(run["id"], limit=120)
         peak, after = _rss("VmHWM"), _rss()
         assert done["state"] == "awaiting_review", done
-        log = live.dir / "runs" / run["id"] / "output" / "stdout.log"
+        log = live.store / run["id"] / "stdout.log"  # written into the artifact store
         kept = log.read_bytes()
         assert len(kept) < cap + 300, len(kept)
         assert kept.startswith(b"z" * cap + b"\n[corral: the log is cut here at 1048576 bytes")

@@ -8,6 +8,8 @@ from pathlib import Path
 import anthropic
 import openai
 import pytest
+from google import genai
+from google.genai import types
 
 from corral.sim import SimConfig
 from corral.sim.testing import RunningSim, running_sim
@@ -35,4 +37,12 @@ def anthropic_client(sim: RunningSim) -> Iterator[anthropic.Anthropic]:
     with anthropic.Anthropic(
         base_url=sim.url, api_key="sk-ant-sim", max_retries=0, timeout=10
     ) as client:
+        yield client
+
+
+@pytest.fixture
+def genai_client(sim: RunningSim) -> Iterator[genai.Client]:
+    """The google-genai SDK as shipped: ``/v1`` paths, no retries, a 10 s timeout."""
+    options = types.HttpOptions(base_url=sim.url, timeout=10_000)
+    with genai.Client(api_key="sim-key", http_options=options) as client:
         yield client

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from corral.errors import CorralError, RateLimited
+from corral.errors import CorralError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def install_error_handlers(api: FastAPI) -> None:
 async def _corral_error(request: Request, exc: Exception) -> JSONResponse:
     exc = cast(CorralError, exc)
     headers = None
-    if isinstance(exc, RateLimited) and exc.retry_after is not None:
+    if exc.retry_after is not None:
         headers = {"retry-after": str(max(1, round(exc.retry_after)))}
     return error_response(exc.status, exc.code, exc.message, headers)
 

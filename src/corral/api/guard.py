@@ -20,8 +20,8 @@ from collections.abc import Iterable
 
 from corral.api.context import CALLER, Host
 from corral.api.errors import error_response
+from corral.asgi import ASGIApp, Message, Receive, Scope, Send, api_key, read_body
 from corral.errors import AuthenticationFailed, CorralError
-from corral.gateway.http import ASGIApp, Message, Receive, Scope, Send, api_key, read_body
 
 
 class ApiGuard:

@@ -9,14 +9,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from pydantic import Field
-from sqlalchemy import func, select
 
 from corral.api.context import Ctx
 from corral.errors import InvalidRequest
 from corral.identity.service import parse_since
 from corral.routing.policy import add_stored, remove_stored
 from corral.settings import RoutePolicyConfig
-from corral.store.schema import spans
+from corral.traces.usage import provider_attempts
 
 
 def explain_route(
@@ -154,36 +153,10 @@ def capacity_report(
     contracts = {
         name: p.capacity for name, p in host.catalog.providers.items() if p.capacity is not None
     }
-    tokens = (
-        spans.c.input_tokens
-        + spans.c.cached_input_tokens
-        + spans.c.cache_write_tokens
-        + spans.c.output_tokens
-        + spans.c.reasoning_tokens
-    )
-    hour = (spans.c.start_ns // _NS_PER_HOUR).label("hour")
-    query = (
-        select(
-            spans.c.provider,
-            hour,
-            (spans.c.cost_source == "contract").label("reserved"),
-            func.count().label("attempts"),
-            func.coalesce(func.sum(tokens), 0).label("tokens"),
-        )
-        .where(
-            spans.c.kind == "attempt",
-            spans.c.source == "gateway",  # attempts the gateway made, not what agents report
-            spans.c.provider.in_(sorted(contracts)),
-            spans.c.start_ns >= int(start * 1e9),
-        )
-        .group_by(spans.c.provider, hour, spans.c.cost_source == "contract")
-    )
-    with host.store.connect() as conn:
-        rows = conn.execute(query).fetchall() if contracts else []
     table: dict[tuple[str, int], dict[str, Any]] = {}
-    for r in rows:
+    for r in provider_attempts(host.store, contracts, start):
         entry = table.setdefault(
-            (r.provider, int(r.hour)),
+            (r.provider, r.hour),
             {
                 "reserved_attempts": 0,
                 "overflow_attempts": 0,
@@ -192,8 +165,8 @@ def capacity_report(
             },
         )
         side = "reserved" if r.reserved else "overflow"
-        entry[f"{side}_attempts"] += int(r.attempts)
-        entry[f"{side}_tokens"] += int(r.tokens)
+        entry[f"{side}_attempts"] += r.attempts
+        entry[f"{side}_tokens"] += r.tokens
     providers = []
     for name, cap in sorted(contracts.items()):
         hours = []
@@ -216,9 +189,6 @@ def capacity_report(
             }
         )
     return {"since": datetime.fromtimestamp(start, UTC).isoformat(), "providers": providers}
-
-
-_NS_PER_HOUR = 3_600_000_000_000
 
 
 def _share(used: int, per_minute: int | None) -> float | None:

@@ -13,21 +13,26 @@ import contextlib
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path as FsPath
 from typing import Annotated, Protocol, Self, cast
 
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import func, select
 from starlette.background import BackgroundTask
 
 from corral.api.context import Ctx, Host
-from corral.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, StoreError
+from corral.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    ServiceUnavailable,
+)
 from corral.identity.service import parse_duration
 from corral.quota._model import NANO_PER_USD
 from corral.runs import outputs
 from corral.runs import workspace as workspaces
+from corral.runs.artifacts import ArtifactStore
 from corral.runs.executor import LocalExecutor
 from corral.runs.model import ACTIVE, STATES, Run
 from corral.runs.profiles import AgentContext
@@ -39,8 +44,8 @@ from corral.runs.service import (
     default_model,
     refuse_run_keys,
 )
-from corral.store.schema import spans, teams, users
 from corral.traces.spans import run_trace
+from corral.traces.usage import run_calls
 
 _RUN_ID = Annotated[str, Path(max_length=40, description="A run id (run_…).")]
 
@@ -184,15 +189,7 @@ def _out(ctx: Ctx, run: Run, *, detail: bool = False, names: _Names | None = Non
     calls, cost = 0, 0
     events: list[RunEventOut] = []
     if detail:
-        with host.store.connect() as conn:
-            row = conn.execute(
-                select(func.count(), func.coalesce(func.sum(spans.c.cost_nusd), 0)).where(
-                    spans.c.run_id == run.id,
-                    spans.c.kind == "llm_request",
-                    spans.c.source == "gateway",  # what the gateway metered, not agents' claims
-                )
-            ).one()
-        calls, cost = int(row[0]), int(row[1])
+        calls, cost = run_calls(host.store, run.id)
         history = host.runs.events(run.id)
         names.add_actors(ctx, [e.actor for e in history])
         events = [
@@ -231,18 +228,13 @@ class _Names:
     def of(cls, ctx: Ctx, found: list[Run]) -> _Names:
         user_ids = {u for r in found for u in (r.owner_id, r.requester_id) if u}
         team_ids = {r.team_id for r in found}
-        with _host(ctx).store.connect() as conn:
-            t = conn.execute(select(teams.c.id, teams.c.name).where(teams.c.id.in_(team_ids)))
-            u = conn.execute(select(users.c.id, users.c.name).where(users.c.id.in_(user_ids)))
-            return cls({r.id: r.name for r in t}, {r.id: r.name for r in u})
+        identity = ctx.service
+        return cls(identity.team_names(team_ids), identity.user_names(user_ids))
 
     def add_actors(self, ctx: Ctx, actors: list[str]) -> None:
         wanted = {a.removeprefix("user:") for a in actors if a.startswith("user:")}
         wanted -= self.users.keys()
-        if wanted:
-            with _host(ctx).store.connect() as conn:
-                rows = conn.execute(select(users.c.id, users.c.name).where(users.c.id.in_(wanted)))
-                self.users.update((r.id, r.name) for r in rows)
+        self.users.update(ctx.service.user_names(wanted))
 
     def actor(self, actor: str) -> str:
         """``user:usr_…`` as the user's name; ``admin`` and ``executor`` as they are."""
@@ -300,86 +292,74 @@ def _submit(ctx: Ctx, body: SubmitRun) -> Run:
     source = workspaces.check_source(body.repo, body.ref, policy)
     timeout = _timeout(body.timeout, s.run_default_timeout, s.run_max_timeout)
     if executor.refusal:  # after the request's own mistakes, which the caller can fix
-        raise StoreError(executor.refusal, status=503, code="runs_refused")
+        raise ServiceUnavailable(executor.refusal, code="runs_refused")
     return host.runs.new_run(
         req, ctx.caller, source=source, model=model, allowed=allowed, timeout_s=timeout,
         sandbox=executor.sandbox_label,
     )  # fmt: skip
 
 
-def _folder(host: RunsHost, run: Run) -> FsPath:
-    return host.executor.dir / run.id
-
-
 _OUTPUTS = ("diff.patch", "report.md", "stdout.log", "stderr.log")
-"""What Corral itself keeps of a run, in its ``output`` folder."""
+"""What Corral itself keeps of a run in the artifact store, beside the agent's artifacts."""
 _LOG_PAGE = 4 * 1024 * 1024
 """The most one logs request answers (the CLI asks again from the next offset)."""
 
 
 def _artifacts(host: RunsHost, run: Run) -> list[Artifact]:
-    """Corral's outputs and the regular files under the run's artifacts, found without
-    following a link (the agent's links, pipes and devices are not listed)."""
+    """Corral's outputs and the agent's artifacts, as the artifact store holds them (the
+    agent's links, pipes and devices were never copied in)."""
+    store = host.executor.artifacts
     found: list[Artifact] = []
-    try:
-        folder = outputs.Folder(_folder(host, run))
-    except outputs.Unreadable:  # the run has not started
-        return found
-    with folder:
-        for name in _OUTPUTS:
-            with contextlib.suppress(outputs.Unreadable):
-                found.append(Artifact(path=name, size=folder.size(f"output/{name}")))
-        for path, size in folder.files("artifacts"):
-            found.append(Artifact(path=f"artifacts/{path}", size=size))
+    for name in _OUTPUTS:
+        with contextlib.suppress(outputs.Unreadable), store.open(run.id, name) as opened:
+            found.append(Artifact(path=name, size=opened.size))
+    for path, size in store.list(run.id, "artifacts"):
+        found.append(Artifact(path=f"artifacts/{path}", size=size))
     return found
 
 
 def _open_artifact(host: RunsHost, run: Run, name: str) -> outputs.Opened:
-    """Artifact ``name`` opened for reading: one of Corral's outputs, or a regular file under
-    the run's artifacts reached without following a link; anything else is 404."""
-    if name in _OUTPUTS:
-        rel = f"output/{name}"
-    elif name.startswith("artifacts/"):
-        rel = name
-    else:
+    """Artifact ``name`` opened for reading from the artifact store: one of Corral's outputs,
+    or a file under ``artifacts/``; anything else is 404."""
+    if name not in _OUTPUTS and not name.startswith("artifacts/"):
         raise NotFound(f"artifact {name} not found")
     try:
-        with outputs.Folder(_folder(host, run)) as folder:
-            return folder.open(rel)
+        return host.executor.artifacts.open(run.id, name)
     except outputs.Unreadable as exc:
         what = "" if exc.what == "missing" else f" ({exc.what}: only regular files are served)"
         raise NotFound(f"artifact {name} not found for run {run.id}{what}") from exc
 
 
-def _read_patch(host: RunsHost, run: Run) -> str:
+def _read_patch(host: RunsHost, run: Run) -> bytes:
     """The run's patch (none: empty), at most ``run_diff_max_bytes`` of it; a run whose diff
     was too large to keep whole cannot be delivered."""
     cap = host.settings.run_diff_max_bytes
+    store = host.executor.artifacts
     try:
-        with outputs.Folder(_folder(host, run)) as folder:
-            too_large = _exists(folder, f"output/{outputs.DIFF_TOO_LARGE}")
-            with folder.open("output/diff.patch") as patch:
-                if too_large or patch.size > cap:
-                    raise Conflict(
-                        f"run {run.id}'s diff is larger than run_diff_max_bytes "
-                        f"({outputs.size_in_words(cap)}) and was not kept whole: it cannot "
-                        "be delivered; raise run_diff_max_bytes and run it again"
-                    )
-                data = patch.read_at(0, cap)
+        too_large = _exists(store, run.id, outputs.DIFF_TOO_LARGE)
+        with store.open(run.id, "diff.patch") as patch:
+            if too_large or patch.size > cap:
+                raise Conflict(
+                    f"run {run.id}'s diff is larger than run_diff_max_bytes "
+                    f"({outputs.size_in_words(cap)}) and was not kept whole: it cannot "
+                    "be delivered; raise run_diff_max_bytes and run it again"
+                )
+            data = patch.read_at(0, cap)
     except outputs.Unreadable:
-        return ""
+        return b""
     try:
-        return data.decode()
+        data.decode()
     except UnicodeDecodeError as exc:
         raise Conflict(
             f"run {run.id}'s patch is not UTF-8 text and cannot be delivered here: download it "
             f"(corral runs artifacts {run.id} diff.patch) and apply it with git"
         ) from exc
+    return data
 
 
-def _exists(folder: outputs.Folder, rel: str) -> bool:
+def _exists(store: ArtifactStore, run_id: str, name: str) -> bool:
     try:
-        folder.size(rel)
+        store.open(run_id, name).close()
     except outputs.Unreadable:
         return False
     return True
@@ -411,7 +391,7 @@ def _deliver(ctx: Ctx, run_id: str, body: Deliver) -> Delivered:
         commit = workspaces.deliver_branch(
             run.repo,
             run.base_commit,
-            _folder(host, run) / "output" / "diff.patch",  # checked by _read_patch
+            patch,  # read from the artifact store and checked by _read_patch
             body.branch,
             message=message,
             author=f"corral {run.id}",
@@ -433,7 +413,7 @@ def _deliver(ctx: Ctx, run_id: str, body: Deliver) -> Delivered:
     )
     return Delivered(
         run=_out(ctx, done, detail=True), branch=body.branch, commit=commit,
-        patch=patch if body.patch else None,
+        patch=patch.decode() if body.patch else None,
     )  # fmt: skip
 
 
@@ -503,8 +483,7 @@ def router() -> APIRouter:
             data = b""
             with (
                 contextlib.suppress(outputs.Unreadable),  # no log yet
-                outputs.Folder(_folder(host, run)) as folder,
-                folder.open(f"output/{stream}.log") as log,
+                host.executor.artifacts.open(run.id, f"{stream}.log") as log,
             ):
                 data = log.read_at(offset, _LOG_PAGE)
             headers = {

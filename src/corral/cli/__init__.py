@@ -66,7 +66,7 @@ COMMANDS: dict[str, Lazy] = {
     "sim": Lazy(
         "corral.sim.cli",
         "sim",
-        "Serve simulated OpenAI and Anthropic endpoints (no real model is involved).",
+        "Serve simulated OpenAI, Anthropic and Gemini endpoints (no real model is involved).",
     ),
     "spans": Lazy(
         "corral.cli.traces", "spans", "Read single spans and their bodies; search spans."

@@ -6,13 +6,13 @@ import os
 import time
 from typing import Any
 
+from corral.asgi import Headers, Scope, header
 from corral.errors import UpstreamError, UpstreamTimeout
 from corral.gateway.client import Response
-from corral.gateway.crossing import Crossing
-from corral.gateway.http import Headers, Scope, header
+from corral.gateway.hooks import Request
 from corral.gateway.upstream import FORWARD_RESPONSE
-from corral.gateway.wire import Wire
 from corral.identity import KeyInfo
+from corral.protocols import Adapter, Crossing
 from corral.quota.gate import Admission
 from corral.routing import Deployment
 from corral.settings import CapacityConfig
@@ -34,7 +34,9 @@ class Call:
         "failed",
         "key",
         "model",
+        "notes",
         "parent_span_id",
+        "request",
         "request_id",
         "response_body",
         "response_dropped",
@@ -54,7 +56,7 @@ class Call:
         "wire",
     )
 
-    def __init__(self, wire: Wire, scope: Scope) -> None:
+    def __init__(self, wire: Adapter, scope: Scope) -> None:
         self.t0 = time.perf_counter()
         self.start_ns = time.time_ns()
         self.wire = wire
@@ -73,6 +75,8 @@ class Call:
         self.t_up = 0.0
         self.t_up_end = 0.0
         self.ttft_ms: float | None = None
+        self.request: Request | None = None  # built only when a guard or observer is registered
+        self.notes: dict[str, Any] | None = None  # what the guards annotated
         self.admission: Admission | None = None
         self.body = b""
         self.chain: list[Deployment] = []  # the deployments this call may try, in order

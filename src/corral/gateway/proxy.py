@@ -17,15 +17,28 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import orjson
 
+from corral.asgi import (
+    JSON_CT,
+    SSE_CT,
+    Headers,
+    Receive,
+    Scope,
+    Send,
+    header,
+    parse_json_object,
+    read_body,
+    send_bytes,
+)
 from corral.errors import (
     ClientError,
     CorralError,
     InvalidRequest,
+    MethodNotAllowed,
     NotFound,
     PermissionDenied,
     RateLimited,
@@ -35,20 +48,7 @@ from corral.errors import (
 from corral.gateway import endpoints
 from corral.gateway.call import Call, response_headers, upstream_failure
 from corral.gateway.client import ClientConnectionError, Response
-from corral.gateway.crossing import StreamTranslator, can_serve, crossing
-from corral.gateway.http import (
-    JSON_CT,
-    SSE_CT,
-    Headers,
-    Receive,
-    Scope,
-    Send,
-    api_key,
-    header,
-    parse_json_object,
-    read_body,
-    send_bytes,
-)
+from corral.gateway.hooks import GatewayHooks, Request
 from corral.gateway.records import Records, class_of
 from corral.gateway.upstream import (
     Upstream,
@@ -56,32 +56,57 @@ from corral.gateway.upstream import (
     error_message,
     upstream_url,
 )
-from corral.gateway.wire import CHAT, MESSAGES, RESPONSES, Outcome, Wire
+from corral.identity import KeyCache
+from corral.protocols import CHAT, GEMINI, MESSAGES, Adapter, Outcome, Route, StreamTranslator
+from corral.protocols import crossing as crossing_for
+from corral.protocols import route as route_of
 from corral.quota import LimitExceeded, QuotaUnavailable
-from corral.quota.gate import refusal_attributes
+from corral.quota.gate import QuotaGate, refusal_attributes
 from corral.quota.rules import Chain
-from corral.routing import Deployment
-from corral.routing.catalog import PROTOCOL_NAMES, Prices
+from corral.routing import Catalog, Deployment
+from corral.routing.breaker import Breakers
+from corral.routing.catalog import Prices
+from corral.routing.policy import RoutePolicy
+from corral.settings import Settings
+from corral.traces import Recorder
+from corral.traces.policy import TracePolicy
 from corral.traces.spans import run_trace
-
-if TYPE_CHECKING:
-    from corral.app import CorralApp
 
 log = logging.getLogger(__name__)
 
-WIRES: dict[str, Wire] = {CHAT.path: CHAT, RESPONSES.path: RESPONSES, MESSAGES.path: MESSAGES}
-COUNT_TOKENS = endpoints.COUNT_TOKENS
 MODELS = "/v1/models"
 
 
 class Gateway(Records):
     """The ASGI application behind ``/v1/*``."""
 
-    def __init__(self, app: CorralApp, *, upstream: Upstream) -> None:
-        self.app = app
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        keys: KeyCache,
+        quotas: QuotaGate,
+        breakers: Breakers,
+        recorder: Recorder,
+        trace_policy: TracePolicy,
+        catalog: Callable[[], Catalog],
+        route_policy: Callable[[], RoutePolicy | None],
+        upstream: Upstream,
+        hooks: GatewayHooks | None = None,
+    ) -> None:
+        """``catalog`` and ``route_policy`` are read per call: both are replaced on reload."""
+        self.settings = settings
+        self.keys = keys
+        self.quotas = quotas
+        self.breakers = breakers
+        self.recorder = recorder
+        self.trace_policy = trace_policy
+        self._catalog = catalog
+        self._route_policy = route_policy
         self.upstream = upstream
-        self.max_body = app.settings.max_body_bytes
-        self.body_cap = app.settings.trace_body_max_bytes
+        self.hooks = hooks or GatewayHooks()
+        self.max_body = settings.max_body_bytes
+        self.body_cap = settings.trace_body_max_bytes
         self.rng = random.Random()  # weighted choice among a model's deployments
 
     async def start(self) -> None:
@@ -93,36 +118,48 @@ class Gateway(Records):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
-        wire = WIRES.get(path)
-        if wire is not None:
-            if method == "POST":
-                await self._model_call(wire, scope, receive, send)
-                return
-            await self._reject(
-                send, wire, InvalidRequest(f"use POST for {path}", status=405), Call(wire, scope)
-            )
-        elif path == COUNT_TOKENS and method == "POST":
-            await endpoints.count_tokens(self, scope, receive, send)
+        route = route_of(method, path, scope["query_string"])
+        if route is not None:
+            wanted = ("GET", "HEAD") if route.action == "models" else ("POST",)
+            if method not in wanted:
+                wrong = MethodNotAllowed(f"use {wanted[0]} for {path}")
+                await self._reject(send, route.adapter, wrong, Call(route.adapter, scope))
+            elif route.action == "generate":
+                await self._model_call(route, scope, receive, send)
+            elif route.action == "count_tokens":
+                await endpoints.count_tokens(self, route, scope, receive, send)
+            else:
+                await endpoints.models(self, route.adapter, scope, send, route.model)
         elif path == MODELS and method in ("GET", "HEAD"):
-            await endpoints.models(self, scope, send, None)
+            await endpoints.models(self, endpoints.list_adapter(scope), scope, send, None)
         elif path.startswith(MODELS + "/") and method in ("GET", "HEAD"):
-            await endpoints.models(self, scope, send, path[len(MODELS) + 1 :])
+            adapter = endpoints.list_adapter(scope)
+            await endpoints.models(self, adapter, scope, send, path[len(MODELS) + 1 :])
         else:
-            wire = MESSAGES if path.startswith("/v1/messages") else CHAT
+            wire = (
+                MESSAGES
+                if path.startswith("/v1/messages")
+                else GEMINI
+                if path.startswith("/v1beta/")
+                else CHAT
+            )
             missing = NotFound(f"no such endpoint: {method} {path}")
             await self._reject(send, wire, missing, Call(wire, scope))
 
     # -- model calls ----------------------------------------------------------
 
-    async def _model_call(self, wire: Wire, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _model_call(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+        wire = route.adapter
         call = Call(wire, scope)
         try:
-            data, body = await self._admit(call, scope, receive)
+            data, body = await self._admit(call, route, scope, receive)
         except ClientError as exc:
             await self._reject(send, wire, exc, call)
             return
         assert call.key is not None
-        chain = self.app.quotas.chain(call.key)
+        if self.hooks.watching and not await self._guard(call, data, scope, send):
+            return
+        chain = self.quotas.chain(call.key)
         rewrite = False
         if chain:
             try:
@@ -138,7 +175,31 @@ class Gateway(Records):
         finally:
             if call.admission is not None and not call.admission.done:
                 # Never reached the record path (a bug, or the task was cancelled).
-                self.app.quotas.release(call.admission)
+                self.quotas.release(call.admission)
+
+    async def _guard(self, call: Call, data: dict[str, Any], scope: Scope, send: Send) -> bool:
+        """Hand the call to the registered guards; False when one refused it (answered)."""
+        assert call.key is not None
+        assert call.model is not None
+        call.request = Request(
+            request_id=call.request_id,
+            key=call.key,
+            protocol=call.wire.name,
+            model=call.model,
+            stream=call.stream,
+            body=data,
+            headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
+            path=scope["path"],
+        )
+        try:
+            call.notes = self.hooks.guard(call.request)
+        except CorralError as exc:
+            audit = {"guard": {"refused": exc.code, "message": exc.message}}
+            error = (exc.code, exc.message)
+            self._record(call, status="refused", http=exc.status, error=error, attributes=audit)
+            await self._reject(send, call.wire, exc, call)
+            return False
+        return True
 
     async def _forward(
         self,
@@ -159,8 +220,8 @@ class Gateway(Records):
         deployment is tried, within ``route_max_attempts`` and ``route_deadline``; any other
         answer (a success, or an error that is the request's own) goes to the client.
         """
-        settings = self.app.settings
-        breakers = self.app.breakers
+        settings = self.settings
+        breakers = self.breakers
         deadline = call.t0 + settings.route_deadline
         needed = math.ceil(len(body) / settings.quota_input_bytes_per_token)
         chain = call.chain
@@ -234,9 +295,9 @@ class Gateway(Records):
             call.contract = None
             return None
         tokens = needed + (
-            call.wire.max_tokens(data) or self.app.settings.quota_default_max_output_tokens
+            call.wire.max_tokens(data) or self.settings.quota_default_max_output_tokens
         )
-        take = self.app.quotas.take_capacity
+        take = self.quotas.take_capacity
         wait = await take(provider.name, cap.reserved_rpm, cap.reserved_tpm, tokens)
         queue = wait is not None and cap.overflow == "queue" and wait > 0
         if queue and wait is not None and time.perf_counter() + wait < deadline:
@@ -268,28 +329,36 @@ class Gateway(Records):
         is_last: bool,
     ) -> CorralError | None:
         """One upstream try. None: the client got its answer. An error: try the next one."""
-        wire, deployment, breakers = call.wire, call.deployment, self.app.breakers
+        wire, deployment, breakers = call.wire, call.deployment, self.breakers
         assert deployment is not None
-        cross = call.crossing = crossing(wire, deployment)
+        cross = call.crossing = crossing_for(wire, deployment.provider.protocols)
+        model = deployment.upstream_model
         if cross is None:
             upstream_body, strip_usage = self._prepare(call, data, body, rewrite)
+            path = wire.upstream_path(model, call.stream, scope["query_string"])
         else:
             default_max = (
-                deployment.max_output_tokens or self.app.settings.quota_default_max_output_tokens
+                deployment.max_output_tokens or self.settings.quota_default_max_output_tokens
             )
             try:
-                upstream_body = cross.request(data, deployment, default_max)
+                upstream_body = cross.request(
+                    data,
+                    stream=call.stream,
+                    upstream_model=model,
+                    provider_kind=deployment.provider.kind,
+                    default_max=default_max,
+                )
             except InvalidRequest as exc:  # this deployment cannot take it; another may
                 call.skipped.append((deployment.id, f"cannot translate: {exc.message}"))
                 return exc
             strip_usage = call.strip_usage
+            path = cross.upstream.upstream_path(model, call.stream, b"")
         if call.bodies != "off" and upstream_body is not body:
             call.upstream_body = upstream_body  # the attempt's own request body
-        path = cross.upstream.path if cross is not None else wire.path
-        url = upstream_url(deployment, path, scope["query_string"])
+        url = upstream_url(deployment, path)
         extra = {"traceparent": f"00-{call.trace_id}-{call.attempt_span_id}-01"}
-        remaining = call.t0 + self.app.settings.route_deadline - time.perf_counter()
-        first_byte = min(self.app.settings.upstream_first_byte_timeout, remaining)
+        remaining = call.t0 + self.settings.route_deadline - time.perf_counter()
+        first_byte = min(self.settings.upstream_first_byte_timeout, remaining)
         call.t_up = time.perf_counter()
         try:
             headers = self.upstream.headers(deployment, scope["headers"], extra)
@@ -317,7 +386,7 @@ class Gateway(Records):
                     breakers.cool(deployment.id, retry_after)
                 message = error_message(payload) or f"HTTP {response.status}"
                 error = UpstreamError(
-                    f"{deployment.id}: {message}", status=response.status, code=error_class
+                    f"{deployment.id}: {message}", upstream_status=response.status, code=error_class
                 )
                 self._fail_attempt(call, response.status, error_class, message)
                 return error
@@ -357,7 +426,7 @@ class Gateway(Records):
         self, call: Call, http: int, error_class: str, message: str, error: CorralError
     ) -> CorralError:
         assert call.deployment is not None
-        self.app.breakers.record(call.deployment.id, error_class)
+        self.breakers.record(call.deployment.id, error_class)
         self._fail_attempt(call, http, error_class, message)
         return error
 
@@ -376,9 +445,11 @@ class Gateway(Records):
             return upstream_failure(exc, "starting the stream")
 
     async def _admit(
-        self, call: Call, scope: Scope, receive: Receive, *, counting: bool = False
+        self, call: Call, route: Route, scope: Scope, receive: Receive, *, counting: bool = False
     ) -> tuple[dict[str, Any], bytes]:
-        key = await self.app.keys.authenticate(api_key(scope))
+        key = await self.keys.authenticate(
+            call.wire.api_key(scope["headers"], scope["query_string"])
+        )
         if not key.may_call_models():
             raise PermissionDenied(
                 "this key cannot call models (it is an admin key); create a key for a user "
@@ -387,16 +458,18 @@ class Gateway(Records):
         call.key = key
         if call.parent_span_id is None and key.run_id is not None:
             call.trace_id, call.parent_span_id = run_trace(key.run_id)  # attach to its run
-        call.bodies = self.app.trace_policy.bodies(key.team_id)
+        call.bodies = self.trace_policy.bodies(key.team_id)
         body = await read_body(scope, receive, self.max_body)
         data = parse_json_object(body)
-        check = MESSAGES.check_count if counting else call.wire.check
-        call.model, call.stream = check(data)
+        if counting:
+            call.model = call.wire.check_count(data, route)
+        else:
+            call.model, call.stream = call.wire.check(data, route)
         key.check_model(call.model)
-        catalog = self.app.catalog
+        catalog = self.catalog
         primary = catalog.resolve(call.model)
         routed = call.model
-        policy = self.app.route_policy
+        policy = self._route_policy()
         if policy is not None and not counting:
             decision = policy.decide(
                 call.model,
@@ -407,17 +480,14 @@ class Gateway(Records):
             routed, call.route_reason = decision.model, decision.reason
         chain = []
         for d in catalog.chain(routed, self.rng):
-            if not can_serve(call.wire, d):
-                call.skipped.append((d.id, f"does not speak {call.wire.name}"))
-            elif key.allowed_models is not None and d.name not in key.allowed_models:
+            if key.allowed_models is not None and d.name not in key.allowed_models:
                 call.skipped.append((d.id, "model not allowed for this key"))
             else:
                 chain.append(d)
         if not chain:
-            raise InvalidRequest(
-                f"model {call.model!r} is served by provider {primary.provider.name!r}, which "
-                f"does not speak the {PROTOCOL_NAMES[call.wire.name]} protocol; call it through "
-                + " or ".join(WIRE_PATHS[p] for p in sorted(primary.provider.protocols))
+            raise PermissionDenied(
+                f"no deployment of model {primary.name!r} is allowed for this key",
+                code="model_not_allowed",
             )
         call.chain = chain
         call.deployment = chain[0]
@@ -437,8 +507,8 @@ class Gateway(Records):
         deployment = call.deployment
         assert deployment is not None
         requested = call.wire.max_tokens(data)
-        default = deployment.max_output_tokens or self.app.settings.quota_default_max_output_tokens
-        adm = await self.app.quotas.admit(
+        default = deployment.max_output_tokens or self.settings.quota_default_max_output_tokens
+        adm = await self.quotas.admit(
             chain,
             prices=Prices.dearest(d.prices for d in call.chain),  # any of them may serve it
             body_bytes=body_bytes,
@@ -469,7 +539,7 @@ class Gateway(Records):
             return None
         if (header(scope, b"x-corral-degrade") or "").strip().lower() in ("never", "false", "no"):
             return None
-        target = self.app.catalog.models.get(name)
+        target = self.catalog.models.get(name)
         if target is None or not target.speaks(call.wire.name):
             return None
         if key.allowed_models is not None and name not in key.allowed_models:
@@ -486,10 +556,7 @@ class Gateway(Records):
         deployment = call.deployment
         assert deployment is not None
         # Idempotent across attempts: an earlier attempt may have changed ``data`` already.
-        changed = rewrite or data.get("model") != call.model
-        if changed or deployment.upstream_model != call.model:
-            data["model"] = deployment.upstream_model
-            changed = True
+        changed = call.wire.set_model(data, deployment.upstream_model) or rewrite
         if call.strip_usage:  # asked for here, hidden from the client
             options = data.get("stream_options") or {}
             data["stream_options"] = {**options, "include_usage": True}
@@ -529,6 +596,9 @@ class Gateway(Records):
                 await self._reject(send, wire, error, call)
                 return
             call.keep_response(payload, self.body_cap)
+            if call.request is not None and self.hooks.observers:
+                elapsed = time.perf_counter() - call.t0
+                self.hooks.observe(call.request, payload, outcome, elapsed)
             self._record(call, status="ok", http=status, outcome=outcome)
         else:
             message = error_message(payload) or f"HTTP {status}"
@@ -573,6 +643,9 @@ class Gateway(Records):
                 chunk = transform.feed(raw) if transform is not None else raw
                 out, terminal = meter.feed(chunk)
                 call.keep_response(out, cap)
+                if call.request is not None and self.hooks.observers:
+                    elapsed = time.perf_counter() - call.t0
+                    self.hooks.observe(call.request, out, upstream(), elapsed)
                 if terminal and not abandoned.is_set():
                     call.t_up_end = time.perf_counter()
                     self._record_stream(call, upstream(), meter.events, complete=True)
@@ -612,21 +685,18 @@ class Gateway(Records):
                 await send(
                     {
                         "type": "http.response.body",
-                        "body": _sse_error(call.wire, failure, meter.events),
+                        "body": call.wire.sse_error(failure, meter.events),
                         "more_body": True,
                     }
                 )
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _reject(self, send: Send, wire: Wire, exc: CorralError, call: Call) -> None:
+    async def _reject(self, send: Send, wire: Adapter, exc: CorralError, call: Call) -> None:
         headers: Headers = [JSON_CT, *call.corral_headers(time.perf_counter())]
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
             headers.append((b"retry-after", str(max(1, round(retry_after))).encode()))
         await send_bytes(send, exc.status, headers, wire.error_body(exc))
-
-
-WIRE_PATHS = {wire.name: path for path, wire in WIRES.items()}
 
 
 FALLBACK_CLASSES = frozenset(
@@ -669,24 +739,6 @@ async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[by
 
 def _is_sse(response: Response) -> bool:
     return response.headers.get("content-type", "").startswith("text/event-stream")
-
-
-def _sse_error(wire: Wire, exc: CorralError, sequence: int) -> bytes:
-    """A well-formed error event in the stream's own protocol."""
-    if wire is MESSAGES:
-        return b"event: error\ndata: " + wire.error_body(exc) + b"\n\n"
-    if wire is RESPONSES:
-        payload = orjson.dumps(
-            {
-                "type": "error",
-                "code": exc.code,
-                "message": exc.message,
-                "param": None,
-                "sequence_number": sequence,
-            }
-        )
-        return b"event: error\ndata: " + payload + b"\n\n"
-    return b"data: " + wire.error_body(exc) + b"\n\n"
 
 
 async def _watch_disconnect(receive: Receive, abandoned: asyncio.Event, response: Response) -> None:

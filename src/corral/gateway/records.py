@@ -9,23 +9,36 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from corral.errors import CorralError, UpstreamError, UpstreamTimeout
-from corral.gateway.wire import Outcome, Usage
+from corral.gateway.hooks import FinishedCall, GatewayHooks
+from corral.protocols import Outcome, Usage
 from corral.tokens import count_tokens
 from corral.traces.spans import SPAN_DEFAULTS, identity_columns
 from corral.traces.writer import BODY_MODE
 
 if TYPE_CHECKING:
-    from corral.app import CorralApp
     from corral.gateway.call import Call
+    from corral.quota.gate import QuotaGate
+    from corral.routing import Catalog
+    from corral.traces import Recorder
 
 
 class Records:
     """The record methods of ``Gateway``."""
 
-    app: CorralApp
+    recorder: Recorder
+    quotas: QuotaGate
+    hooks: GatewayHooks
+
+    _catalog: Callable[[], Catalog]
+
+    @property
+    def catalog(self) -> Catalog:
+        """The catalog in force (it is replaced when the configuration is reloaded)."""
+        return self._catalog()
 
     def _fail_attempt(self, call: Call, http: int, error_class: str, message: str) -> None:
         """Keep the record of an attempt that failed before anything reached the client.
@@ -62,7 +75,7 @@ class Records:
             end_ns=call.start_ns + int((now - call.t0) * 1e9),
             upstream_ms=(now - call.t_up) * 1000,
             cost_source=_cost_source(call, False),
-            price_version=self.app.catalog.price_version,
+            price_version=self.catalog.price_version,
             source="gateway",
         )
         call.failed.append(row)
@@ -165,13 +178,15 @@ class Records:
             reasoning_tokens=usage.reasoning,
             cost_nusd=cost,
             cost_source=_cost_source(call, estimated),
-            price_version=self.app.catalog.price_version,
+            price_version=self.catalog.price_version,
             source="gateway",
         )
         adm = call.admission
         attrs: dict[str, Any] = dict(attributes or {})
         if adm is not None:
             attrs["admission"] = adm.attributes()
+        if call.notes:
+            attrs["guards"] = call.notes
         if call.failed or call.skipped or call.route_reason:
             attrs["route"] = {
                 "attempts": len(call.failed) + (status != "refused"),
@@ -199,10 +214,9 @@ class Records:
             rows = (row, *call.failed)
         else:
             rows = (row, *call.failed, attempt)
-        self.app.recorder.record(*rows)
-        traffic = self.app.metrics.traffic
-        for recorded in rows:
-            traffic.observe(recorded, key.team_name)
+        self.recorder.record(*rows)
+        if self.hooks.listeners:
+            self.hooks.finished(FinishedCall(key, rows))
         if adm is not None:
             tokens = (
                 usage.input
@@ -211,7 +225,7 @@ class Records:
                 + usage.output
                 + usage.reasoning
             )
-            self.app.quotas.settle(adm, usd=cost, tokens=tokens)
+            self.quotas.settle(adm, usd=cost, tokens=tokens)
 
 
 def _attach_bodies(call: Call, row: dict[str, Any], attempt: dict[str, Any]) -> None:

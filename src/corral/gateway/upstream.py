@@ -27,6 +27,7 @@ FORWARD_REQUEST = frozenset(
         b"accept",
         b"user-agent",
         b"x-stainless-helper-method",
+        b"x-goog-api-client",
     }
 )
 FORWARD_PREFIXES = (b"x-sim-",)
@@ -99,6 +100,9 @@ class Upstream:
             out.setdefault("anthropic-version", "2023-06-01")
             if secret:
                 out["x-api-key"] = secret
+        elif provider.kind == "google":
+            if secret:
+                out["x-goog-api-key"] = secret
         elif secret:
             out["authorization"] = f"Bearer {secret}"
         out.update(provider.headers)
@@ -123,9 +127,9 @@ def _host(url: str) -> str:
     return url.split("/", 3)[2] if url.count("/") >= 2 else url
 
 
-def upstream_url(deployment: Deployment, path: str, query: bytes) -> str:
-    url = deployment.provider.base_url + path
-    return url + "?" + query.decode("latin-1") if query else url
+def upstream_url(deployment: Deployment, path: str) -> str:
+    """The provider's base URL and ``path`` (the adapter's, with its query)."""
+    return deployment.provider.base_url + path
 
 
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "context_window_exceeded"})

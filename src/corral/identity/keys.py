@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select
 
 from corral.clock import Clock
-from corral.errors import AuthenticationFailed, PermissionDenied, UnknownModel
+from corral.errors import AuthenticationFailed, ModelNotAllowed, PermissionDenied
 from corral.store import Store
 from corral.store.schema import keys as keys_table
 from corral.store.schema import teams
@@ -78,10 +78,8 @@ class KeyInfo:
     def check_model(self, model: str) -> None:
         if self.allowed_models is not None and model not in self.allowed_models:
             allowed = ", ".join(sorted(self.allowed_models)) or "none"
-            raise UnknownModel(
-                f"model {model!r} is not allowed for this key (allowed: {allowed})",
-                status=403,
-                code="model_not_allowed",
+            raise ModelNotAllowed(
+                f"model {model!r} is not allowed for this key (allowed: {allowed})"
             )
 
     def may_call_models(self) -> bool:

@@ -1,4 +1,4 @@
-"""Identity: the organisation, its teams, users, service accounts and keys; usage roll-ups.
+"""Identity: the organisation, its teams, users, service accounts and keys.
 
 Everything here is synchronous and talks to the store directly; the admin API
 calls it from its thread pool. IDs are short prefixed random strings
@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Table, select
 from sqlalchemy.exc import IntegrityError
 
 from corral.clock import Clock
@@ -37,13 +37,10 @@ from corral.errors import (
     StoreError,
 )
 from corral.identity.keys import KEY_PREFIX, hash_key, mint_key, shown_prefix
-from corral.settings import Settings
+from corral.settings import BODY_MODES, Settings
 from corral.store import Store
 from corral.store.schema import keys as keys_table
 from corral.store.schema import orgs, teams, users
-from corral.traces import query
-from corral.traces import usage as traces_usage
-from corral.traces.policy import BODY_MODES
 
 DEFAULT_ORG_ID = "org_default"
 DEFAULT_ORG_NAME = "default"
@@ -59,8 +56,6 @@ MAX_RETENTION_DAYS = 3650
 
 UserKind = Literal["user", "service"]
 KeyRole = Literal["virtual", "team_admin"]
-GroupBy = Literal["team", "user", "key", "model"]
-GROUP_BY: tuple[GroupBy, ...] = ("team", "user", "key", "model")
 
 _NAME = re.compile(NAME_PATTERN)
 _DURATION = re.compile(r"^(\d{1,9})([smhdw])$")
@@ -135,63 +130,6 @@ class Key:
             key_hash=row.key_hash,
             parent_key_id=row.parent_key_id,
         )
-
-
-@dataclass(frozen=True, slots=True)
-class UsageRow:
-    """Totals of ``llm_request`` spans for one grouping value.
-
-    ``label`` is what people read (team name, user name, key name or prefix,
-    model); ``group_id`` is the id behind it (``None`` for models, and for
-    spans recorded without that part of the identity chain).
-    """
-
-    label: str
-    group_id: str | None
-    requests: int
-    input_tokens: int
-    cached_input_tokens: int
-    cache_write_tokens: int
-    output_tokens: int
-    reasoning_tokens: int
-    cost_nusd: int
-
-    @classmethod
-    def from_query(cls, row: traces_usage.UsageRow) -> UsageRow:
-        """The row of a one-dimension ``corral.traces.usage.usage``."""
-        [(_, label, group_id)] = row.group
-        return cls(
-            label=label,
-            group_id=group_id,
-            requests=row.requests,
-            input_tokens=row.input_tokens,
-            cached_input_tokens=row.cached_input_tokens,
-            cache_write_tokens=row.cache_write_tokens,
-            output_tokens=row.output_tokens,
-            reasoning_tokens=row.reasoning_tokens,
-            cost_nusd=row.cost_nusd,
-        )
-
-    @property
-    def cost_usd(self) -> float:
-        """Cost in USD, rounded to the nano-dollar the store counts in."""
-        return round(self.cost_nusd / 1e9, 9)
-
-    def to_dict(self, by: GroupBy) -> dict[str, Any]:
-        """The row as the API and ``corral usage --json`` show it, keyed by ``by``."""
-        out: dict[str, Any] = {by: self.label}
-        if by != "model":
-            out[f"{by}_id"] = self.group_id
-        out.update(
-            requests=self.requests,
-            input_tokens=self.input_tokens,
-            cached_input_tokens=self.cached_input_tokens,
-            cache_write_tokens=self.cache_write_tokens,
-            output_tokens=self.output_tokens,
-            reasoning_tokens=self.reasoning_tokens,
-            cost_usd=self.cost_usd,
-        )
-        return out
 
 
 def new_id(kind: str) -> str:
@@ -298,6 +236,10 @@ class IdentityService:
                 return _team(min(rows, key=lambda r: r.id != ref))  # an id match wins
         raise NotFound(f"team {_show(ref)} not found")
 
+    def team_names(self, ids: Iterable[str]) -> dict[str, str]:
+        """The names of the teams among ``ids`` (ids not found are left out)."""
+        return self._names(teams, ids)
+
     def set_team_policy(self, team: str, changes: Mapping[str, object]) -> Team:
         """Change a team's trajectory policy: ``body_capture`` ("off", "metadata", "full")
         and ``retention_days`` (days, more than 0, at most ten years); None restores the
@@ -359,6 +301,18 @@ class IdentityService:
             where = "" if team_id is None else f" in team {self._team_name(team_id)!r}"
             raise NotFound(f"user {_show(ref)} not found{where}")
         return _user(rows[0])
+
+    def user_names(self, ids: Iterable[str]) -> dict[str, str]:
+        """The names of the users and service accounts among ``ids`` (others left out)."""
+        return self._names(users, ids)
+
+    def _names(self, table: Table, ids: Iterable[str]) -> dict[str, str]:
+        wanted = set(ids)
+        if not wanted:
+            return {}
+        query = select(table.c.id, table.c.name).where(table.c.id.in_(wanted))
+        with self._store.connect() as conn:
+            return {row.id: row.name for row in conn.execute(query)}
 
     # -- keys --------------------------------------------------------------------
 
@@ -510,30 +464,6 @@ class IdentityService:
                 return None
             raise
         return raw
-
-    # -- usage -------------------------------------------------------------------
-
-    def usage(
-        self,
-        by: GroupBy,
-        since: float,
-        *,
-        until: float | None = None,
-        team_id: str | None = None,
-        key_id: str | None = None,
-    ) -> list[UsageRow]:
-        """Request, token and cost totals of LLM calls started in ``[since, until)``.
-
-        ``until`` defaults to no end. Rows come most expensive first. ``team_id`` and
-        ``key_id`` narrow the calls counted (a team admin sees its team, a virtual
-        key itself). Calls refused at admission never went upstream: audited, not
-        usage. See ``corral.traces.usage.usage`` for every dimension and measure.
-        """
-        if by not in GROUP_BY:
-            raise InvalidRequest(f"by must be one of {', '.join(GROUP_BY)}, not {_show(by)}")
-        visibility = query.Visibility(team_id=team_id, key_id=key_id)
-        rows = traces_usage.usage(self._store, visibility, [by], since, until)
-        return [UsageRow.from_query(row) for row in rows]
 
     def _team_name(self, team_id: str) -> str:
         with self._store.connect() as conn:

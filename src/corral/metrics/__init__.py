@@ -12,32 +12,60 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hmac
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import Collector
 
+from corral.asgi import api_key
 from corral.errors import CorralError
-from corral.gateway.http import api_key
 from corral.metrics.pipeline import PipelineCollector
 from corral.metrics.runs import RunsCollector
 from corral.metrics.traffic import Traffic
 
 if TYPE_CHECKING:
-    from corral.app import CorralApp
-    from corral.gateway.http import Headers, Receive, Scope, Send
+    from corral.asgi import Headers, Receive, Scope, Send
+    from corral.settings import Settings
 
 _STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class BreakerStatus(Protocol):
+    """The circuit breakers (``corral.routing.breaker.Breakers``)."""
+
+    def status(self) -> Mapping[str, Mapping[str, Any]]:
+        """Per deployment: ``state``, ``opened``, ``recent_attempts``, ``recent_failures``."""
+
+
+class Caller(Protocol):
+    @property
+    def role(self) -> str: ...
+
+
+class Authenticator(Protocol):
+    """The key cache (``corral.identity.KeyCache``): raises a ``CorralError`` for a bad key."""
+
+    async def authenticate(self, raw: str | None) -> Caller: ...
+
+
+class ModelNames(Protocol):
+    """The catalog (``corral.routing.Catalog``): its public names label the traffic."""
+
+    @property
+    def models(self) -> Mapping[str, object]: ...
+
+    @property
+    def tiers(self) -> Collection[str]: ...
 
 
 class BreakerCollector(Collector):
     """Breaker state (0 closed, 1 half-open, 2 open), openings and recent attempts."""
 
-    def __init__(self, app: CorralApp) -> None:
-        self._app = app
+    def __init__(self, breakers: BreakerStatus) -> None:
+        self._breakers = breakers
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         state = GaugeMetricFamily(
@@ -55,7 +83,7 @@ class BreakerCollector(Collector):
             "Attempts within the breaker's window, by outcome.",
             labels=["deployment", "outcome"],
         )
-        for deployment, b in self._app.breakers.status().items():
+        for deployment, b in self._breakers.status().items():
             state.add_metric([deployment], _STATES[b["state"]])
             opened.add_metric([deployment], b["opened"])
             failed = b["recent_failures"]
@@ -70,29 +98,28 @@ class Metrics:
     """The application's registry and its ASGI endpoint.
 
     ``traffic`` is the gateway's hook: its record path calls ``traffic.observe``
-    once per span row it records.
+    once per span row it records. ``on_loop`` are the collectors that read objects only
+    the event loop may walk (``BreakerCollector``, ``PipelineCollector``, ``RunsCollector``):
+    a scrape collects them on the loop; ``traffic`` is safe from any thread. ``keys``
+    authenticates a scrape that presents the org admin key.
     """
 
-    def __init__(self, app: CorralApp) -> None:
-        self._app = app
-        token = app.settings.metrics_token
+    def __init__(
+        self, settings: Settings, keys: Authenticator, on_loop: Sequence[Collector]
+    ) -> None:
+        self._keys = keys
+        self._settings = settings
+        token = settings.metrics_token
         self._token = token.get_secret_value().encode() if token is not None else None
-        self.traffic = Traffic(app.settings.metrics_max_teams)
-        app.on_startup.append(self._catalog_built)
-        # These read objects only the event loop may walk (the breakers' maps, the recorder's
-        # backlog): a scrape collects them on the loop. ``traffic`` is safe from any thread.
-        self._on_loop: tuple[Collector, ...] = (
-            BreakerCollector(app),
-            PipelineCollector(app),
-            RunsCollector(app),
-        )
+        self.traffic = Traffic(settings.metrics_max_teams)
+        self._on_loop = tuple(on_loop)
         self.registry = CollectorRegistry(auto_describe=True)
         for collector in (*self._on_loop, self.traffic):
             self.registry.register(collector)
 
-    def _catalog_built(self, app: CorralApp) -> None:
-        """The catalog exists from start-up on: its names are the ``model`` label values."""
-        self.traffic.set_models((*app.catalog.models, *app.catalog.tiers))
+    def catalog_built(self, catalog: ModelNames) -> None:
+        """Call once the catalog exists (start-up): its names are the ``model`` label values."""
+        self.traffic.set_models((*catalog.models, *catalog.tiers))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer a scrape in the format its ``Accept`` header asks for, gzipped if accepted.
@@ -128,7 +155,7 @@ class Metrics:
 
     async def _allowed(self, scope: Scope) -> bool:
         """Public, the metrics token, or the org admin key: the metrics name teams and spend."""
-        if self._app.settings.metrics_public:
+        if self._settings.metrics_public:
             return True
         presented = api_key(scope)
         if not presented:
@@ -136,7 +163,7 @@ class Metrics:
         if self._token is not None and hmac.compare_digest(presented.encode(), self._token):
             return True
         try:
-            caller = await self._app.keys.authenticate(presented)
+            caller = await self._keys.authenticate(presented)
         except CorralError:
             return False
         return caller.role == "admin"
@@ -159,4 +186,13 @@ def _render(encoder: Callable[[Collector], bytes], scrape: _Scrape, compress: bo
     return gzip.compress(text, compresslevel=6) if compress else text
 
 
-__all__ = ["BreakerCollector", "Metrics", "PipelineCollector", "RunsCollector", "Traffic"]
+__all__ = [
+    "Authenticator",
+    "BreakerCollector",
+    "BreakerStatus",
+    "Metrics",
+    "ModelNames",
+    "PipelineCollector",
+    "RunsCollector",
+    "Traffic",
+]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -47,6 +47,21 @@ _COST_SLOT = _TOKEN_SLOT + len(TOKEN_TYPES)
 MAX_ERROR_CLASSES = 64
 
 _NUSD_PER_USD = 1e9
+
+
+class _Key(Protocol):
+    @property
+    def team_name(self) -> str | None: ...
+
+
+class _Finished(Protocol):
+    """What a gateway call listener is given (``corral.gateway.hooks.FinishedCall``)."""
+
+    @property
+    def key(self) -> _Key: ...
+
+    @property
+    def rows(self) -> tuple[Mapping[str, Any], ...]: ...
 
 
 class Histogram:
@@ -117,6 +132,12 @@ class Traffic(Collector):
         self._models = frozenset(names)
 
     # -- request path ------------------------------------------------------------------
+
+    def listen(self, call: _Finished) -> None:
+        """A gateway call listener: count the finished call's span rows."""
+        team = call.key.team_name
+        for row in call.rows:
+            self.observe(row, team)
 
     def observe(self, row: Mapping[str, Any], team: str | None) -> None:
         """Count one span row the gateway recorded (``llm_request`` or ``attempt``).

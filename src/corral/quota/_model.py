@@ -30,8 +30,6 @@ Window = Literal["hour", "day", "month", "total"]
 Check = Literal["rpm", "tpm", "concurrency", "budget"]
 
 NANO_PER_USD = 1_000_000_000
-BUDGET_STATUS = 402
-"""Budgets refuse with 402: retrying will not help until the window resets (see docs/quotas.md)."""
 
 WINDOW_WORDS: dict[Window, str] = {
     "hour": "hourly",
@@ -51,23 +49,24 @@ class LimitExceeded(RateLimited):
     """A limit of one level of the chain refused the request.
 
     429 for RPM, TPM and concurrency (``retry_after`` is the wait until the
-    next minute, ``None`` for concurrency); 402 for an exhausted budget
-    (``retry_after`` is the wait until the window resets, ``None`` for a
-    ``total`` budget, which never resets).
+    next minute, ``None`` for concurrency); budgets raise ``BudgetExceeded``.
     """
 
     def __init__(
         self, message: str, *, scope: Level, limit_kind: Check, retry_after: float | None
     ) -> None:
-        budget = limit_kind == "budget"
-        super().__init__(
-            message,
-            retry_after=retry_after,
-            status=BUDGET_STATUS if budget else None,
-            code="budget_exceeded" if budget else None,
-        )
+        super().__init__(message, retry_after=retry_after)
         self.scope = scope
         self.limit_kind: Check = limit_kind
+
+
+class BudgetExceeded(LimitExceeded):
+    """A budget of one level is spent: 402, as retrying will not help until the window resets
+    (``retry_after`` is the wait until then, ``None`` for a ``total`` budget, which never
+    resets; see docs/quotas.md)."""
+
+    status = 402
+    code = "budget_exceeded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,4 +354,4 @@ def refusal(
     else:
         msg += f", resets at {_iso(slot.reset_at)}"
         retry_after = slot.reset_at - plan.now
-    return LimitExceeded(msg, scope=lp.level, limit_kind=check, retry_after=retry_after)
+    return BudgetExceeded(msg, scope=lp.level, limit_kind=check, retry_after=retry_after)

@@ -22,14 +22,9 @@ from corral.settings import CapacityConfig, ModelConfig, Protocol, ProviderConfi
 DEFAULT_PROTOCOLS: dict[str, tuple[Protocol, ...]] = {
     "openai": ("chat", "responses"),
     "anthropic": ("messages",),
+    "google": ("gemini",),
     "openai-compatible": ("chat",),
-    "sim": ("chat", "responses", "messages"),
-}
-
-PROTOCOL_NAMES: dict[str, str] = {
-    "chat": "OpenAI Chat Completions",
-    "responses": "OpenAI Responses",
-    "messages": "Anthropic Messages",
+    "sim": ("chat", "responses", "messages", "gemini"),
 }
 
 # What Corral serves when no provider is configured: the simulator's models,

@@ -98,12 +98,16 @@ def _kind(mode: int) -> str:
     return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
 
 
-def _parts(rel: str) -> list[str]:
-    """``rel`` as path components; refused unless a plain relative path (no ``..``)."""
+def plain_parts(rel: str) -> list[str]:
+    """``rel`` as path components; refused (``Unreadable``) unless a plain relative path: no
+    ``..``, ``.``, empty component or NUL."""
     parts = rel.split("/")
     if not rel or "\x00" in rel or any(p in ("", ".", "..") for p in parts):
         raise Unreadable(rel, _OUTSIDE)
     return parts
+
+
+_parts = plain_parts
 
 
 # -- one open file --------------------------------------------------------------------------
@@ -238,6 +242,19 @@ class Folder(_Descriptor):
                     if len(found) >= limit:
                         break
         return sorted(found)
+
+    def others(self, rel: str, *, limit: int = LIST_MAX) -> dict[str, str]:
+        """What below folder ``rel`` is neither a regular file nor a folder (links, pipes,
+        devices, sockets), by path under ``rel``, with what it is (``a symbolic link``...)."""
+        found: dict[str, str] = {}
+        with contextlib.suppress(Unreadable), self._folder(_parts(rel), rel) as fd:
+            for path, info in _walk(fd, LIST_DEPTH, deep=None):
+                if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+                    if _printable(path):
+                        found[path] = _kind(info.st_mode)
+                    if len(found) >= limit:
+                        break
+        return found
 
     @contextlib.contextmanager
     def _folder(self, parts: list[str], rel: str) -> Iterator[int]:
@@ -390,12 +407,21 @@ def over_quota(folder: Path, quota_mb: int) -> str | None:
 
 class RunFiles:
     """What a profile may read its report from, after the agent exited: the run's
-    artifacts (text, capped) and the tail of its stdout."""
+    artifacts (text, capped) and the tail of its stdout (``stdout_tail(n)``, the last ``n``
+    bytes, where the logs are kept; by default ``output/stdout.log`` in ``folder``)."""
 
-    def __init__(self, folder: Folder, *, max_bytes: int, stdout_bytes: int = 200_000) -> None:
+    def __init__(
+        self,
+        folder: Folder,
+        *,
+        max_bytes: int,
+        stdout_bytes: int = 200_000,
+        stdout_tail: Callable[[int], bytes] | None = None,
+    ) -> None:
         self._folder = folder
         self.max_bytes = max_bytes
         self._stdout_bytes = stdout_bytes
+        self._stdout_tail = stdout_tail or (lambda n: folder.tail("output/stdout.log", n))
 
     def artifact(self, name: str) -> str | None:
         """The artifact ``name`` (e.g. ``report.md``) as text, at most ``max_bytes`` of it;
@@ -412,9 +438,7 @@ class RunFiles:
     def stdout(self) -> str:
         """The end of the agent's stdout (as the server kept it) as text."""
         try:
-            return self._folder.tail("output/stdout.log", self._stdout_bytes).decode(
-                errors="replace"
-            )
+            return self._stdout_tail(self._stdout_bytes).decode(errors="replace")
         except Unreadable:
             return ""
 

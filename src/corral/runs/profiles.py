@@ -10,8 +10,9 @@ the host folders its install needs bound into the sandbox; ``report`` finds its
 final report after it exits, reading the run's files only through the ``RunFiles``
 it is given (links are not followed, sizes are capped: the agent made those files).
 
-Profiles are pluggable: ``PROFILES`` maps a name to a profile object, and a
-deployment can add its own (anything with the ``Profile`` methods).
+Profiles are pluggable: the executor is given a mapping of name to profile
+(``default_profiles()`` by default), and a deployment or an extension adds its
+own (anything with the ``Profile`` methods) as an entry.
 """
 
 from __future__ import annotations
@@ -112,12 +113,20 @@ def find_cli(name: str, ctx: AgentContext) -> Path:
 
 
 def package_root(executable: Path) -> Path:
-    """The folder holding an npm package's ``package.json`` above ``executable`` (the whole
-    install must be bound), else the executable's own folder."""
+    """What the sandbox must bind for the npm package holding ``executable``: the
+    ``node_modules`` tree the package sits in, whole, when there is one (``npm install
+    --prefix DIR`` puts its dependencies beside it, and Codex's platform binary is the
+    sibling package ``@openai/codex-linux-x64``), else the folder holding its
+    ``package.json``, else the executable's own folder."""
+    found = executable.parent
     for folder in executable.parents:
         if (folder / "package.json").exists():
+            found = folder
+            break
+    for folder in (found, *found.parents):
+        if folder.name == "node_modules":
             return folder
-    return executable.parent
+    return found
 
 
 def _tail_report(stdout: str) -> str | None:
@@ -350,13 +359,14 @@ class Aider(_Base):
 
 class Gemini(_Base):
     name = "gemini"
-    description = "Google's Gemini CLI (gemini -p); telemetry only: see docs/runs.md"
+    description = "Google's Gemini CLI (gemini -p), over the Gemini API"
 
     def check(self, ctx: AgentContext) -> None:
         find_cli("gemini", ctx)
 
     def command(self, ctx: AgentContext) -> list[str]:
-        return [str(find_cli("gemini", ctx)), "-p", ctx.task, "--model", ctx.model, "--yolo"]
+        gemini = str(find_cli("gemini", ctx))
+        return [gemini, "-p", ctx.task, "--model", ctx.model, "--yolo", "--output-format", "json"]
 
     def environment(self, ctx: AgentContext) -> dict[str, str]:
         return {
@@ -367,10 +377,35 @@ class Gemini(_Base):
             "GEMINI_TELEMETRY_TARGET": "local",
             "GEMINI_TELEMETRY_OTLP_ENDPOINT": ctx.gateway,
             "GEMINI_TELEMETRY_OTLP_PROTOCOL": "http",
+            "GEMINI_TELEMETRY_LOG_PROMPTS": "true",
         }
+
+    def files(self, ctx: AgentContext) -> dict[str, str]:
+        """An API key as its sign-in (no browser), and no folder-trust prompt: the sandbox
+        is the boundary, and nothing answers a prompt."""
+        settings = {
+            "security": {
+                "auth": {"selectedType": "gemini-api-key"},
+                "folderTrust": {"enabled": False},
+            },
+        }
+        return {".gemini/settings.json": json.dumps(settings)}
 
     def read_only(self, ctx: AgentContext) -> list[Path]:
         return [package_root(find_cli("gemini", ctx))]
+
+    def report(self, outputs: RunFiles) -> str | None:
+        """``--output-format json`` prints one JSON object whose ``response`` is the answer."""
+        text = outputs.stdout()
+        start = text.find("{")
+        if start >= 0:
+            try:
+                parsed = json.loads(text[start:])
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict) and isinstance(parsed.get("response"), str):
+                return str(parsed["response"])[: outputs.max_bytes]
+        return super().report(outputs)
 
 
 class Command(_Base):

@@ -143,26 +143,31 @@ class Sandbox:
 
     @contextlib.contextmanager
     def cgroups(self) -> Iterator[list[Path]]:
-        """Per-run cgroups capping memory and process count (removed afterwards); empty when
-        the host offers none (``probe`` says so)."""
+        """Per-run cgroups capping memory and process count, and one measuring CPU time
+        (``cpuacct``, where the host has it; removed afterwards); empty when the host offers
+        none (``probe`` says so)."""
         made: list[Path] = []
         name = self.cgroup_name or f"corral-{uuid.uuid4().hex[:12]}"
-        wanted = {
+        wanted: dict[str, tuple[str, int] | None] = {
             "memory": ("memory.limit_in_bytes", self.limits.memory_bytes),
             "pids": ("pids.max", self.limits.processes),
+            "cpuacct": None,  # measured only (``usage``)
         }
         try:
-            for controller, (knob, value) in wanted.items():
+            for controller, knob in wanted.items():
                 root = _CGROUP_ROOT / controller
                 if not (root / "cgroup.procs").exists():
                     continue
                 group = root / name
                 group.mkdir()
                 made.append(group)
-                (group / knob).write_text(str(value))
+                if knob is not None:
+                    (group / knob[0]).write_text(str(knob[1]))
                 if controller == "memory":
                     with contextlib.suppress(OSError):  # no swap accounting on some hosts
-                        (group / "memory.memsw.limit_in_bytes").write_text(str(value))
+                        (group / "memory.memsw.limit_in_bytes").write_text(
+                            str(self.limits.memory_bytes)
+                        )
                 os.chown(group / "cgroup.procs", self.uid, self.uid)  # the child joins itself
             yield made
         finally:
@@ -312,6 +317,23 @@ def limits_hit(groups: Sequence[Path], limits: Limits) -> list[str]:
     return hit
 
 
+def usage(groups: Sequence[Path]) -> tuple[int | None, int | None, float | None]:
+    """A live run's memory (bytes), process count and CPU time (seconds) from its cgroups;
+    None for what the host does not measure."""
+    memory = processes = None
+    cpu = None
+    for group in groups:
+        with contextlib.suppress(OSError, ValueError):
+            controller = group.parent.name
+            if controller == "memory":
+                memory = int((group / "memory.usage_in_bytes").read_text())
+            elif controller == "pids":
+                processes = int((group / "pids.current").read_text())
+            elif controller == "cpuacct":
+                cpu = int((group / "cpuacct.usage").read_text()) / 1e9
+    return memory, processes, cpu
+
+
 def _is_bwrap(pid: int) -> bool:
     try:
         return os.path.basename(os.readlink(f"/proc/{pid}/exe")) == "bwrap"
@@ -323,7 +345,7 @@ def remove_leftovers(name: str) -> int:
     """Kill whatever is left in the cgroups named ``name`` (a dead server's run) and remove
     them; return how many processes were killed."""
     killed = 0
-    for controller in ("memory", "pids"):
+    for controller in ("memory", "pids", "cpuacct"):
         group = _CGROUP_ROOT / controller / name
         if group.is_dir():
             with contextlib.suppress(OSError):

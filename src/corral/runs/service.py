@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from corral.clock import Clock
 from corral.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, UnknownModel
@@ -260,6 +260,15 @@ class RunService:
             rows = conn.execute(select(runs).where(runs.c.state.in_(list(states))))
             return [Run.from_row(r) for r in rows]
 
+    def counts(self) -> dict[tuple[str, str], int]:
+        """How many runs each team has in each state, keyed ``(team_id, state)``: counts only,
+        for pages that may not show what a run is."""
+        query = select(runs.c.team_id, runs.c.state, func.count()).group_by(
+            runs.c.team_id, runs.c.state
+        )
+        with self._store.connect() as conn:
+            return {(team, state): int(n) for team, state, n in conn.execute(query)}
+
     # -- change ----------------------------------------------------------------------------
 
     def transition(
@@ -334,9 +343,8 @@ def _check_model(key: KeyInfo, model: str) -> None:
     try:
         key.check_model(model)
     except UnknownModel as exc:
-        raise UnknownModel(
+        raise type(exc)(
             f"{exc.message}: a run may use only models the key that submits it may call",
-            status=exc.status,
             code=exc.code,
         ) from exc
 

@@ -1,4 +1,4 @@
-"""Corral's provider simulator: OpenAI Chat, OpenAI Responses and Anthropic Messages.
+"""Corral's provider simulator: OpenAI Chat and Responses, Anthropic Messages, Google Gemini.
 
 It answers with realistic token counts, latency, rate limits, faults and
 scripted conversations, and always says it is a simulator. See

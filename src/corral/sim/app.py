@@ -14,6 +14,7 @@ import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 
@@ -23,6 +24,7 @@ from corral.sim.cache import PrefixCache
 from corral.sim.chat import chat_frames, chat_json, parse_chat
 from corral.sim.config import SimConfig
 from corral.sim.delivery import (
+    SSE_HEADERS,
     Channel,
     Headers,
     Pace,
@@ -33,18 +35,38 @@ from corral.sim.delivery import (
     deliver_json,
     deliver_stream,
 )
-from corral.sim.faults import ErrorReply, context_error, fault_error, render_error, timeout_error
+from corral.sim.faults import (
+    ErrorReply,
+    ErrorShape,
+    context_error,
+    fault_error,
+    render_error,
+    timeout_error,
+)
+from corral.sim.gemini import (
+    ACTIONS,
+    GeminiPath,
+    gemini_count,
+    gemini_frames,
+    gemini_json,
+    gemini_malformed,
+    match_path,
+    model_entry,
+    models_body,
+    parse_gemini,
+)
 from corral.sim.generate import (
     Phrasebook,
     Reply,
     default_reply,
     request_digest,
     scripted_reply,
+    structured_reply,
 )
 from corral.sim.messages import messages_frames, messages_json, parse_messages
 from corral.sim.options import FaultKind, ModelOptions, parse_faults, parse_options
 from corral.sim.ratelimit import RateLimiter
-from corral.sim.request import SimRequest
+from corral.sim.request import Protocol, SimRequest
 from corral.sim.responses import parse_responses, responses_frames, responses_json
 from corral.sim.script import Script, load_script, parse_script
 from corral.sim.wire import Frame, Meta, Usage
@@ -57,13 +79,25 @@ _PARSERS: dict[str, Callable[[Any], SimRequest]] = {
     "messages": parse_messages,
     "count_tokens": lambda body: parse_messages(body, count_only=True),
 }
+_SHAPES: dict[Protocol, ErrorShape] = {
+    "chat": "openai",
+    "responses": "openai",
+    "messages": "anthropic",
+    "gemini": "google",
+}
 _ROUTES = {
     "/v1/chat/completions": "chat",
     "/v1/responses": "responses",
     "/v1/messages": "messages",
     "/v1/messages/count_tokens": "count_tokens",
 }
-_ID_PREFIX = {"chat": "chatcmpl-sim", "responses": "resp_sim", "messages": "msg_sim"}
+_ID_PREFIX = {
+    "chat": "chatcmpl-sim",
+    "responses": "resp_sim",
+    "messages": "msg_sim",
+    "gemini": "gemini-sim",
+}
+_TOO_LARGE = ErrorReply(413, "too_large", "request body too large for the simulator")
 _MALFORMED = {
     "chat": Frame(b'data: {"id": "corral-sim-malformed", "choices": [\n\n'),
     "responses": Frame(b'event: response.output_text.delta\ndata: {"type": "response.out\n\n'),
@@ -91,6 +125,7 @@ class SimApp:
         # A per-instance tag keeps ids unique across restarts of the simulator.
         self._tag = os.urandom(3).hex()
         self._models = _models_body(config.models, int(self._clock.now()))
+        self._gemini_models = models_body(config.models, window=config.context_window)
         self._phrases = Phrasebook.standard()
 
     def close(self) -> None:
@@ -118,23 +153,29 @@ class SimApp:
         path: str = scope["path"].rstrip("/") or "/"
         if not path.startswith("/v1") and path != "/":
             path = "/v1" + path  # clients whose base URL lacks the /v1 prefix
+        gemini = match_path(path)
+        if gemini is not None:
+            await self._gemini(method, scope, gemini, channel)
+            return
         route = _ROUTES.get(path)
         anthropic = (
             path.startswith("/v1/messages") or _header(scope, b"anthropic-version") is not None
         )
+        shape: ErrorShape = "anthropic" if anthropic else "openai"
         if route is not None and method == "POST":
             body = await _read_body(channel.receive)
             if body is None:
-                error = ErrorReply(413, "too_large", "request body too large for the simulator")
-                await self._error(channel, error, anthropic=anthropic)
+                await self._error(channel, _TOO_LARGE, shape=shape)
                 return
-            await self._generate(route, scope, body, channel)
+            count = _count_messages if route == "count_tokens" else None
+            await self._generate(_PARSERS[route], scope, body, channel, shape=shape, count=count)
         elif method in ("GET", "HEAD") and path in ("/", "/v1"):
             await channel.respond(200, _JSON, b'{"service":"corral-sim","simulator":true}')
         elif method == "GET" and path == "/v1/models":
             await channel.respond(200, _JSON, self._models)
         elif method == "GET" and path.startswith("/v1/models/"):
-            await channel.respond(200, _JSON, _model_body(path.removeprefix("/v1/models/"), 0))
+            name = path.removeprefix("/v1/models/")
+            await channel.respond(200, _JSON, _model_body(name, self.config.context_window))
         else:
             message = f"{method} {scope['path']} is not served by Corral's simulator"
             error = (
@@ -142,35 +183,73 @@ class SimApp:
                 if route
                 else ErrorReply(404, "not_found", message)
             )
-            await self._error(channel, error, anthropic=anthropic)
+            await self._error(channel, error, shape=shape)
 
-    async def _generate(self, route: str, scope: Scope, body: bytes, channel: Channel) -> None:
-        anthropic = route in ("messages", "count_tokens")
+    async def _gemini(self, method: str, scope: Scope, call: GeminiPath, channel: Channel) -> None:
+        """Google's routes: the model list and model, and the three ``:action`` calls."""
+        where = f"{method} {scope['path']}"
+        if not call.action and method == "GET":
+            window = self.config.context_window
+            found = orjson.dumps(model_entry(call.model, window=window)) if call.model else None
+            await channel.respond(200, _JSON, found or self._gemini_models)
+            return
+        if call.action and call.action not in ACTIONS:
+            served = ", ".join(ACTIONS)
+            message = f"{where} is not served by Corral's simulator (it serves {served})"
+            await self._error(channel, ErrorReply(404, "not_found", message), shape="google")
+            return
+        if method != "POST" or not call.action:
+            verb = "POST" if call.action else "GET"
+            message = f"{where} is not served by Corral's simulator: use {verb}"
+            error = ErrorReply(405, "method_not_allowed", message)
+            await self._error(channel, error, shape="google")
+            return
+        body = await _read_body(channel.receive)
+        if body is None:
+            await self._error(channel, _TOO_LARGE, shape="google")
+            return
+        sse = _query(scope, "alt") == "sse"
+
+        def parse(data: Any) -> SimRequest:
+            return parse_gemini(data, call.model, action=call.action, sse=sse)
+
+        count = gemini_count if call.action == "countTokens" else None
+        await self._generate(parse, scope, body, channel, shape="google", count=count)
+
+    async def _generate(
+        self,
+        parse: Callable[[Any], SimRequest],
+        scope: Scope,
+        body: bytes,
+        channel: Channel,
+        *,
+        shape: ErrorShape,
+        count: Callable[[SimRequest], bytes] | None = None,
+    ) -> None:
+        """Parse, then answer: the token count when ``count`` is given, else a generation."""
         try:
-            request = _PARSERS[route](_decode(body))
+            request = parse(_decode(body))
             options = _header_options(scope).over(request.options)
             script = _header_script(scope) or self.script
         except InvalidRequest as exc:
-            await self._error(
-                channel, ErrorReply(400, "invalid_request", exc.message), anthropic=anthropic
-            )
+            await self._error(channel, ErrorReply(400, "invalid_request", exc.message), shape=shape)
             return
-        if route == "count_tokens":
-            await channel.respond(200, _JSON, orjson.dumps({"input_tokens": request.prompt.total}))
+        if count is not None:
+            await channel.respond(200, _JSON, count(request))
             return
         fault = self._draw_fault(options)
         hang_s = options.timeout_s if options.timeout_s is not None else self.config.fault_timeout_s
         error = self._refusal(request, options, fault)
         if error is not None:
-            await self._error(channel, error, anthropic=anthropic)
+            await self._error(channel, error, shape=shape)
             return
         if fault == "timeout":
-            await self._time_out(channel, hang_s, anthropic=anthropic)
+            await self._time_out(channel, hang_s, shape=shape)
             return
         reply = self._reply(request, options, script)
         refused, limit_headers = self._admit(request, options, reply)
         if refused is not None:
-            await self._error(channel, refused, anthropic=anthropic, extra=limit_headers)
+            await self._error(channel, refused, shape=shape, extra=limit_headers)
             return
         await self._answer(request, reply, channel, options, fault, hang_s, limit_headers)
 
@@ -178,12 +257,12 @@ class SimApp:
         self, request: SimRequest, options: ModelOptions, fault: FaultKind | None
     ) -> ErrorReply | None:
         """The error answer due before any generation: an injected fault or a full context."""
-        anthropic = request.protocol == "messages"
+        shape = _SHAPES[request.protocol]
         if fault is not None:
             retry = options.retry_after_s
             error = fault_error(
                 fault,
-                anthropic=anthropic,
+                shape=shape,
                 retry_after_s=self.config.retry_after_s if retry is None else retry,
             )
             if error is not None:
@@ -192,9 +271,9 @@ class SimApp:
         tokens = request.prompt.total
         if fault == "context":
             limit = min(window or tokens, tokens - 1)
-            return context_error(tokens, limit, anthropic=anthropic, injected=True)
+            return context_error(tokens, limit, shape=shape, injected=True)
         if window is not None and tokens > window:
-            return context_error(tokens, window, anthropic=anthropic, injected=False)
+            return context_error(tokens, window, shape=shape, injected=False)
         return None
 
     def _draw_fault(self, options: ModelOptions) -> FaultKind | None:
@@ -205,6 +284,10 @@ class SimApp:
 
     def _reply(self, request: SimRequest, options: ModelOptions, script: Script | None) -> Reply:
         digest = request_digest(request, self.config.seed)
+        if request.structured is not None:
+            # JSON-mode side requests (an agent's routing or next-speaker checks) get an
+            # example of their schema; scripts play the conversation's own turns.
+            return structured_reply(request, digest, self._phrases)
         if script is not None:
             conversation = script.find(request.base_model, request.opening_text)
             if conversation is not None:
@@ -226,14 +309,16 @@ class SimApp:
         admission = self.limiter.admit(
             request.base_model, tokens, rpm=rpm, tpm=tpm, now=now, anthropic=anthropic
         )
+        # Google sends no rate-limit headers; the others report their buckets.
+        headers = [] if request.protocol == "gemini" else admission.headers
         if admission.retry_after_s is None:
-            return None, admission.headers
+            return None, headers
         wait = admission.retry_after_s
         message = (
             f"Rate limit reached for {request.base_model} (simulated by Corral). "
             f"Please try again in {wait:.3g}s."
         )
-        return ErrorReply(429, "rate_limit", message, retry_after_s=wait), admission.headers
+        return ErrorReply(429, "rate_limit", message, retry_after_s=wait), headers
 
     async def _answer(
         self,
@@ -258,8 +343,11 @@ class SimApp:
         chunk = self.config.chunk_words
         if request.stream:
             frames = _frames(request, reply, usage, meta, chunk)
-            malformed = _MALFORMED[request.protocol]
-            await deliver_stream(channel, headers, frames, pace, fault, hang_s, malformed)
+            malformed = _malformed(request)
+            kind = _JSON if request.json_array else SSE_HEADERS
+            await deliver_stream(
+                channel, headers, frames, pace, fault, hang_s, malformed, kind=kind
+            )
             return
         data = _json(request, reply, usage, meta)
         await deliver_json(channel, [*_JSON, *headers], data, pace, usage.output, fault, hang_s)
@@ -268,6 +356,11 @@ class SimApp:
         now = self._clock.monotonic()
         if request.protocol == "messages":
             cache = self.cache.anthropic(f"anthropic:{request.base_model}", request.prompt, now)
+        elif request.protocol == "gemini":
+            # Gemini's implicit caching reports exact cached counts, not 128-token steps.
+            cache = self.cache.openai(
+                f"gemini:{request.base_model}", request.prompt, now, granule=1
+            )
         else:
             cache = self.cache.openai(f"openai:{request.base_model}", request.prompt, now)
         return Usage(
@@ -283,10 +376,10 @@ class SimApp:
         tps = self.config.tokens_per_second if options.tps is None else options.tps
         return Pace(ttft_s=ttft / 1000.0, tps=tps)
 
-    async def _time_out(self, channel: Channel, hang_s: float, *, anthropic: bool) -> None:
+    async def _time_out(self, channel: Channel, hang_s: float, *, shape: ErrorShape) -> None:
         ended = await channel.hang(hang_s)
         if ended == "elapsed":
-            await self._error(channel, timeout_error(), anthropic=anthropic)
+            await self._error(channel, timeout_error(), shape=shape)
         elif ended == "closing":
             await channel.drop()
 
@@ -295,12 +388,12 @@ class SimApp:
         channel: Channel,
         error: ErrorReply,
         *,
-        anthropic: bool,
+        shape: ErrorShape,
         extra: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
         request_id = f"req_sim{self._tag}{next(self._ids):x}"
-        data, headers = render_error(error, anthropic=anthropic, request_id=request_id)
-        id_header = b"request-id" if anthropic else b"x-request-id"
+        data, headers = render_error(error, shape=shape, request_id=request_id)
+        id_header = b"request-id" if shape == "anthropic" else b"x-request-id"
         headers += [(id_header, request_id.encode()), *extra]
         await channel.respond(error.status, headers, data)
 
@@ -323,7 +416,22 @@ def _frames(request: SimRequest, reply: Reply, usage: Usage, meta: Meta, chunk: 
         )
     if request.protocol == "responses":
         return responses_frames(request, reply, usage, meta, chunk_words=chunk)
+    if request.protocol == "gemini":
+        return gemini_frames(
+            reply,
+            usage,
+            meta,
+            chunk_words=chunk,
+            thoughts=request.include_thoughts,
+            json_array=request.json_array,
+        )
     return messages_frames(reply, usage, meta, chunk_words=chunk)
+
+
+def _malformed(request: SimRequest) -> Frame:
+    if request.protocol == "gemini":
+        return gemini_malformed(json_array=request.json_array)
+    return _MALFORMED[request.protocol]
 
 
 def _json(request: SimRequest, reply: Reply, usage: Usage, meta: Meta) -> bytes:
@@ -331,7 +439,13 @@ def _json(request: SimRequest, reply: Reply, usage: Usage, meta: Meta) -> bytes:
         return chat_json(reply, usage, meta)
     if request.protocol == "responses":
         return responses_json(request, reply, usage, meta)
+    if request.protocol == "gemini":
+        return gemini_json(reply, usage, meta, thoughts=request.include_thoughts)
     return messages_json(reply, usage, meta)
+
+
+def _count_messages(request: SimRequest) -> bytes:
+    return orjson.dumps({"input_tokens": request.prompt.total})
 
 
 def _wants_tool(request: SimRequest, options: ModelOptions) -> bool:
@@ -371,6 +485,12 @@ async def _read_body(receive: Receive) -> bytes | None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _query(scope: Scope, name: str) -> str | None:
+    """The first value of query parameter ``name``, or ``None``."""
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(name)
+    return values[0] if values else None
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -420,8 +540,9 @@ def _header_script(scope: Scope) -> Script | None:
         raise InvalidRequest(exc.message) from exc
 
 
-def _model_body(name: str, created: int) -> bytes:
-    return orjson.dumps(_model_entry(name, created))
+def _model_body(name: str, window: int | None) -> bytes:
+    # Google's fields too: google-genai with api_version="v1" gets a model here.
+    return orjson.dumps({**_model_entry(name, 0), **model_entry(name, window=window)})
 
 
 def _model_entry(name: str, created: int) -> dict[str, Any]:

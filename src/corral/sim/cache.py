@@ -2,7 +2,8 @@
 
 OpenAI caches automatically: a prompt whose prefix of at least 1024 tokens
 was seen recently reports that prefix as ``cached_tokens``, in multiples of
-128. Anthropic caches explicitly: blocks marked ``cache_control`` are
+128; Gemini's implicit caching works the same way with exact counts
+(``cachedContentTokenCount``). Anthropic caches explicitly: blocks marked ``cache_control`` are
 breakpoints; the first request writes the prefix up to the last breakpoint
 (``cache_creation_input_tokens``), later requests read the longest prefix
 already written (``cache_read_input_tokens``), looking back over earlier block
@@ -43,15 +44,21 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def openai(self, namespace: str, prompt: Prompt, now: float) -> CacheUsage:
-        """Automatic caching: report the longest seen prefix, then store every prefix."""
+    def openai(
+        self, namespace: str, prompt: Prompt, now: float, *, granule: int = _OPENAI_GRANULE
+    ) -> CacheUsage:
+        """Automatic caching: report the longest seen prefix, then store every prefix.
+
+        The prefix read is rounded down to a multiple of ``granule`` tokens
+        (OpenAI's 128; Gemini's implicit caching reports exact counts, 1).
+        """
         if self.max_entries == 0 or prompt.total < max(self.min_tokens, 1):
             return NO_CACHE
         hashes, ends = _prefixes(namespace, prompt)
         read = 0
         for index in range(len(hashes) - 1, -1, -1):
             if ends[index] >= self.min_tokens and self._hit(hashes[index], now):
-                read = ends[index] // _OPENAI_GRANULE * _OPENAI_GRANULE
+                read = ends[index] // granule * granule
                 break
         for index, digest in enumerate(hashes):
             if ends[index] >= self.min_tokens:

@@ -57,7 +57,7 @@ def sim(
     faults: tuple[FaultSpec, ...],
     fault_timeout: float,
 ) -> None:
-    """Serve simulated OpenAI and Anthropic endpoints (no real model is involved)."""
+    """Serve simulated OpenAI, Anthropic and Gemini endpoints (no real model is involved)."""
     import uvicorn
 
     try:
@@ -76,7 +76,9 @@ def sim(
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     url = f"http://{shown}:{bound_port}"
-    click.echo(f"Corral simulator serving {url}  (OpenAI: {url}/v1, Anthropic: {url})")
+    click.echo(
+        f"Corral simulator serving {url}  (OpenAI: {url}/v1, Anthropic: {url}, Gemini: {url})"
+    )
     click.echo("Models: " + ", ".join(config.models) + "; any other name is answered too.")
     server = uvicorn.Server(uvicorn_config(app, loop="uvloop"))
     try:

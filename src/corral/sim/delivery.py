@@ -145,11 +145,17 @@ async def deliver_stream(
     fault: FaultKind | None,
     hang_s: float,
     malformed: Frame,
+    *,
+    kind: Headers = SSE_HEADERS,
 ) -> None:
-    """Send SSE frames paced by tokens per second, breaking the stream as ``fault`` says."""
+    """Send stream frames paced by tokens per second, breaking the stream as ``fault`` says.
+
+    ``kind`` are the content headers: SSE unless the protocol streams
+    something else (Gemini's JSON array).
+    """
     if pace.ttft_s > 0:
         await asyncio.sleep(pace.ttft_s)
-    await channel.start(200, [*SSE_HEADERS, *headers])
+    await channel.start(200, [*kind, *headers])
     if fault == "malformed":
         at = cut_point(frames)
         frames = [*frames[:at], malformed, *frames[at:]]

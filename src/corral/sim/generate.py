@@ -134,6 +134,21 @@ def default_reply(
     return limit_reply(request, Reply(text, (), thinking, "stop"))
 
 
+def structured_reply(request: SimRequest, digest: bytes, phrases: Phrasebook) -> Reply:
+    """A JSON-mode answer: an example of the requested schema, or ``{"answer": text}``.
+
+    Agents ask for JSON in side requests (Gemini CLI's next-speaker check and
+    model router); answering those with a schema-valid example keeps them working.
+    """
+    rng = random.Random(digest)
+    thinking = _thinking(request, rng, phrases) if request.reasoning else ""
+    value = example_value(request.structured, "") if request.structured else None
+    if value is None:
+        value = {"answer": _answer_text(request, rng, phrases)}
+    text = orjson.dumps(value).decode()
+    return limit_reply(request, Reply(text, (), thinking, "stop"))
+
+
 def scripted_reply(request: SimRequest, conversation: ScriptedConversation, digest: bytes) -> Reply:
     """The turn of ``conversation`` this request has reached, or an "exhausted" text."""
     index = request.assistant_turns

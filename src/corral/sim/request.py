@@ -1,6 +1,6 @@
 """What every protocol parser produces: one normalised view of a generation request.
 
-The three wire protocols differ in shape, not in what the simulator needs:
+The four wire protocols differ in shape, not in what the simulator needs:
 the text the model would see (as segments, for token counts and prompt
 caching), where the conversation stands (assistant turns so far, whether the
 last thing said was a tool result), the tools on offer, the limits and the
@@ -16,7 +16,7 @@ from corral.errors import InvalidRequest
 from corral.sim.options import ModelOptions, parse_model_name
 from corral.tokens import count_tokens
 
-Protocol = Literal["chat", "responses", "messages"]
+Protocol = Literal["chat", "responses", "messages", "gemini"]
 
 MESSAGE_OVERHEAD = 4
 """Tokens each message costs beyond its text (role and separators), as chat templates do."""
@@ -81,6 +81,12 @@ class SimRequest:
     reasoning: bool = False
     effort: str | None = None
     thinking_budget: int | None = None
+    include_thoughts: bool = False
+    """Gemini ``thinkingConfig.includeThoughts``: thought parts shown, not only counted."""
+    structured: dict[str, Any] | None = None
+    """The JSON schema a structured (JSON-mode) answer follows; ``{}`` for any JSON object."""
+    json_array: bool = False
+    """Gemini ``streamGenerateContent`` without ``alt=sse``: chunks in one JSON array."""
     opening_text: str = ""
     """User text before the first assistant turn: what scripts match against."""
     last_user_text: str = ""
@@ -112,11 +118,16 @@ class SimRequest:
         return [tool for tool in self.tools if tool.kind == "function"]
 
 
-def new_request(protocol: Protocol, body: Any) -> SimRequest:
-    """Start a :class:`SimRequest` from a decoded body, checking ``model``."""
+def new_request(protocol: Protocol, body: Any, *, model: str | None = None) -> SimRequest:
+    """Start a :class:`SimRequest` from a decoded body, checking ``model``.
+
+    ``model`` comes from the URL when the protocol puts it there (Gemini);
+    otherwise the body's ``model`` field is required.
+    """
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
-    model = body.get("model")
+    if model is None:
+        model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' is required and must be a non-empty string")
     try:

@@ -18,15 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from corral.errors import (
-    ClientError,
-    CorralError,
-    PayloadTooLarge,
-    RateLimited,
-)
-from corral.gateway.http import Receive, Scope, Send, api_key, header, read_body, send_bytes
+from corral.asgi import Receive, Scope, Send, api_key, header, read_body, send_bytes
+from corral.errors import CorralError, MethodNotAllowed, PayloadTooLarge, StoreError
 from corral.traces.dedupe import FINGERPRINT
 from corral.traces.otlp import Batch, Identity, parse_logs, parse_traces, status_response
 from corral.traces.otlp import success_response as otlp_success
@@ -34,7 +30,10 @@ from corral.traces.spans import identity_columns
 from corral.traces.writer import BODY_MODE
 
 if TYPE_CHECKING:
-    from corral.app import CorralApp
+    from corral.identity.keys import KeyCache
+    from corral.routing import Catalog
+    from corral.traces.policy import TracePolicy
+    from corral.traces.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -44,28 +43,43 @@ _OFFLOAD_BYTES = 256 * 1024  # decode bigger payloads in a worker thread, off th
 
 
 class OtlpIngest:
-    """The ASGI endpoint for the three OTLP signal paths."""
+    """The ASGI endpoint for the three OTLP signal paths.
 
-    def __init__(self, app: CorralApp) -> None:
-        self.app = app
+    ``keys`` authenticates the caller, ``recorder`` journals the rows, ``trace_policy`` says
+    what each team keeps of bodies, ``catalog`` (called per payload: it is built at start-up)
+    prices calls the agent reported no cost for; bodies past ``max_body_bytes`` are 413.
+    """
+
+    def __init__(
+        self,
+        keys: KeyCache,
+        recorder: Recorder,
+        trace_policy: TracePolicy,
+        catalog: Callable[[], Catalog],
+        *,
+        max_body_bytes: int,
+    ) -> None:
+        self.keys = keys
+        self.recorder = recorder
+        self.trace_policy = trace_policy
+        self.catalog = catalog
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         content_type = (header(scope, b"content-type") or "application/x-protobuf").lower()
         try:
             if scope["method"] != "POST":
-                raise ClientError(
-                    f"{scope['path']} takes POST (OTLP/HTTP)", status=405, code="method_not_allowed"
-                )
+                raise MethodNotAllowed(f"{scope['path']} takes POST (OTLP/HTTP)")
             body, status_ct = await self._handle(scope, receive, content_type)
             await send_bytes(send, 200, [(b"content-type", status_ct.encode())], body)
         except CorralError as exc:
             await self._reject(send, exc, content_type)
 
     async def _handle(self, scope: Scope, receive: Receive, content_type: str) -> tuple[bytes, str]:
-        key = await self.app.keys.authenticate(api_key(scope))
-        recorder = self.app.recorder
+        key = await self.keys.authenticate(api_key(scope))
+        recorder = self.recorder
         recorder.check_capacity(0)  # full already: refuse before reading and decoding
-        body = await read_body(scope, receive, self.app.settings.max_body_bytes)
+        body = await read_body(scope, receive, self.max_body_bytes)
         path = scope["path"]
         if path == "/v1/metrics":
             if "json" in content_type:
@@ -89,19 +103,16 @@ class OtlpIngest:
             try:
                 recorder.record(*batch.rows)
             except OSError as exc:  # the journal's disk: nothing was accepted, say retry
-                raise RateLimited(
-                    f"spans cannot be journaled ({exc.strerror}); retry later",
-                    status=503,
-                    code="store_unavailable",
-                    retry_after=5.0,
+                raise StoreError(
+                    f"spans cannot be journaled ({exc.strerror}); retry later", retry_after=5.0
                 ) from exc
         return otlp_success("traces" if path == "/v1/traces" else "logs", content_type, batch)
 
     def _prepare(self, batch: Batch, team_id: str | None, *, events: bool) -> None:
         """Price calls the agent reported no cost for; apply the team's body policy; let the
         writer match calls reported as log events (no ids) to gateway records by fingerprint."""
-        catalog = self.app.catalog
-        mode = self.app.trace_policy.bodies(team_id)
+        catalog = self.catalog()
+        mode = self.trace_policy.bodies(team_id)
         for row in batch.rows:
             if row["kind"] == "llm_request":
                 if row.get("cost_source") is None:
@@ -118,14 +129,14 @@ class OtlpIngest:
     async def _reject(self, send: Send, exc: CorralError, content_type: str) -> None:
         body, ct = status_response(exc.status, exc.message, content_type)
         headers = [(b"content-type", ct.encode())]
-        if isinstance(exc, RateLimited) and exc.retry_after is not None:
+        if exc.retry_after is not None:
             headers.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
         if isinstance(exc, PayloadTooLarge) or exc.status >= 500:
             log.warning("OTLP ingest answered %d: %s", exc.status, exc.message)
         await send_bytes(send, exc.status, headers, body)
 
 
-def _price(row: dict[str, Any], catalog: Any) -> None:
+def _price(row: dict[str, Any], catalog: Catalog) -> None:
     """Cost from Corral's price table when the model is one it knows; left unpriced else."""
     model = row.get("model_requested") or row.get("model_served")
     prices = catalog.prices_for(model) if model else None

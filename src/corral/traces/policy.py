@@ -7,16 +7,11 @@ the gateway decides without touching the store.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from sqlalchemy import select
 
-from corral.settings import Settings
+from corral.settings import BODY_MODES, BodyMode, Settings
 from corral.store import Store
 from corral.store.schema import teams
-
-BodyMode = Literal["off", "metadata", "full"]
-BODY_MODES: tuple[BodyMode, ...] = ("off", "metadata", "full")
 
 
 class TracePolicy:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from corral.errors import RateLimited
+from corral.errors import RateLimited, StoreError
 from corral.store import Store
 from corral.traces.blobs import BlobBackend
 from corral.traces.journal import Journal, Segment
@@ -90,16 +90,15 @@ class Recorder:
             self._wake.set()
 
     def check_capacity(self, spans: int) -> None:
-        """Refuse (429, or 503 while the store fails) a payload of ``spans`` that would
-        overfill the queue; the error carries how long to wait before retrying."""
+        """Refuse a payload of ``spans`` that would overfill the queue (``RateLimited``, 429)
+        or arrives while the store fails (``StoreError``, 503); either carries how long to
+        wait before retrying."""
         pending = self.pending
         if self._retry:
             self.refused += 1
-            raise RateLimited(
+            raise StoreError(
                 f"the span store is failing ({self.failures} failed writes); {pending} spans "
                 "are waiting in the journal. Retry later.",
-                status=503,
-                code="store_unavailable",
                 retry_after=5.0,
             )
         if pending + spans > self._queue_max:

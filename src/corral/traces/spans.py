@@ -125,3 +125,54 @@ def identity_columns(key: KeyInfo) -> IdentityColumns:
         "run_id": key.run_id,
         "owner_id": key.user_id,
     }
+
+
+class SpanRow(TypedDict):
+    """A span row as stored: exactly the columns of ``corral.store.schema.spans``, ``None``
+    where the column is nullable (``tests/traces/test_span_row.py`` holds the two equal).
+    Rows on their way to the writer may carry the transient ``BODY_KEYS`` besides."""
+
+    span_id: str
+    trace_id: str
+    parent_span_id: str | None
+    kind: str
+    name: str
+    request_id: str | None
+    attempt: int | None
+    org_id: str | None
+    team_id: str | None
+    user_id: str | None
+    key_id: str | None
+    run_id: str | None
+    owner_id: str | None
+    protocol: str | None
+    operation: str | None
+    model_requested: str | None
+    model_served: str | None
+    provider: str | None
+    deployment: str | None
+    stream: bool | None
+    status: str
+    http_status: int | None
+    error_class: str | None
+    error_message: str | None
+    finish_reason: str | None
+    response_id: str | None
+    start_ns: int
+    end_ns: int
+    ttft_ms: float | None
+    upstream_ms: float | None
+    overhead_ms: float | None
+    input_tokens: int
+    cached_input_tokens: int
+    cache_write_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    cost_nusd: int
+    cost_source: str | None
+    price_version: str | None
+    source: str | None
+    duplicate_of: str | None
+    request_blob: str | None
+    response_blob: str | None
+    attributes: dict[str, Any] | None

@@ -199,6 +199,60 @@ def usage(
     return rows
 
 
+def run_calls(store: Store, run_id: str) -> tuple[int, int]:
+    """The LLM calls the gateway metered for run ``run_id``, and their cost in nano-USD.
+
+    Only the gateway's records count: what the run's agent reported over OTLP is a claim.
+    """
+    query = select(func.count(), func.coalesce(func.sum(spans.c.cost_nusd), 0)).where(
+        spans.c.run_id == run_id,
+        spans.c.kind == "llm_request",
+        spans.c.source == GATEWAY,
+    )
+    with store.connect() as conn:
+        calls, cost = conn.execute(query).one()
+    return int(calls), int(cost)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderHour:
+    """The upstream attempts the gateway made to one provider in one hour (``hour``: epoch
+    seconds // 3600), on its reserved capacity (``reserved``) or past it, and their tokens."""
+
+    provider: str
+    hour: int
+    reserved: bool
+    attempts: int
+    tokens: int
+
+
+def provider_attempts(store: Store, providers: Iterable[str], since: float) -> list[ProviderHour]:
+    """Attempts to each of ``providers`` started at or after ``since`` (epoch seconds), by
+    hour and by whether the contract's reserved capacity priced them (``cost_source``)."""
+    wanted = sorted(set(providers))
+    if not wanted:
+        return []
+    tokens = sum((spans.c[name] for name in TOKEN_COLUMNS[1:]), spans.c[TOKEN_COLUMNS[0]])
+    hour = spans.c.start_ns // HOUR_NS
+    reserved = spans.c.cost_source == "contract"
+    query = (
+        select(spans.c.provider, hour, reserved, func.count(), func.coalesce(func.sum(tokens), 0))
+        .where(
+            spans.c.kind == "attempt",
+            spans.c.source == GATEWAY,  # attempts the gateway made, not what agents report
+            spans.c.provider.in_(wanted),
+            spans.c.start_ns >= int(since * 1e9),
+        )
+        .group_by(spans.c.provider, hour, reserved)
+    )
+    with store.connect() as conn:
+        rows = conn.execute(query).fetchall()
+    return [
+        ProviderHour(provider, int(h), bool(flag), int(attempts), int(total))
+        for provider, h, flag, attempts, total in rows
+    ]
+
+
 def _base_dimensions(dims: Sequence[Dimension]) -> tuple[str, ...]:
     """The columns to group by in SQL: the identity ones asked for, and the hour for times."""
     out = [d for d in dims if d not in ("day", "hour")]

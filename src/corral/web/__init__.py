@@ -1,5 +1,5 @@
 """The web pages served by the Corral process (for now, the status page)."""
 
-from corral.web.status import status_app
+from corral.web.status import StatusPage
 
-__all__ = ["status_app"]
+__all__ = ["StatusPage"]

@@ -156,7 +156,7 @@ def parse_traces(
     """The span rows of an ``/v1/traces`` body.
 
     Raises ``InvalidRequest`` (400) for a body that does not decode,
-    ``ClientError`` 415 for an unsupported content type or encoding and
+    ``UnsupportedMediaType`` (415) for an unsupported content type or encoding and
     ``PayloadTooLarge`` (413) past ``max_bytes`` decompressed.
     """
     decoded = decode_spans(body, content_type, content_encoding, max_bytes=max_bytes)

@@ -29,7 +29,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from corral.errors import ClientError, InvalidRequest, PayloadTooLarge
+from corral.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 Encoding = Literal["protobuf", "json"]
 
@@ -110,17 +110,15 @@ class Decoded:
 
 
 def encoding_of(content_type: str | None) -> Encoding:
-    """``protobuf`` or ``json`` for a Content-Type header; 415 ``ClientError`` for anything else."""
+    """``protobuf`` or ``json`` for a Content-Type header; ``UnsupportedMediaType`` else."""
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media in ("application/x-protobuf", "application/protobuf"):
         return "protobuf"
     if media == "application/json":
         return "json"
-    raise ClientError(
+    raise UnsupportedMediaType(
         f"unsupported content type {media or '(none)'!r}: OTLP/HTTP takes "
-        "application/x-protobuf or application/json",
-        status=415,
-        code="unsupported_media_type",
+        "application/x-protobuf or application/json"
     )
 
 
@@ -143,10 +141,8 @@ def decompress(body: bytes, content_encoding: str | None, *, max_bytes: int = MA
         except InvalidRequest:
             # RFC 9110 deflate is zlib-wrapped, but some clients send a raw deflate stream.
             return _inflate(body, -zlib.MAX_WBITS, "deflate", max_bytes)
-    raise ClientError(
-        f"unsupported content encoding {coding!r}: use gzip, deflate or none",
-        status=415,
-        code="unsupported_media_type",
+    raise UnsupportedMediaType(
+        f"unsupported content encoding {coding!r}: use gzip, deflate or none"
     )
 
 

@@ -1,0 +1,395 @@
+"""The adapter contract every wire protocol fills in, and what they share.
+
+For each protocol: how to read the fields Corral acts on from a request, how
+to read usage, ids and the finish reason from a response, and a stream meter
+that walks SSE events as they pass and parses only the few events that carry
+usage. Token columns come out non-overlapping: ``input`` excludes cache reads
+and writes, ``output`` excludes reasoning.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from corral.asgi import bearer_or_api_key
+from corral.errors import CorralError, InvalidRequest, UpstreamError
+
+
+@dataclass(slots=True)
+class Usage:
+    input: int = 0
+    cached_input: int = 0
+    cache_write: int = 0
+    output: int = 0
+    reasoning: int = 0
+
+
+def int_or_zero(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a response said about itself."""
+
+    usage: Usage | None = None
+    response_id: str | None = None
+    model: str | None = None
+    finish_reason: str | None = None
+    error: str | None = None  # an error event inside a 200 stream
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What a request's method and path say: which adapter, which action, maybe the model.
+
+    ``action`` is ``generate`` (a model call), ``count_tokens`` or ``models`` (the list, or
+    one model when ``model`` is set). Google's protocol names the model and whether to
+    stream in the path; the others leave ``model`` and ``stream`` None (read from the body).
+    """
+
+    adapter: Adapter
+    action: str
+    model: str | None = None
+    stream: bool | None = None
+    query: bytes = b""
+    """The request's query string (Google's protocol says how to stream in it)."""
+
+
+class StreamTranslator(Protocol):
+    """Upstream SSE bytes in, another protocol's SSE bytes out (see ``protocols.streams``)."""
+
+    outcome: Outcome
+
+    @property
+    def done(self) -> bool:
+        """The translated stream is over: its terminal event or an error event is out."""
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def close(self) -> bytes: ...
+
+
+class Adapter(ABC):
+    """One wire protocol: its routes, where the model and key are, usage, errors, and the
+    conversion of requests, responses and streams to and from the internal form.
+
+    The internal form is the OpenAI Chat Completions shape (``protocols/__init__``
+    documents it). A protocol reaches any other through it: client → internal →
+    upstream on the way up, upstream → internal → client on the way back.
+    """
+
+    name: str = ""
+    family: str = "openai"  # the error shape: "openai", "anthropic" or "google"
+    path: str = ""
+    """The route of a model call (for messages that tell a caller where to go)."""
+    max_field = "max_tokens"
+
+    # -- routes and what a request names ----------------------------------------
+
+    def route(self, method: str, path: str) -> Route | None:
+        """The route ``path`` is, if this protocol serves it (any method: 405 is the caller's)."""
+        if path == self.path:
+            return Route(self, "generate")
+        return None
+
+    def api_key(self, headers: list[tuple[bytes, bytes]], query: bytes) -> str | None:
+        """The caller's key: ``Authorization: Bearer`` or ``x-api-key``."""
+        return bearer_or_api_key(headers)
+
+    def check(self, body: dict[str, Any], route: Route) -> tuple[str, bool]:
+        """Validate what Corral reads; return ``(model, stream)``."""
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise InvalidRequest("'model' is required: a model name from GET /v1/models")
+        stream = body.get("stream", False)
+        if stream is None:
+            stream = False
+        if not isinstance(stream, bool):
+            raise InvalidRequest("'stream' must be true or false")
+        limit = self.max_tokens(body)
+        if limit is not None and limit < 0:
+            raise InvalidRequest("the maximum output tokens must not be negative")
+        return model, stream
+
+    def check_count(self, body: dict[str, Any], route: Route) -> str:
+        """Validate a count-tokens request; return the model."""
+        return self.check(body, route)[0]
+
+    @abstractmethod
+    def max_tokens(self, body: dict[str, Any]) -> int | None:
+        """The request's cap on output tokens, if it sets one."""
+
+    def set_max_tokens(self, body: dict[str, Any], value: int, provider_kind: str) -> None:
+        """Cap the request's output at ``value`` tokens, in the field this protocol uses."""
+        body[self.max_field] = value
+
+    def set_model(self, body: dict[str, Any], model: str) -> bool:
+        """Name the upstream model in the body; False when the protocol names it in the path."""
+        if body.get("model") == model:
+            return False
+        body["model"] = model
+        return True
+
+    def upstream_path(self, model: str, stream: bool, query: bytes) -> str:
+        """The provider's path (and query) for a model call: the caller's query passes on."""
+        return self.path + ("?" + query.decode("latin-1") if query else "")
+
+    # -- responses ----------------------------------------------------------------
+
+    @abstractmethod
+    def outcome(self, body: dict[str, Any]) -> Outcome:
+        """Usage, ids and finish reason of a complete (non-streamed) response."""
+
+    @abstractmethod
+    def meter(self, strip_usage: bool) -> StreamMeter:
+        """A fresh meter for one streamed response."""
+
+    def error_body(self, exc: CorralError) -> bytes:
+        """``exc`` in this protocol's error shape."""
+        return openai_error(exc)
+
+    def sse_error(self, exc: CorralError, sequence: int) -> bytes:
+        """A well-formed error event ending a stream of this protocol (``sequence``: events
+        already sent)."""
+        return b"data: " + self.error_body(exc) + b"\n\n"
+
+    def count_path(self, model: str) -> str | None:
+        """The provider's own token-counting path for ``model``, when the protocol has one."""
+        return None
+
+    def count_text(self, body: dict[str, Any]) -> str:
+        """What the model would read, as text, for counting tokens offline."""
+        return orjson.dumps(body).decode()
+
+    def count_body(self, tokens: int) -> dict[str, Any]:
+        """A count-tokens answer."""
+        return {"input_tokens": tokens}
+
+    def models_body(self, names: list[str], info: Callable[[str], ModelInfo]) -> dict[str, Any]:
+        """The model list in this protocol's shape."""
+        return {"object": "list", "data": [self.model_body(n, info) for n in names]}
+
+    def model_body(self, name: str, info: Callable[[str], ModelInfo]) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": 0, "owned_by": info(name).owner}
+
+    # -- the internal form -----------------------------------------------------------
+
+    @abstractmethod
+    def to_internal(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A request of this protocol in the internal form (raises ``InvalidRequest`` naming
+        what the internal form cannot hold)."""
+
+    @abstractmethod
+    def from_internal(
+        self, internal: dict[str, Any], *, default_max: int, provider_kind: str
+    ) -> dict[str, Any]:
+        """An internal-form request in this protocol (raises ``InvalidRequest`` naming what
+        this protocol cannot hold); the model is set afterwards with ``set_model``."""
+
+    @abstractmethod
+    def response_to_internal(self, body: dict[str, Any], *, model: str) -> dict[str, Any]:
+        """A whole response of this protocol in the internal form (``UpstreamError`` when it
+        is malformed or cannot be carried)."""
+
+    @abstractmethod
+    def response_from_internal(self, internal: dict[str, Any], *, model: str) -> dict[str, Any]:
+        """An internal-form response in this protocol, named ``model``."""
+
+    @abstractmethod
+    def stream_to_internal(self, model: str) -> StreamTranslator | None:
+        """A translator from this protocol's stream to internal chunks (None: it is the
+        internal form)."""
+
+    @abstractmethod
+    def stream_from_internal(self, model: str) -> StreamTranslator | None:
+        """A translator from internal chunks to this protocol's stream (None: it is the
+        internal form)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What a model list says about one model."""
+
+    owner: str
+    context_window: int
+    max_output: int
+
+
+def max_field(body: dict[str, Any], *names: str) -> int | None:
+    for name in names:
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidRequest(f"'{name}' must be an integer")
+        return value
+    return None
+
+
+def str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+# -- streams -------------------------------------------------------------------
+
+
+class StreamMeter(ABC):
+    """Walks an SSE stream event by event, passing bytes through unchanged.
+
+    ``feed`` returns the bytes to forward (whole events only; a partial event
+    waits for its end) and whether the terminal event is among them, so the
+    caller can make the record durable before the client sees the last byte.
+    """
+
+    def __init__(self) -> None:
+        self.outcome = Outcome()
+        self.done = False
+        self.events = 0
+        self._buf = b""
+        self._sep = b"\n\n"
+
+    def feed(self, chunk: bytes) -> tuple[bytes, bool]:
+        buf = self._buf + chunk if self._buf else chunk
+        if self.events == 0 and b"\r\n" in buf:
+            self._sep = b"\r\n\r\n"
+        sep = self._sep
+        end = buf.rfind(sep)
+        if end < 0:
+            self._buf = buf
+            return b"", False
+        cut = end + len(sep)
+        complete, self._buf = buf[:cut], buf[cut:]
+        was_done = self.done
+        events = complete.split(sep)[:-1]
+        keep = [self.inspect(event) for event in events]
+        self.events += len(events)
+        out = (
+            complete
+            if all(keep)
+            else b"".join(e + sep for e, k in zip(events, keep, strict=True) if k)
+        )
+        return out, self.done and not was_done
+
+    def tail(self) -> bytes:
+        """Whatever is left when the upstream closes (an event with no final blank line)."""
+        rest, self._buf = self._buf, b""
+        if rest.strip():
+            self.inspect(rest.rstrip(b"\r\n"))
+        return rest
+
+    @abstractmethod
+    def inspect(self, event: bytes) -> bool:
+        """Read what metering needs from one event; return False to drop it."""
+
+
+def event_data(event: bytes) -> bytes | None:
+    """The payload of an event's ``data:`` line (Corral's upstreams send one per event)."""
+    start = event.find(b"data:")
+    if start < 0:
+        return None
+    end = event.find(b"\n", start)
+    payload = event[start + 5 : end if end >= 0 else len(event)]
+    return payload.strip()
+
+
+def event_name(event: bytes) -> bytes:
+    if event.startswith(b"event:"):
+        end = event.find(b"\n")
+        return event[6 : end if end >= 0 else len(event)].strip()
+    return b""
+
+
+def json_object(payload: bytes | None) -> dict[str, Any] | None:
+    if not payload:
+        return None
+    try:
+        value = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def error_fields(body: bytes | dict[str, Any]) -> tuple[str | None, str | None]:
+    """(message, type) from an OpenAI, Anthropic or Google error body, or its text."""
+    data: Any = body
+    if isinstance(body, bytes):
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            text = body.decode(errors="replace").strip()
+            return (text[:500] or None), None
+    if not isinstance(data, dict):
+        return None, None
+    error = data.get("error")
+    if isinstance(error, str):
+        return error, None
+    source = error if isinstance(error, dict) else data
+    message, kind = source.get("message"), source.get("type") or source.get("status")
+    return (
+        message if isinstance(message, str) and message else None,
+        kind if isinstance(kind, str) and kind else None,
+    )
+
+
+def upstream_error(message: str, *, status: int, code: str | None = None) -> CorralError:
+    """An upstream failure with the provider's status, to render in the client's shape."""
+    return UpstreamError(message, upstream_status=status, code=code)
+
+
+# -- error shapes ------------------------------------------------------------
+
+
+def openai_error(exc: CorralError) -> bytes:
+    """OpenAI's error shape."""
+    return orjson.dumps(
+        {
+            "error": {
+                "message": exc.message,
+                "type": _OPENAI_TYPES.get(exc.status, exc.code),
+                "param": None,
+                "code": exc.code,
+            }
+        }
+    )
+
+
+def anthropic_error(exc: CorralError) -> bytes:
+    """Anthropic's error shape."""
+    kind = _ANTHROPIC_TYPES.get(exc.status, "api_error")
+    return orjson.dumps({"type": "error", "error": {"type": kind, "message": exc.message}})
+
+
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    402: "insufficient_quota",
+    403: "permission_error",
+    404: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    502: "server_error",
+    503: "server_error",
+    504: "timeout",
+}
+
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
