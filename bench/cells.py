@@ -201,10 +201,12 @@ def compared_row(cell: Cell, base: Cell | None) -> list[str]:
     ]
 
 
-def command(name: str, options: Options) -> str:
-    """How the section was produced, for its first line."""
+def command(name: str, options: Options, flags: str = "") -> str:
+    """How the section was produced, for its first line; ``flags``: the ones it was run with."""
     if options.quick:
-        return f"`.venv/bin/python bench/run.py --only {name} --quick` (a smoke run)"
+        return f"`.venv/bin/python bench/run.py --only {name} --quick{flags}` (a smoke run)"
+    if flags:
+        return f"`.venv/bin/python bench/run.py --only {name}{flags}`"
     return f"`make bench` (`.venv/bin/python bench/run.py`; alone: `--only {name}`)"
 
 

@@ -6,24 +6,31 @@ interleaved (direct, Corral, LiteLLM for each mode and concurrency) so that
 drift on a shared machine hits every target alike; overhead is a gateway's
 percentile minus the direct percentile of the same mode and concurrency.
 
-Run alone: ``.venv/bin/python bench/gateway_overhead.py [--quick]``.
+With ``--baseline REF`` a second Corral, built from that git ref, is measured
+like the first in every cell, both twice, and the report compares their CPU
+per request and overheads (see ``baseline.py``).
+
+Run alone: ``.venv/bin/python bench/gateway_overhead.py [--quick] [--baseline REF] [--no-litellm]``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
+import baseline
+from baseline import Checkout, Comparison, Sample, run_name
 from cells import (
     ATTEMPTS,
     NOISY,
@@ -86,10 +93,13 @@ class Run:
     options: Options
     facts: dict[str, str]
     cells: list[Cell]
+    """In the order measured; a target's later runs of a cell are named by ``run_name``."""
     litellm: str
     """LiteLLM's version when it was measured, else why it was not."""
     metering: str
-    self_reported: str
+    self_reported: list[str]
+    baseline: str | None = None
+    """The baseline Corral's target name, when one was measured."""
 
     @property
     def litellm_measured(self) -> bool:
@@ -108,21 +118,53 @@ def run(options: Options) -> Section:
     facts = {**machine_facts(), "Corral": version("corral")}
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="corral-bench-")))
+        base = _checkout(stack, options, workdir, facts)
         procs = stack.enter_context(Processes(workdir))
         sim = start_sim(procs, free_port())
         corral = start_corral(procs, free_port(), sim.base_url, workdir / "corral-home")
-        peer, litellm = _try_litellm(procs, sim.base_url, workdir)
-        targets = [sim, corral.target, *([peer] if peer else [])]
+        corrals = [corral, *([_start_baseline(procs, sim, base, workdir)] if base else [])]
+        peer, litellm = _try_litellm(procs, sim.base_url, workdir, options)
+        targets = [sim, *(c.target for c in corrals), *([peer] if peer else [])]
+        repeated = [c.target for c in corrals] if base else []
         bench = Bench(Wrk(workdir), options, targets)
-        cells = [measure(bench, t, m, c) for m, c, t in _schedule(targets)]
+        schedule = _schedule(targets, repeated, options.rounds)
+        cells = [measure(bench, t, m, c) for m, c, t in schedule]
         metering = _metering(corral, bench.wrk)
-        self_reported = _self_reported_overhead(corral)
+        self_reported = [_self_reported_overhead(c) for c in corrals]
     facts["LiteLLM"] = litellm if peer else "not measured"
-    return _section(Run(started, options, facts, cells, litellm, metering, self_reported))
+    name = corrals[-1].target.name if base else None
+    run = Run(started, options, facts, cells, litellm, metering, self_reported, name)
+    return _section(run)
 
 
-def _try_litellm(procs: Processes, sim_url: str, workdir: Path) -> tuple[Target | None, str]:
+def _checkout(
+    stack: contextlib.ExitStack, options: Options, workdir: Path, facts: dict[str, str]
+) -> Checkout | None:
+    """The baseline's worktree, if one was asked for (it outlives the processes started after)."""
+    if options.baseline is None:
+        return None
+    base = stack.enter_context(baseline.checkout(options.baseline, workdir))
+    facts["Corral"] += f" ({baseline.working_tree()})"
+    facts[_baseline_name(base)] = f"commit {base.commit}: {base.subject}"
+    return base
+
+
+def _baseline_name(base: Checkout) -> str:
+    return f"{CORRAL} @{base.commit}"
+
+
+def _start_baseline(procs: Processes, sim: Target, base: Checkout, workdir: Path) -> Corral:
+    home = workdir / "baseline-home"
+    name = _baseline_name(base)
+    return start_corral(procs, free_port(), sim.base_url, home, name=name, source=base.source)
+
+
+def _try_litellm(
+    procs: Processes, sim_url: str, workdir: Path, options: Options
+) -> tuple[Target | None, str]:
     """Start LiteLLM (installing it on first use); on failure, say why instead of a figure."""
+    if not options.litellm:
+        return None, "skipped (`--no-litellm`)"
     try:
         litellm_version = ensure_litellm()
     except (BenchError, OSError, subprocess.SubprocessError) as exc:
@@ -133,26 +175,44 @@ def _try_litellm(procs: Processes, sim_url: str, workdir: Path) -> tuple[Target 
         return None, f"LiteLLM {litellm_version} did not start: {exc}"
 
 
-def _schedule(targets: list[Target]) -> Iterator[tuple[Mode, int, Target]]:
+def _schedule(
+    targets: list[Target], repeated: list[Target], rounds: int
+) -> Iterator[tuple[Mode, int, Target]]:
+    """Each target once per cell, then ``repeated`` in further rounds, reversing the order
+    each round (ABBA...), each run named by its round."""
     for mode in MODES:
         for connections in CONCURRENCY:
             for target in targets:
                 yield mode, connections, target
+            for round_ in range(2, rounds + 1 if repeated else 2):
+                order = reversed(repeated) if round_ % 2 == 0 else iter(repeated)
+                for target in order:
+                    yield mode, connections, replace(target, name=run_name(target.name, round_))
 
 
-def _metering(corral: Corral, wrk: Wrk) -> str:
-    """Compare Corral's prediction records with the responses wrk completed through it."""
+def _metering(corral: Corral, wrk: Wrk, timeout: float = 60.0) -> str:
+    """Compare Corral's prediction records with the responses wrk completed through it.
+
+    Records are written in batches off the request path, so the count is read
+    again until it reaches the completed responses or ``timeout`` passes.
+    """
     completed = wrk.completed[corral.target.load(stream=False).url]
-    time.sleep(2.0)  # records are written in batches off the request path
-    try:
-        rows = json.loads(corral.cli("usage", "--by", "key", "--json"))
-    except (BenchError, ValueError) as exc:
-        return f"could not read usage back: {exc}"
-    recorded = sum(int(row["requests"]) for row in rows)
+    start = time.monotonic()
+    while True:
+        time.sleep(2.0)
+        try:
+            rows = json.loads(corral.cli("usage", "--by", "key", "--json"))
+        except (BenchError, ValueError) as exc:
+            return f"could not read usage back: {exc}"
+        recorded = sum(int(row["requests"]) for row in rows)
+        waited = time.monotonic() - start
+        if recorded >= completed or waited > timeout:
+            break
     return (
-        f"`corral usage --by key` counts {recorded:,} requests for the bench key; wrk completed "
-        f"{completed:,} responses through Corral (plus start-up probes; wrk abandons requests in "
-        "flight when each run ends, so slightly more records than completed responses is right)."
+        f"`corral usage --by key` counts {recorded:,} requests for the bench key {waited:.0f} s "
+        f"after the last cell; wrk completed {completed:,} responses through Corral (plus "
+        "start-up probes; wrk abandons requests in flight when each run ends, so slightly more "
+        "records than completed responses is right)."
     )
 
 
@@ -165,11 +225,12 @@ def _self_reported_overhead(corral: Corral, samples: int = 300) -> str:
         header = {k.lower(): v for k, v in headers.items()}.get("x-corral-overhead-ms")
         if status == 200 and header is not None:
             values.append(float(header))
+    name = corral.target.name
     if not values:
-        return "Corral sent no `x-corral-overhead-ms` header."
+        return f"{name} sent no `x-corral-overhead-ms` header."
     cuts = statistics.quantiles(values, n=100)
     return (
-        f"`x-corral-overhead-ms` over {len(values)} sequential non-streaming requests: "
+        f"{name}: `x-corral-overhead-ms` over {len(values)} sequential non-streaming requests: "
         f"P50 {cuts[49]:.3f} ms, P99 {cuts[98]:.3f} ms (Corral's own clock: total minus upstream)."
     )
 
@@ -303,7 +364,7 @@ def _litellm_line(run: Run) -> str:
 
 def _reading(run: Run) -> list[str]:
     lines = [_capacity_line(run, s) for s in STREAM_MODES]
-    lines += [_litellm_line(run), run.self_reported, run.metering, noise_line(run.cells)]
+    lines += [_litellm_line(run), *run.self_reported, run.metering, noise_line(run.cells)]
     lines.append(failure_line(run.cells))
     return [line for line in lines if line]
 
@@ -311,7 +372,7 @@ def _reading(run: Run) -> list[str]:
 def _setup(run: Run) -> str:
     o = run.options
     body = chat_body(stream=False).decode()
-    return (
+    text = (
         f"The gateway under test runs alone on core 0 (`taskset -c 0`); `corral sim` (defaults: "
         "no latency, no faults) and `wrk` (one thread, Lua body script) share core 1; loopback "
         f"only. Each cell is {o.cell_seconds} s of `wrk` after a {o.warmup_seconds} s warm-up at "
@@ -327,22 +388,87 @@ def _setup(run: Run) -> str:
         f"core 1 during the cell (the machine is shared): a cell with more than {NOISY:.0f} % "
         f"on a core it depends on is redone, up to {ATTEMPTS} attempts, keeping the quietest."
     )
+    if run.baseline is None:
+        return text
+    return text + (
+        f" {run.baseline}: the same `corral serve`, run from that commit's source (a git "
+        "worktree, `python -m corral serve` with its `src` on `PYTHONPATH`, the same venv), set "
+        "up and measured like Corral in every cell, on the same core; each server has its own "
+        f"store. Rows named *(run n)* are a server's n-th run of a cell."
+    )
+
+
+# --- against the baseline -------------------------------------------------------------------
+
+
+def _runs_of(run: Run, target: str, stream: bool, connections: int) -> list[Cell]:
+    names = (run_name(target, r) for r in range(1, run.options.rounds + 1))
+    cells = (run.find(name, stream, connections) for name in names)
+    return [cell for cell in cells if cell is not None]
+
+
+def _samples(run: Run, cell: Cell) -> tuple[Sample, Sample, Sample]:
+    """CPU per request, +P50 and +P99 of a gateway cell (an overhead's noise is its latency's)."""
+    over = _overhead(run, cell) or (math.nan, math.nan)
+    r = cell.result
+    cpu = cell.cpu_us_per_request
+    return Sample(cpu, cpu), Sample(over[0], r.p50_ms), Sample(over[1], r.p99_ms)
+
+
+def _comparisons(run: Run) -> list[Comparison]:
+    if run.baseline is None:
+        return []
+    found = []
+    for mode in MODES:
+        for connections in CONCURRENCY:
+            ours = _runs_of(run, CORRAL, mode.stream, connections)
+            theirs = _runs_of(run, run.baseline, mode.stream, connections)
+            if ours and theirs:
+                change = [_samples(run, c) for c in ours]
+                base = [_samples(run, c) for c in theirs]
+                found += baseline.compare(mode.name, connections, change, base)
+    return found
+
+
+def _against_baseline(run: Run) -> str:
+    """The comparison table and its check lines, or "" when no baseline was measured."""
+    comparisons = _comparisons(run)
+    if run.baseline is None or not comparisons:
+        return ""
+    judgements = baseline.judge(comparisons)
+    table = baseline.comparison_table(judgements)
+    how = baseline.tolerance_text(CORRAL, run.baseline, run.options.rounds)
+    lines = [
+        baseline.verdict_line(judgements, CORRAL, run.baseline),
+        *(j.line() for j in judgements),
+    ]
+    listed = "\n".join(f"- {line}" for line in lines)
+    return f"### {CORRAL} against {run.baseline}\n\n{how}\n\n{table}\n\n{listed}\n"
 
 
 def _markdown(run: Run) -> str:
     facts = facts_table(run.facts)
     reading = "\n".join(f"- {line}" for line in _reading(run))
     when = run.started.strftime("%Y-%m-%d %H:%M UTC")
+    against = _against_baseline(run)
     return (
-        f"## {TITLE}\n\nCommand: {command(NAME, run.options)}, run {when}.\n\n"
+        f"## {TITLE}\n\nCommand: {_command(run.options)}, run {when}.\n\n"
         f"{facts}\n\n{_setup(run)}\n\n{_figures(run)}\n\n{_checks_table(run)}\n\n"
-        f"Reading (computed from this run):\n\n{reading}\n"
+        f"Reading (computed from this run):\n\n{reading}\n" + (f"\n{against}" if against else "")
     )
+
+
+def _command(options: Options) -> str:
+    flags = f" --baseline {options.baseline}" if options.baseline else ""
+    flags += f" --rounds {options.rounds}" if options.baseline and options.rounds != 2 else ""
+    flags += "" if options.litellm else " --no-litellm"
+    return command(NAME, options, flags)
 
 
 def _section(run: Run) -> Section:
     console = f"{_figures(run)}\n\n{_checks_table(run)}\n\n" + "\n".join(_reading(run))
-    return Section(NAME, TITLE, console, _markdown(run))
+    against = _against_baseline(run)
+    return Section(NAME, TITLE, console + (f"\n\n{against}" if against else ""), _markdown(run))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,12 @@ class Options:
     """How long to measure; ``quick`` is a smoke run whose figures are not published."""
 
     quick: bool = False
+    baseline: str | None = None
+    """A git ref: the gateway overhead benchmark also measures Corral built from it."""
+    litellm: bool = True
+    """Whether the gateway overhead benchmark measures LiteLLM too."""
+    rounds: int = 2
+    """With a baseline: how many runs of each Corral per cell."""
 
     @property
     def cell_seconds(self) -> int:

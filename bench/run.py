@@ -9,6 +9,7 @@ benchmark can be rerun alone without touching the others' figures.
     .venv/bin/python bench/run.py                      # all, full length, writes the docs
     .venv/bin/python bench/run.py --only gateway_overhead
     .venv/bin/python bench/run.py --quick              # smoke run: short cells, docs untouched
+    .venv/bin/python bench/run.py --only gateway_overhead --baseline REF  # against Corral at REF
 """
 
 from __future__ import annotations
@@ -51,6 +52,24 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", choices=names, action="append", help="run only this benchmark")
     parser.add_argument("--quick", action="store_true", help="short cells, for a smoke run")
     parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also measure Corral built from this git ref, side by side (gateway overhead)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        metavar="N",
+        help="with --baseline: runs of each Corral per cell, alternating [default: 2]",
+    )
+    parser.add_argument(
+        "--no-litellm",
+        dest="litellm",
+        action="store_false",
+        help="do not measure LiteLLM (gateway overhead)",
+    )
+    parser.add_argument(
         "--write-docs",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -83,7 +102,12 @@ def update_doc(doc: Path, section: Section) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
-    options = Options(quick=args.quick)
+    if args.rounds < 2:
+        print("--rounds: at least 2 (one server's runs are the noise estimate)", file=sys.stderr)
+        return 2
+    options = Options(
+        quick=args.quick, baseline=args.baseline, litellm=args.litellm, rounds=args.rounds
+    )
     write = (not args.quick) if args.write_docs is None else args.write_docs
     raise_on_sigterm()
     for benchmark in _selected(args.only):

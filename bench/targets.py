@@ -172,16 +172,24 @@ def start_corral(
     *,
     name: str = "Corral",
     env: Mapping[str, str] | None = None,
+    source: Path | None = None,
 ) -> Corral:
     """One ``corral serve`` process on the gateway core, with a team, a user and a virtual key.
 
     ``name`` names the target (and, made a slug, its log file); ``env`` is added
-    to the server's environment.
+    to the server's environment. ``source``: a ``src`` folder whose ``corral``
+    package the server runs (``python -m corral`` with it first on
+    ``PYTHONPATH``, the venv's dependencies) instead of the installed one. The
+    admin calls that set the key up go through the installed CLI either way.
     """
     url = f"http://127.0.0.1:{port}"
     admin_env = {"CORRAL_URL": url, "CORRAL_ADMIN_KEY": "sk-admin-" + secrets.token_urlsafe(24)}
-    argv = [str(VENV_BIN / "corral"), "serve", "--port", str(port), "--sim-url", sim_url]
+    program = [str(VENV_BIN / "corral")]
     server_env = {**(env or {}), **admin_env, "CORRAL_HOME": str(home)}
+    if source is not None:
+        program = [str(VENV_BIN / "python"), "-m", "corral"]
+        server_env["PYTHONPATH"] = str(source)
+    argv = [*program, "serve", "--port", str(port), "--sim-url", sim_url]
     log_name = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     service = procs.start(log_name, argv, core=GATEWAY_CORE, env=server_env)
     wait_until(lambda: listen_problem(url + "/"), service=service, timeout=60, what=name)
