@@ -38,7 +38,7 @@ from corral.runs.executor import LocalExecutor
 from corral.runs.launcher import BubblewrapLauncher, Launcher
 from corral.runs.profiles import Profile, default_profiles
 from corral.runs.service import RunService
-from corral.runs.steps import default_steps
+from corral.runs.steps import AfterRunStep, default_steps
 from corral.settings import Settings
 from corral.sim import SimConfig, SimServer, bind_socket
 from corral.store import Store
@@ -72,6 +72,8 @@ class CorralApp:
         span_sinks: Sequence[Sink] = (),
         extensions: Extensions | None = None,
         launcher: Launcher | None = None,
+        profiles: Mapping[str, Profile] | None = None,
+        after_run_steps: Sequence[AfterRunStep] | None = None,
     ) -> None:
         """Every collaborator has today's default; pass one to replace it.
 
@@ -81,7 +83,9 @@ class CorralApp:
         gateway's guards, observers and listeners; ``span_sinks`` receive every stored
         batch of spans; ``extensions`` the plug-ins (default: every ``corral`` entry point
         installed), whose contributions are added after these; ``launcher`` starts runs'
-        agents (default: bubblewrap on this host).
+        agents (default: bubblewrap on this host); ``profiles`` the agent profiles by name
+        (default: Corral's) and ``after_run_steps`` what runs after an agent exits
+        (default: the diff, then the report).
         """
         self.settings = settings
         self.extensions = extensions if extensions is not None else Extensions.load()
@@ -184,8 +188,14 @@ class CorralApp:
             keys=self.keys, quotas=self.quotas, record_spans=self.record_spans, asgi=self,
             launcher=launcher or BubblewrapLauncher.from_settings(settings),
             artifacts=LocalArtifactStore(settings.artifact_dir or settings.home / "artifacts"),
-            steps=[*default_steps(), *collect("corral_after_run_steps")],
-            profiles=_profiles(collect("corral_agent_profiles")),
+            steps=[
+                *(default_steps() if after_run_steps is None else after_run_steps),
+                *collect("corral_after_run_steps"),
+            ],
+            profiles=_profiles(
+                default_profiles() if profiles is None else profiles,
+                collect("corral_agent_profiles"),
+            ),
         )  # fmt: skip
         self.started = False
 
@@ -348,9 +358,9 @@ class CorralApp:
                 return
 
 
-def _profiles(extra: list[Any]) -> dict[str, Profile]:
-    """Corral's agent profiles and the extensions' (an extension may not replace one)."""
-    profiles = default_profiles()
+def _profiles(base: Mapping[str, Profile], extra: list[Any]) -> dict[str, Profile]:
+    """The given agent profiles and the extensions' (an extension may not replace one)."""
+    profiles = dict(base)
     for profile in extra:
         if profile.name in profiles:
             raise ConfigError(

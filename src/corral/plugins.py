@@ -94,8 +94,10 @@ class Extensions:
 
     @property
     def names(self) -> list[str]:
-        """The registered plug-ins' names (entry-point names for installed ones)."""
-        return sorted(name for name, _ in self.manager.list_name_plugin() if name is not None)
+        """The installed extensions, as ``package version`` (``corral serve`` prints them)."""
+        return sorted(
+            f"{dist.project_name} {dist.version}" for _, dist in self.manager.list_plugin_distinfo()
+        )
 
     def collect(self, hook: str, settings: Settings) -> list[Any]:
         """Every plug-in's contribution to ``hook``, flattened, in registration order."""

@@ -77,6 +77,8 @@ def _announce(app: CorralApp) -> None:
                 f"{provider.api_key_env}, which is not set: its models will answer 502",
                 file=out,
             )
+    if app.extensions.names:
+        print(f"  extensions: {', '.join(app.extensions.names)}", file=out)
     runs = app.executor
     if runs.refusal:
         print(f"  warning: {runs.refusal}", file=out)
