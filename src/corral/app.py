@@ -23,9 +23,15 @@ from corral.clock import Clock, SystemClock
 from corral.errors import ConfigError
 from corral.gateway import Gateway, Upstream
 from corral.gateway.hooks import GatewayHooks
+from corral.guards import build as guards_build
+from corral.guards.detectors import builtin_detectors
+from corral.guards.engine import Guards
+from corral.guards.model import ACTIONS, Detector
+from corral.guards.runs import ExecutorControl
 from corral.identity import KeyCache
 from corral.identity.service import IdentityService
 from corral.metrics import BreakerCollector, Metrics, PipelineCollector, RunsCollector
+from corral.metrics.guards import GuardMetrics
 from corral.plugins import Extensions
 from corral.quota import EmbeddedQuota, QuotaBackend, RedisQuota
 from corral.quota.gate import QuotaGate
@@ -74,6 +80,7 @@ class CorralApp:
         launcher: Launcher | None = None,
         profiles: Mapping[str, Profile] | None = None,
         after_run_steps: Sequence[AfterRunStep] | None = None,
+        detectors: Sequence[Detector] | None = None,
     ) -> None:
         """Every collaborator has today's default; pass one to replace it.
 
@@ -85,7 +92,8 @@ class CorralApp:
         installed), whose contributions are added after these; ``launcher`` starts runs'
         agents (default: bubblewrap on this host); ``profiles`` the agent profiles by name
         (default: Corral's) and ``after_run_steps`` what runs after an agent exits
-        (default: the diff, then the report).
+        (default: the diff, then the report); ``detectors`` what guards watch for (default:
+        Corral's, ``corral.guards.detectors``).
         """
         self.settings = settings
         self.extensions = extensions if extensions is not None else Extensions.load()
@@ -122,6 +130,17 @@ class CorralApp:
             self.trace_policy,
             lambda: self.catalog,
             max_body_bytes=settings.max_body_bytes,
+            listeners=[lambda rows: self.guards.ingested(rows)],
+        )
+        watch = [
+            *(builtin_detectors() if detectors is None else detectors),
+            *collect("corral_detectors"),
+        ]
+        guard_metrics = GuardMetrics(
+            [d.name for d in watch],
+            ACTIONS,
+            self._sequestered,
+            lambda: (self.guards.handled, self.guards.dropped),
         )
         backend: QuotaBackend
         if quota_backend is not None:
@@ -146,7 +165,7 @@ class CorralApp:
         # Traffic metrics listen to finished calls; the collectors read the recorder,
         # exporter, quotas and executor anew at each scrape (corral.metrics' protocols).
         on_loop = (BreakerCollector(self.breakers), PipelineCollector(self), RunsCollector(self))
-        self.metrics = Metrics(settings, self.keys, on_loop)
+        self.metrics = Metrics(settings, self.keys, on_loop, guard_metrics)
         self.hooks = hooks or GatewayHooks()
         self.hooks.listeners.insert(0, self.metrics.traffic.listen)
         self.hooks.guards.extend(collect("corral_request_guards"))
@@ -197,7 +216,20 @@ class CorralApp:
                 collect("corral_agent_profiles"),
             ),
         )  # fmt: skip
+        control = ExecutorControl(self.executor, identity, self.clock)
+        self.guards: Guards = guards_build.build(
+            settings=settings, store=self.store, clock=self.clock, identity=identity,
+            runs=self.runs, keys=self.keys, detectors=watch, control=control, held=control,
+            metrics=guard_metrics,
+        )  # fmt: skip
+        # Guards go first: a stopped team or a suspended run is refused before anything else.
+        self.hooks.guards.insert(0, self.guards.guard)
+        self.hooks.listeners.append(self.guards.listen)
+        self.executor.scheduler.holds.append(self.guards.switches.stopped)  # kill switches
         self.started = False
+
+    def _sequestered(self) -> int:
+        return self.executor.sequestered
 
     @property
     def catalog(self) -> Catalog:
@@ -262,6 +294,7 @@ class CorralApp:
         await self.gateway.start()
         await self.keys.start()
         await self.executor.start()
+        await self.guards.start()
         self._retention_task = asyncio.create_task(
             self.retention.run_forever(self.settings.trace_retention_interval),
             name="corral-retention",
@@ -304,6 +337,7 @@ class CorralApp:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._route_refresher = self._retention_task = None
+        await self.guards.stop()
         await self.executor.stop()
         await self.keys.stop()
         await self.gateway.stop()

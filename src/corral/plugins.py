@@ -16,7 +16,9 @@ process's ``Settings``; each returns a list (or None) that is added after Corral
 * ``corral_span_sinks`` — receivers of every stored batch of span rows
   (``corral.traces.writer.Sink``: ``offer(rows)``, called from the writer's thread);
 * ``corral_after_run_steps`` — steps run in order after a run's agent ends, after
-  Corral's own (``corral.runs.steps.AfterRunStep``).
+  Corral's own (``corral.runs.steps.AfterRunStep``);
+* ``corral_detectors`` — guards' detectors (``corral.guards.model.Detector``), watching
+  every run and key beside Corral's own (names must differ; settings tune them by name).
 
 docs/plugins.md is the guide. pluggy (the library pytest and datasette use) does the
 registration and the calls.
@@ -66,6 +68,10 @@ class Specs:
     @hookspec
     def corral_after_run_steps(self, settings: Settings) -> list[Any] | None:
         """After-run steps (``corral.runs.steps.AfterRunStep``), run after Corral's own."""
+
+    @hookspec
+    def corral_detectors(self, settings: Settings) -> list[Any] | None:
+        """Guards' detectors (``corral.guards.model.Detector``), after Corral's own."""
 
 
 class Extensions:

@@ -230,6 +230,79 @@ class RoutePolicyConfig(BaseModel):
     )
 
 
+GuardAction = Literal["warn", "throttle", "sequester", "kill"]
+
+
+class DetectorSettings(BaseModel):
+    """One detector's settings under ``[guards.detectors.NAME]`` (or a team's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool | None = Field(
+        default=None, description="`false` turns the detector off (default: on)."
+    )
+    thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Thresholds by name, replacing the detector's defaults "
+        "(`corral guards show` lists them).",
+    )
+    actions: list[GuardAction] | None = Field(
+        default=None,
+        description="The escalation ladder: the n-th firing on an open incident takes the "
+        "n-th action, the last repeating (`warn`, `throttle`, `sequester`, `kill`).",
+    )
+
+
+class GuardTeamSettings(BaseModel):
+    """A team's overrides under ``[[guards.teams]]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    team: str = Field(description="The team, by name or id.")
+    enabled: bool | None = Field(default=None, description="`false`: no guard watches this team.")
+    webhook_url: str | None = Field(
+        default=None, description="Where this team's incidents are posted (instead of the org's)."
+    )
+    detectors: dict[str, DetectorSettings] = Field(
+        default_factory=dict, description="Per-detector overrides for this team."
+    )
+
+
+class GuardsConfig(BaseModel):
+    """Guards: detectors that watch every run and key, incidents, kill switches."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=True, description="`false` turns every detector off.")
+    webhook_url: str | None = Field(
+        default=None,
+        description="Where incidents are posted as JSON (retried), for every team "
+        "without a URL of its own.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs each webhook body: `x-corral-signature: sha256=<HMAC of the body>`.",
+    )
+    throttle_rpm: int = Field(
+        default=6, ge=1, description="Calls per minute a throttled run or key may make."
+    )
+    sample_interval: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between samples of a live run's sandbox and of its workspace change.",
+    )
+    queue_max: int = Field(
+        default=100_000,
+        gt=0,
+        description="Signals waiting for the detectors; past it the "
+        "oldest are dropped (counted) rather than the gateway slowed.",
+    )
+    detectors: dict[str, DetectorSettings] = Field(
+        default_factory=dict, description="Per-detector settings, by detector name."
+    )
+    teams: list[GuardTeamSettings] = Field(default_factory=list, description="Per-team overrides.")
+
+
 class Settings(BaseSettings):
     """Everything Corral reads at start-up."""
 
@@ -616,6 +689,9 @@ class Settings(BaseSettings):
     )
     models: list[ModelConfig] = Field(
         default_factory=list, description="The model catalog; see the Models section."
+    )
+    guards: GuardsConfig = Field(
+        default_factory=GuardsConfig, description="Guards; see the Guards section."
     )
 
     @field_validator("database_url")

@@ -18,12 +18,14 @@ from sqlalchemy import select
 from corral.store.schema import keys, spans
 from tests.runs.conftest import Runs, make_repo, start_runs
 
-# Inside the sandbox: call the gateway through the relay with the run's key.
+# Inside the sandbox: call the gateway through the relay with the run's key. Each call asks
+# something new: the same request sent again and again is what guards sequester a run for.
 CALL = """
-import json, os, urllib.request, urllib.error
+import itertools, json, os, urllib.request, urllib.error
+_asked = itertools.count()
 def call(model, max_tokens=16):
     body = json.dumps({"model": model, "max_tokens": max_tokens,
-                       "messages": [{"role": "user", "content": "hello"}]}).encode()
+                       "messages": [{"role": "user", "content": f"hello {next(_asked)}"}]}).encode()
     req = urllib.request.Request(os.environ["OPENAI_BASE_URL"] + "/chat/completions", data=body,
         headers={"authorization": "Bearer " + os.environ["OPENAI_API_KEY"],
                  "content-type": "application/json"})
@@ -422,7 +424,8 @@ def test_one_slot_admits_by_priority_then_first_come(shared_dir: Path, tmp_path:
 
 
 def test_metrics_show_the_executor(runs: Runs) -> None:
-    """/metrics tells this process's slots, live runs, refusal and runs ended by state."""
+    """/metrics tells this process's slots, live runs, refusal, runs it holds frozen and runs
+    ended by state."""
     run = runs.submit(command=["sh", "-c", "exit 4"])
     assert runs.wait(run["id"])["state"] == "failed"
     with runs.api(runs.corral.admin_key) as c:
@@ -437,6 +440,7 @@ def test_metrics_show_the_executor(runs: Runs) -> None:
         ("corral_run_slots", ()): 2,
         ("corral_runs_live", ()): 0,
         ("corral_runs_refused", ()): 0,
+        ("corral_runs_sequestered", ()): 0,
         ("corral_runs_ended_total", (("state", "failed"),)): 1,
     }
 

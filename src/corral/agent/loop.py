@@ -4,6 +4,11 @@ Each turn is one model call with the whole conversation so far. The answer
 either asks for tool calls, which are run in order and appended as ``tool``
 messages, or has none, and then its text is the final summary. The loop also
 ends at the turn limit, or when the gateway refuses a call.
+
+A Corral guard that sees the run going round in circles warns it through the
+gateway (``ModelClient.warnings``); each incident's warning is told to the model
+once, as a user message after the turn's tool results, logged, and recorded as a
+``corral.guard.warning`` event on the agent span.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any, Literal
 from opentelemetry.trace import Span, Status, StatusCode
 
 from corral.agent.errors import AgentError
-from corral.agent.model import ModelClient
+from corral.agent.model import GuardWarning, ModelClient
 from corral.agent.telemetry import Telemetry, chat_done, tool_done
 from corral.agent.tools import Toolbox, tool_specs
 
@@ -27,6 +32,8 @@ You act only through your tools: list_files, read_file, search, write_file, edit
 that does the task, and run the tests or commands that show it works. When you are done, answer
 without calling a tool: that answer is your final report, so say what you changed and how you
 checked it."""
+
+GUARD_NOTICE = "[Corral guard] {message} (incident {incident}). Change your approach or stop."
 
 Ending = Literal["completed", "turn_limit", "error"]
 EXIT_CODES: dict[Ending, int] = {"completed": 0, "turn_limit": 3, "error": 1}
@@ -66,6 +73,7 @@ class Agent:
             {"role": "user", "content": task},
         ]
         summary, turns = "", 0
+        shown: set[str] = set()  # the incidents whose warning the model has seen
         with self.telemetry.agent_span(self.model) as span:
             trace_id = self.telemetry.trace_id(span)
             try:
@@ -74,10 +82,13 @@ class Agent:
                     turns += 1  # a turn counts once answered
                     messages.append(answer)
                     summary = text_of(answer) or summary
+                    notices = self.heed_warnings(span, shown, turns)
                     if not answer.get("tool_calls"):
                         return finish(span, Outcome("completed", summary, turns, trace_id))
                     for call in answer["tool_calls"]:
                         messages.append(self.use_tool(call, turns))
+                    # After the tool results: a tool call must be answered before anything else.
+                    messages.extend(notices)
                 return finish(span, Outcome("turn_limit", summary, turns, trace_id))
             except KeyboardInterrupt:  # Ctrl-C: stop as on SIGTERM, with a report
                 stopped = Outcome("error", summary, turns, trace_id, "interrupted by SIGINT")
@@ -97,6 +108,27 @@ class Agent:
             kept["tool_calls"] = message["tool_calls"]
         return kept
 
+    def heed_warnings(self, span: Span, shown: set[str], turn: int) -> list[dict[str, Any]]:
+        """The user messages telling the model of the last answer's guard warnings that it has
+        not been told of (one per incident, ever); each is logged and put on ``span``."""
+        notices = []
+        for warning in self.client.warnings:
+            seen = warning.incident or warning.message  # no incident id: once per message
+            if seen in shown:
+                continue
+            shown.add(seen)
+            text = notice(warning)
+            self.log(f"[turn {turn}] {text}")
+            span.add_event(
+                "corral.guard.warning",
+                {
+                    "corral.guard.incident": warning.incident,
+                    "corral.guard.message": warning.message,
+                },
+            )
+            notices.append({"role": "user", "content": text})
+        return notices
+
     def use_tool(self, call: dict[str, Any], turn: int) -> dict[str, Any]:
         """Run one tool call under its ``execute_tool`` span; the ``tool`` message to append."""
         function = call.get("function") or {}
@@ -115,6 +147,13 @@ def text_of(message: dict[str, Any]) -> str:
     if isinstance(content, list):
         return "".join(p.get("text", "") for p in content if isinstance(p, dict))
     return content if isinstance(content, str) else ""
+
+
+def notice(warning: GuardWarning) -> str:
+    """What the model is told of a guard's warning."""
+    if not warning.incident:
+        return f"[Corral guard] {warning.message}. Change your approach or stop."
+    return GUARD_NOTICE.format(message=warning.message, incident=warning.incident)
 
 
 def finish(span: Span, outcome: Outcome) -> Outcome:

@@ -68,6 +68,7 @@ def key_fields(key: svc.Key, names: dict[str, str]) -> dict[str, Any]:
         "allowed_models": list(key.allowed_models) if key.allowed_models is not None else None,
         "expires_at": utc(key.expires_at),
         "revoked_at": utc(key.revoked_at),
+        "suspended_by": key.suspended_by,
         "created_at": _time(key.created_at),
         "updated_at": _time(key.updated_at),
     }

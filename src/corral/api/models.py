@@ -102,6 +102,9 @@ class Key(BaseModel):
     allowed_models: list[str] | None
     expires_at: datetime | None
     revoked_at: datetime | None
+    suspended_by: str | None = Field(
+        default=None, description="The incident that suspended the key (refused until released)."
+    )
     created_at: datetime
     updated_at: datetime
 

@@ -313,15 +313,16 @@ def _artifacts(host: RunsHost, run: Run) -> list[Artifact]:
     for name in _OUTPUTS:
         with contextlib.suppress(outputs.Unreadable), store.open(run.id, name) as opened:
             found.append(Artifact(path=name, size=opened.size))
-    for path, size in store.list(run.id, "artifacts"):
-        found.append(Artifact(path=f"artifacts/{path}", size=size))
+    for folder in ("artifacts", "sequestered"):  # sequestered/N.patch: its change when frozen
+        for path, size in store.list(run.id, folder):
+            found.append(Artifact(path=f"{folder}/{path}", size=size))
     return found
 
 
 def _open_artifact(host: RunsHost, run: Run, name: str) -> outputs.Opened:
     """Artifact ``name`` opened for reading from the artifact store: one of Corral's outputs,
     or a file under ``artifacts/``; anything else is 404."""
-    if name not in _OUTPUTS and not name.startswith("artifacts/"):
+    if name not in _OUTPUTS and not name.startswith(("artifacts/", "sequestered/")):
         raise NotFound(f"artifact {name} not found")
     try:
         return host.executor.artifacts.open(run.id, name)

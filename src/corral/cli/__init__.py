@@ -44,6 +44,18 @@ COMMANDS: dict[str, Lazy] = {
         "capacity",
         "Show each provider contract's use per hour: within the reserved capacity and past it.",
     ),
+    "guards": Lazy(
+        "corral.cli.guards",
+        "guards",
+        "Show the detectors and thresholds that apply to a team; switch a team's or the whole "
+        "organisation's agent traffic off and on.",
+    ),
+    "incidents": Lazy(
+        "corral.cli.guards",
+        "incidents",
+        "List the incidents guards opened, read their evidence and timeline, and acknowledge, "
+        "release or kill them.",
+    ),
     "keys": Lazy("corral.cli.admin", "keys", "Create, list and revoke keys."),
     "limits": Lazy(
         "corral.cli.quotas", "limits", "Set, show and clear rate and concurrency limits."

@@ -87,6 +87,13 @@ def _announce(app: CorralApp) -> None:
             f"  runs: {s.run_slots} slots, sandbox {runs.sandbox_label}, folder {runs.dir}",
             file=out,
         )
+        if runs.launcher.cannot_freeze:
+            print(
+                f"  warning: runs cannot be sequestered here ({runs.launcher.cannot_freeze}): "
+                "a guard kills a runaway run instead",
+                file=out,
+            )
+    print(f"  guards: {app.guards.describe()}", file=out)
     if app.generated_admin_key:
         print(
             "  admin key (shown once, only its hash is kept; export it as CORRAL_ADMIN_KEY):\n"

@@ -132,6 +132,11 @@ class Call:
             if adm.degraded_from is not None and self.deployment is not None:
                 headers.append((b"x-corral-degraded-to", self.deployment.name.encode()))
             headers.append((b"x-corral-soft-limit", adm.soft_reason.encode("ascii", "replace")))
+        if self.notes:
+            warning = self.notes.get("warning")
+            if isinstance(warning, str):  # a guard warns the caller (corral.guards)
+                text = warning.encode("ascii", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
+                headers.append((b"x-corral-guard-warning", text[:1000]))
         return headers
 
 

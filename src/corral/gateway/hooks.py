@@ -2,7 +2,8 @@
 
 * A **request guard** sees the identity, the parsed request and its route before
   admission; it refuses by raising a ``CorralError`` (the caller gets it in its protocol's
-  shape and the refusal is recorded) or returns attributes to annotate the call's record.
+  shape and the refusal is recorded) or returns attributes to annotate the call's record
+  (a ``warning`` attribute is also sent to the caller, as ``x-corral-guard-warning``).
   A guard that raises anything else refuses the call too (500 ``guard_failed``): a
   broken guard fails closed.
 * A **response observer** is fed by the stream meter, chunk by chunk as the response is
@@ -58,10 +59,12 @@ class Request:
 @dataclass(frozen=True, slots=True)
 class FinishedCall:
     """A call whose record is written: ``rows[0]`` is its ``llm_request`` span, the rest its
-    attempts (span rows as the ``spans`` table holds them)."""
+    attempts (span rows as the ``spans`` table holds them); ``request`` the call as the
+    guards saw it (None when no guard or observer is registered)."""
 
     key: KeyInfo
     rows: tuple[Mapping[str, Any], ...]
+    request: Request | None = None
 
     @property
     def span(self) -> Mapping[str, Any]:

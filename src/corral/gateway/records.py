@@ -216,7 +216,7 @@ class Records:
             rows = (row, *call.failed, attempt)
         self.recorder.record(*rows)
         if self.hooks.listeners:
-            self.hooks.finished(FinishedCall(key, rows))
+            self.hooks.finished(FinishedCall(key, rows, call.request))
         if adm is not None:
             tokens = (
                 usage.input

@@ -74,6 +74,7 @@ class KeyInfo:
     revoked_at: float | None
     team_name: str | None = None  # for route policies, which name teams
     parent_key_id: str | None = None  # a run's key: the key that submitted the run
+    suspended_by: str | None = None  # the incident that suspended it (guards)
 
     def check_model(self, model: str) -> None:
         if self.allowed_models is not None and model not in self.allowed_models:
@@ -111,6 +112,7 @@ class KeyInfo:
             revoked_at=row.revoked_at,
             team_name=getattr(row, "team_name", None),
             parent_key_id=row.parent_key_id,
+            suspended_by=row.suspended_by,
         )
 
 
@@ -165,6 +167,13 @@ class KeyCache:
             raise AuthenticationFailed(f"API key {info.key_id} has been revoked")
         if info.expires_at is not None and now >= info.expires_at:
             raise AuthenticationFailed(f"API key {info.key_id} expired; create a new one")
+        if info.suspended_by is not None:
+            raise PermissionDenied(
+                f"API key {info.key_id} is suspended by incident {info.suspended_by}: a guard "
+                f"stopped its traffic; its owner or a team admin can see why and release it "
+                f"(corral incidents show {info.suspended_by})",
+                code="key_suspended",
+            )
         return info
 
     def _load(self, digest: str) -> KeyInfo | None:

@@ -108,6 +108,7 @@ class Key:
     created_by: str | None
     key_hash: str = field(repr=False)
     parent_key_id: str | None = None
+    suspended_by: str | None = None  # the incident that suspended it
 
     @classmethod
     def from_row(cls, row: Any) -> Key:
@@ -129,6 +130,7 @@ class Key:
             created_by=row.created_by,
             key_hash=row.key_hash,
             parent_key_id=row.parent_key_id,
+            suspended_by=row.suspended_by,
         )
 
 
@@ -409,6 +411,39 @@ class IdentityService:
                     .values(revoked_at=now, updated_at=now)
                 )
         return self.get_key(key.id)
+
+    def suspend_key(self, key_id: str, incident_id: str) -> bool:
+        """Suspend a key for ``incident_id`` (guards): every process refuses it once its key
+        cache polls, until ``restore_key``. A key already suspended keeps its first
+        incident; the admin key is never suspended. Whether this call suspended it."""
+        now = self._clock.now()
+        with self._store.begin() as conn:
+            done = conn.execute(
+                keys_table.update()
+                .where(
+                    keys_table.c.id == key_id,
+                    keys_table.c.suspended_by.is_(None),
+                    keys_table.c.role != "admin",
+                )
+                .values(suspended_by=incident_id, updated_at=now)
+            ).rowcount
+        return bool(done)
+
+    def restore_key(self, key_id: str, incident_id: str, *, extend_by: float = 0.0) -> bool:
+        """Lift the suspension ``incident_id`` put on a key (another incident's stays);
+        ``extend_by`` seconds are added to its expiry, if it has one (a run's key: the time
+        its run was frozen does not count against it)."""
+        now = self._clock.now()
+        values: dict[str, Any] = {"suspended_by": None, "updated_at": now}
+        if extend_by > 0:
+            values["expires_at"] = keys_table.c.expires_at + extend_by
+        with self._store.begin() as conn:
+            done = conn.execute(
+                keys_table.update()
+                .where(keys_table.c.id == key_id, keys_table.c.suspended_by == incident_id)
+                .values(**values)
+            ).rowcount
+        return bool(done)
 
     # -- the organisation admin key ------------------------------------------------
 

@@ -1,8 +1,9 @@
 """``/metrics``: Prometheus exposition of what this process knows.
 
 The circuit breakers of each deployment (issue 4), what this process's
-gateway served (``corral.metrics.traffic``) and the health of the span
-pipeline (``corral.metrics.pipeline``) and its run executor (``corral.metrics.runs``).
+gateway served (``corral.metrics.traffic``), the health of the span
+pipeline (``corral.metrics.pipeline``) and its run executor (``corral.metrics.runs``),
+and what its guards did (``corral.metrics.guards``).
 Each process exposes its own (breakers
 and traffic counters are per process); scrape every replica.
 """
@@ -22,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from corral.asgi import api_key
 from corral.errors import CorralError
+from corral.metrics.guards import GuardMetrics
 from corral.metrics.pipeline import PipelineCollector
 from corral.metrics.runs import RunsCollector
 from corral.metrics.traffic import Traffic
@@ -100,19 +102,25 @@ class Metrics:
     ``traffic`` is the gateway's hook: its record path calls ``traffic.observe``
     once per span row it records. ``on_loop`` are the collectors that read objects only
     the event loop may walk (``BreakerCollector``, ``PipelineCollector``, ``RunsCollector``):
-    a scrape collects them on the loop; ``traffic`` is safe from any thread. ``keys``
-    authenticates a scrape that presents the org admin key.
+    a scrape collects them on the loop; ``traffic`` is safe from any thread. ``guards``, when
+    given, is the guards engine's hook, collected on the loop too. ``keys`` authenticates a
+    scrape that presents the org admin key.
     """
 
     def __init__(
-        self, settings: Settings, keys: Authenticator, on_loop: Sequence[Collector]
+        self,
+        settings: Settings,
+        keys: Authenticator,
+        on_loop: Sequence[Collector],
+        guards: GuardMetrics | None = None,
     ) -> None:
         self._keys = keys
         self._settings = settings
         token = settings.metrics_token
         self._token = token.get_secret_value().encode() if token is not None else None
         self.traffic = Traffic(settings.metrics_max_teams)
-        self._on_loop = tuple(on_loop)
+        self.guards = guards
+        self._on_loop = (*on_loop, guards) if guards is not None else tuple(on_loop)
         self.registry = CollectorRegistry(auto_describe=True)
         for collector in (*self._on_loop, self.traffic):
             self.registry.register(collector)
@@ -190,6 +198,7 @@ __all__ = [
     "Authenticator",
     "BreakerCollector",
     "BreakerStatus",
+    "GuardMetrics",
     "Metrics",
     "ModelNames",
     "PipelineCollector",

@@ -9,8 +9,10 @@ and writes, ``output`` excludes reasoning.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -211,6 +213,16 @@ class Adapter(ABC):
         """A translator from internal chunks to this protocol's stream (None: it is the
         internal form)."""
 
+    # -- what stuck detectors compare -------------------------------------------------
+
+    def turn(self, body: Mapping[str, Any]) -> Turn | None:
+        """The request's last turn, hashed (see :class:`Turn`); None when ``body`` is not a
+        request of this protocol at all (or the protocol does not say).
+
+        Cheap and bounded: it reads only the last turn, within ``TURN_BYTES`` of text, and
+        never raises, whatever the body holds."""
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
@@ -392,4 +404,241 @@ _ANTHROPIC_TYPES = {
     503: "overloaded_error",
     504: "timeout_error",
     529: "overloaded_error",
+}
+
+
+# -- the last turn -----------------------------------------------------------------
+
+TURN_BYTES = 64 * 1024
+"""Characters of string content hashed per turn at most: past it a string counts by its
+length and its two ends (the first string to cross it keeps its first and last half)."""
+TURN_ITEMS = 256
+"""Messages walked back from the end at most: a longer turn is its last ``TURN_ITEMS``."""
+TURN_PARTS = 256
+"""Blocks or parts read per message at most (texts, tool calls and results)."""
+_NODES = 4096  # JSON values walked per turn at most; past it a value counts as one marker
+_NODE = 16  # what a value costs of the budget beside its characters (bounds the values read)
+_DEPTH = 24  # nesting hashed at most; deeper values count as one marker
+_ENDS = 16  # characters kept of each end of a string once the budget is spent
+_INT_BITS = (1 << 256) - 1
+_TEXT_TYPES = frozenset({"text", "input_text", "output_text"})
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """A model request's last turn, as stuck detectors compare it (hashes, not text)."""
+
+    digest: str
+    """16 hex: the last turn, i.e. the latest assistant message (its text and tool calls)
+    and everything after it (tool results, the user's text); the whole conversation when it
+    has no assistant message yet. Equal digests: the same last turn was sent again."""
+    actions: tuple[str, ...]
+    """The latest assistant message's tool calls, in order, each ``name:`` + 12 hex of a hash
+    of its arguments (canonical JSON: sorted keys; a string of JSON is parsed first)."""
+    results: tuple[str, ...]
+    """The tool results after it, in order, each 12 hex of a hash of its content."""
+    failed: tuple[bool, ...]
+    """Per result: the protocol marks it an error (Anthropic ``is_error``, Gemini a
+    ``functionResponse.response`` holding an ``error`` key); False where it cannot say."""
+    acted: bool | None
+    """Whether the latest assistant message called a tool; None when there is none."""
+    messages: int
+    """How many messages (items, contents) the request holds: a sharp drop is a compaction."""
+
+
+def turn_start(
+    items: list[Any], assistant: Callable[[Any], bool], *, run: bool = False
+) -> tuple[int, bool]:
+    """Where the last turn starts in ``items``, and whether an assistant message starts it.
+
+    Walks back from the end at most ``TURN_ITEMS`` items. ``run``: the turn starts at the
+    first of the consecutive assistant-side items ending at the latest one (Responses items:
+    reasoning, message and calls are one answer). Without an assistant message the turn is
+    the whole conversation (its last ``TURN_ITEMS`` items)."""
+    stop = max(0, len(items) - TURN_ITEMS)
+    at = len(items) - 1
+    while at >= stop and not assistant(items[at]):
+        at -= 1
+    if at < stop:
+        return stop, False
+    while run and at > stop and assistant(items[at - 1]):
+        at -= 1
+    return at, True
+
+
+def text_of(content: Any) -> Any:
+    """Content as its text when it is text (a string, or text blocks of any protocol: their
+    texts joined, markers such as ``cache_control`` left out); other content as it is."""
+    if not isinstance(content, list):
+        return content
+    texts: list[str] = []
+    for block in content[:TURN_PARTS]:
+        if not isinstance(block, dict):
+            return content
+        text, kind = block.get("text"), block.get("type", "text")
+        if not (isinstance(text, str) and isinstance(kind, str) and kind in _TEXT_TYPES):
+            return content
+        texts.append(text)
+    return "".join(texts) if len(content) <= TURN_PARTS else content
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text  # free-form input (a patch, a command line): hashed as the string
+
+
+class TurnHasher:
+    """Builds one :class:`Turn` from its parts, fed in order by a protocol's adapter.
+
+    Values hash as canonical JSON (sorted keys), within one budget per turn: at most
+    ``TURN_BYTES`` characters of strings, ``_NODES`` values and ``_DEPTH`` levels, so a
+    hostile or giant body costs a bounded amount. Ids, signatures and reasoning are the
+    adapter's to leave out: they change from call to call when nothing else does.
+    """
+
+    __slots__ = ("_digest", "_left", "_nodes", "actions", "failed", "results")
+
+    def __init__(self) -> None:
+        self._digest = hashlib.blake2b(digest_size=8)
+        self._left = TURN_BYTES
+        self._nodes = _NODES
+        self.actions: list[str] = []
+        self.results: list[str] = []
+        self.failed: list[bool] = []
+
+    def text(self, value: Any, role: Any = None) -> None:
+        """Content that is neither a tool call nor a result (text, images), said by ``role``."""
+        tag = (_ROLES.get(role) or _role_tag(role)) if isinstance(role, str) else b"t?\0"
+        data = self._bytes(value)
+        self._digest.update(tag + b"%d:" % len(data) + data)
+
+    def action(self, name: Any, arguments: Any) -> None:
+        """A tool call: ``arguments`` a value, or a string of JSON (parsed when it is one)."""
+        if isinstance(arguments, str) and len(arguments) <= self._left:
+            arguments = _json_or_text(arguments)
+        label = name[:128] if isinstance(name, str) else "?"
+        action = f"{label}:{self._hash(arguments).hex()[:12]}"
+        self.actions.append(action)
+        self._digest.update(b"a" + action.encode("utf-8", "surrogatepass") + b"\0")
+
+    def result(self, content: Any, failed: bool = False) -> None:
+        """A tool's result, which the protocol marks ``failed`` or not."""
+        digest = self._hash(content)
+        self.results.append(digest.hex()[:12])
+        self.failed.append(failed)
+        self._digest.update((b"e" if failed else b"r") + digest)
+
+    def turn(self, messages: int, acted: bool) -> Turn:
+        """The turn; ``acted``: an assistant message starts it (else ``acted`` is None)."""
+        return Turn(
+            digest=self._digest.hexdigest(),
+            actions=tuple(self.actions),
+            results=tuple(self.results),
+            failed=tuple(self.failed),
+            acted=bool(self.actions) if acted else None,
+            messages=messages,
+        )
+
+    def _hash(self, value: Any) -> bytes:
+        return hashlib.blake2b(self._bytes(value), digest_size=8).digest()
+
+    def _bytes(self, value: Any) -> bytes:
+        """``value`` as canonical bytes: orjson's sorted-key JSON when the whole of it fits
+        the budget (the common case, and the fast one), else a bounded walk."""
+        kind = type(value)
+        if kind is str:
+            self._nodes -= 1
+            return self._string(value)
+        if kind is dict or kind is list:
+            size = _size(value, self._left, 0)
+            if size <= self._left:
+                try:
+                    data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+                except orjson.JSONEncodeError:
+                    pass  # not plain JSON (lone surrogates, huge integers): walked below
+                else:
+                    self._left -= size
+                    return data
+        out: list[bytes] = []
+        self._walk(value, out, 0)
+        return b"".join(out)
+
+    def _walk(self, value: Any, out: list[bytes], depth: int) -> None:
+        """Sorted keys, sizes before contents. Exact types only: a JSON body holds no
+        subclasses; anything else counts as its type name."""
+        self._nodes -= 1
+        kind = type(value)
+        if kind is str:
+            out.append(self._string(value))
+        elif self._nodes < 0 or depth > _DEPTH:
+            out.append(b"~")  # past the budget: counted, not read
+        elif kind is dict:
+            out.append(b"{%d" % len(value))
+            for key in _keys(value, self._nodes):
+                out.append(self._string(key) if type(key) is str else b"?")
+                self._walk(value[key], out, depth + 1)
+            out.append(b"}")
+        elif kind is list or kind is tuple:
+            out.append(b"[%d" % len(value))
+            for item in value if len(value) <= self._nodes else value[: self._nodes]:
+                self._walk(item, out, depth + 1)
+            out.append(b"]")
+        elif kind is int:
+            out.append(b"i%x" % (value & _INT_BITS))
+        elif value is None or kind is bool or kind is float:
+            out.append(orjson.dumps(value))
+        else:
+            out.append(b"?" + kind.__name__.encode())
+
+    def _string(self, text: str) -> bytes:
+        size = len(text)
+        if size <= self._left:
+            self._left -= size
+            return b"s%d:" % size + text.encode("utf-8", "surrogatepass")
+        keep = max(self._left // 2, _ENDS)
+        self._left = 0
+        ends = text[:keep] + text[-keep:]
+        return b"s%d~" % size + ends.encode("utf-8", "surrogatepass")
+
+
+def _size(value: Any, limit: int, depth: int) -> int:
+    """What hashing ``value`` whole costs: its strings' characters and ``_NODE`` per value.
+    Stops early past ``limit``, and is past it for a value nested deeper than ``_DEPTH``."""
+    kind = type(value)
+    if kind is str:
+        return _NODE + len(value)
+    if kind is not dict and kind is not list and kind is not tuple:
+        return _NODE
+    if depth >= _DEPTH:
+        return limit + 1
+    total = _NODE
+    for item in value.values() if kind is dict else value:
+        # Strings, the common value, inline: a call per value is most of the cost here.
+        total += _NODE + len(item) if type(item) is str else _size(item, limit - total, depth + 1)
+        if total > limit:
+            break
+    if kind is dict:
+        total += sum(len(key) for key in value if type(key) is str) if total <= limit else 0
+    return total
+
+
+def _keys(value: dict[Any, Any], most: int) -> list[Any]:
+    """Up to ``most`` of a dict's keys, sorted (a JSON object's are strings; a mix that
+    cannot be sorted keeps its string keys only)."""
+    keys = value if len(value) <= most else list(itertools.islice(value, most))
+    try:
+        return sorted(keys)
+    except TypeError:  # keys of mixed types: not JSON, only its string keys are read
+        return sorted(k for k in keys if isinstance(k, str))
+
+
+def _role_tag(role: str) -> bytes:
+    return b"t" + role[:64].encode("utf-8", "surrogatepass") + b"\0"
+
+
+_ROLES = {
+    role: _role_tag(role)
+    for role in ("user", "assistant", "system", "developer", "tool", "model", "function")
 }

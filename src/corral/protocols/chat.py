@@ -8,21 +8,27 @@ request of a stream may change.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from corral.errors import InvalidRequest
 from corral.protocols.base import (
+    TURN_PARTS,
     Adapter,
     Outcome,
     Route,
     StreamMeter,
     StreamTranslator,
+    Turn,
+    TurnHasher,
     Usage,
     event_data,
     int_or_zero,
     json_object,
     max_field,
     str_or_none,
+    text_of,
+    turn_start,
 )
 
 PATH = "/v1/chat/completions"
@@ -125,6 +131,9 @@ class ChatAdapter(Adapter):
     def stream_from_internal(self, model: str) -> StreamTranslator | None:
         return None
 
+    def turn(self, body: Mapping[str, Any]) -> Turn | None:
+        return chat_turn(body)
+
 
 class ChatMeter(StreamMeter):
     def __init__(self, strip_usage: bool) -> None:
@@ -168,6 +177,48 @@ def _without_reasoning(message: Any) -> Any:
     if isinstance(message, dict) and "reasoning_content" in message:
         return {k: v for k, v in message.items() if k != "reasoning_content"}
     return message
+
+
+def chat_turn(body: Mapping[str, Any]) -> Turn | None:
+    """The last turn of a Chat request: the latest assistant message's text and
+    ``tool_calls`` (or legacy ``function_call``), then ``tool`` (or ``function``) results
+    and user text. Chat cannot mark a result an error."""
+    messages = body.get("messages") if isinstance(body, Mapping) else None
+    if not isinstance(messages, list):
+        return None
+    start, acted = turn_start(messages, _is_assistant)
+    hasher = TurnHasher()
+    for message in messages[start:]:
+        role = message.get("role") if isinstance(message, dict) else None
+        if role == "assistant":
+            _assistant(message, hasher)
+        elif role in ("tool", "function"):
+            hasher.result(text_of(message.get("content")))
+        elif isinstance(message, dict):
+            hasher.text(text_of(message.get("content")), role)
+        else:
+            hasher.text(message)
+    return hasher.turn(len(messages), acted)
+
+
+def _is_assistant(message: Any) -> bool:
+    return isinstance(message, dict) and message.get("role") == "assistant"
+
+
+def _assistant(message: dict[str, Any], hasher: TurnHasher) -> None:
+    content = message.get("content")
+    if content:
+        hasher.text(text_of(content), "assistant")
+    calls = message.get("tool_calls")
+    for call in calls[:TURN_PARTS] if isinstance(calls, list) else ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            hasher.action(function.get("name"), function.get("arguments"))
+        else:
+            hasher.action(None, call)
+    legacy = message.get("function_call")
+    if isinstance(legacy, dict):
+        hasher.action(legacy.get("name"), legacy.get("arguments"))
 
 
 CHAT = ChatAdapter()

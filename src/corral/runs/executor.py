@@ -16,6 +16,11 @@ key; copy its artifacts into the store; run the after-run steps in order (by
 default the diff, then the report); record the run span; leave the run
 awaiting review or failed, saying why.
 
+A running run may be sequestered (frozen where it is, its slot freed, its change
+snapshotted; ``corral.runs.sequester``), then released or killed: by a call here
+(``sequester_local``, ``release_local``, ``kill_local``) or by its state changed
+in the store by any process, which the loop follows at the next heartbeat.
+
 Everything it uses is a constructor argument: settings, clock, run and identity
 services, the key cache, the quota gate, a ``record_spans`` callable, the ASGI
 app the socket serves, the launcher, the artifact store, the steps and the
@@ -39,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.clock import Clock
-from corral.errors import ClientError, CorralError
+from corral.errors import ClientError, Conflict, CorralError
 from corral.identity.keys import KeyCache
 from corral.identity.service import IdentityService
 from corral.quota import Level
@@ -48,12 +53,13 @@ from corral.runs import outputs
 from corral.runs import workspace as workspaces
 from corral.runs.artifacts import ArtifactStore
 from corral.runs.launcher import Launcher, LaunchSpec, Placement
-from corral.runs.model import LIVE, Run
+from corral.runs.model import HELD, Run
 from corral.runs.profiles import AgentContext, Profile
 from corral.runs.recovery import Recovery
 from corral.runs.runtime import Runtime
 from corral.runs.sandbox import Limits
 from corral.runs.scheduler import SYSTEM, Scheduler
+from corral.runs.sequester import Hold, Sequester, WallClock, until_end
 from corral.runs.service import RunService
 from corral.runs.steps import AfterRunStep, Outcome, StepContext, run_span, run_steps, verdict
 from corral.settings import Settings
@@ -71,6 +77,7 @@ class _Live:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     stop_reason: tuple[str, str, str] | None = None  # (state, actor, reason)
     superseded: bool = False  # its stored state was changed by another process
+    hold: Hold = field(default_factory=Hold)  # its sandbox: frozen, wall clock, snapshots
 
 
 def executor_id() -> str:
@@ -112,6 +119,9 @@ class LocalExecutor:
         self.recovery = Recovery(
             runs, identity, launcher, settings, clock, executor_id=self.id, runs_dir=self.dir
         )
+        self.sequester = Sequester(
+            launcher=launcher, runs=runs, artifacts=artifacts, diff_max=settings.run_diff_max_bytes
+        )
         self.refusal: str | None = None
         self._live: dict[str, _Live] = {}
         self._wake = asyncio.Event()
@@ -128,7 +138,17 @@ class LocalExecutor:
 
     @property
     def live(self) -> int:
-        return len(self._live)
+        """Runs this process holds that take a slot (admitted or running, not frozen)."""
+        return sum(1 for live in list(self._live.values()) if not live.hold.frozen)
+
+    def held(self) -> dict[str, Run]:
+        """The runs this process holds (admitted, running or sequestered), by id."""
+        return {run_id: live.run for run_id, live in list(self._live.items())}
+
+    @property
+    def sequestered(self) -> int:
+        """Runs this process holds frozen (sequestered): they take no slot."""
+        return sum(1 for live in list(self._live.values()) if live.hold.frozen)
 
     @property
     def runtime(self) -> Runtime | None:
@@ -176,7 +196,8 @@ class LocalExecutor:
             log.warning("%s", found)
 
     async def stop(self) -> None:
-        """Stop the loop; stop every live run (failed: the server stopped) and wait for it."""
+        """Stop the loop; stop every run it holds, sequestered ones too (thawed and killed;
+        failed: the server stopped) and wait for them."""
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -230,32 +251,54 @@ class LocalExecutor:
                 await asyncio.wait_for(self._wake.wait(), interval)
             self._wake.clear()
             try:
-                admitted = await asyncio.to_thread(self._tick)
+                differ = await asyncio.to_thread(self._check_held)
+                for run_id in differ:  # before admitting: a run frozen now frees its slot
+                    await self._reconcile(run_id)
+                admitted = await asyncio.to_thread(self._admit)
             except Exception:  # the store may be briefly unavailable; the loop must go on
                 log.exception("the run executor's loop failed; retrying")
                 continue
             for run in admitted:
                 self._live[run.id] = _Live(run, asyncio.create_task(self._guarded(run.id)))
 
-    def _tick(self) -> list[Run]:
+    def _check_held(self) -> list[str]:
+        """Keep the held runs' heartbeats; stop those ended or cancelled elsewhere; return
+        those whose stored state says sequestered or running where this process holds them
+        the other way (another process decided: ``_reconcile`` follows it)."""
         now = self.clock.now()
-        if self._live:
-            for run_id in list(self._live):
-                self.runs.update(run_id, heartbeat_at=now)
-            for run_id, (state, who) in self.runs.held(list(self._live)).items():
-                live = self._live.get(run_id)
-                if live is None:
-                    continue
-                if state not in LIVE:  # another process judged it dead: do not run on
-                    self._request_stop(live, state, SYSTEM, f"{state} elsewhere")
-                    live.superseded = True
-                elif who is not None:
-                    self._request_stop(live, "cancelled", who, "cancelled; the run was stopped")
+        differ: list[str] = []
+        if not self._live:
+            return differ
+        for run_id in list(self._live):
+            self.runs.update(run_id, heartbeat_at=now)
+        for run_id, (state, who) in self.runs.held(list(self._live)).items():
+            live = self._live.get(run_id)
+            if live is None:
+                continue
+            if state not in HELD:  # ended elsewhere (or judged dead): do not run on
+                self._request_stop(live, state, SYSTEM, f"{state} elsewhere")
+                live.superseded = True
+            elif who is not None:
+                self._request_stop(live, "cancelled", who, "cancelled; the run was stopped")
+            elif live.stop_reason is None and (state == "sequestered") != live.hold.frozen:
+                differ.append(run_id)
+        return differ
+
+    def _admit(self) -> list[Run]:
+        now = self.clock.now()
         self.recovery.fail_stale(now, self._live)
         self.recovery.sweep(now, self._live)
         if self.refusal:
             return []
-        return self.scheduler.admit(self.settings.run_slots - len(self._live))
+        return self.scheduler.admit(self.settings.run_slots - self.live)
+
+    async def _reconcile(self, run_id: str) -> None:
+        live = self._live.get(run_id)
+        if live is None:
+            return
+        why = await self.sequester.reconcile(live.run, live.hold)
+        if why is not None:
+            self._request_stop(live, "failed", SYSTEM, why)
 
     # -- one run -------------------------------------------------------------------------------
 
@@ -265,6 +308,45 @@ class LocalExecutor:
         if live is None:
             return False
         self._request_stop(live, "cancelled", actor, "cancelled; the run was stopped")
+        return True
+
+    async def sequester_local(self, run_id: str, actor: str, reason: str) -> bool:
+        """Sequester a run this process holds: frozen (``Launcher.freeze``), stored
+        ``sequestered`` by ``actor`` for ``reason`` (name the incident there), its slot freed
+        (another run may be admitted) and its wall clock stopped; returns once it is frozen
+        and stored, its snapshot (``sequestered/<n>.patch``) following in the background.
+        False when this process does not hold it; ``Conflict`` when its agent is not running
+        (not started yet, exited, being stopped); ``FreezeFailed`` when the sandbox cannot be
+        frozen (it goes on running: kill it instead)."""
+        live = self._live.get(run_id)
+        if live is None:
+            return False
+        if live.stop_reason is not None:
+            raise Conflict(f"run {run_id} is being stopped; it cannot be sequestered")
+        live.run = await self.sequester.freeze(live.run, live.hold, actor, reason)
+        self._wake.set()  # its slot is free now
+        return True
+
+    async def release_local(self, run_id: str, actor: str, reason: str) -> bool:
+        """Release a run this process holds sequestered: stored ``running`` again by
+        ``actor`` for ``reason`` and thawed; it goes on and ends as any run does, taking a
+        slot again even when all are taken (it was admitted before). False when this
+        process does not hold it; ``Conflict`` when it is not sequestered here."""
+        live = self._live.get(run_id)
+        if live is None:
+            return False
+        live.run = await self.sequester.release(live.run, live.hold, actor, reason)
+        return True
+
+    def kill_local(self, run_id: str, actor: str, reason: str) -> bool:
+        """Stop a run this process holds (running or sequestered) as a cancel does (SIGTERM,
+        ``run_grace``, SIGKILL; a frozen one is thawed to receive them); it ends ``failed``
+        with ``reason``, its artifacts collected. Returns at once (the run ends within the
+        grace period); False when this process does not hold it."""
+        live = self._live.get(run_id)
+        if live is None:
+            return False
+        self._request_stop(live, "failed", actor, reason)
         return True
 
     def _request_stop(self, live: _Live, state: str, actor: str, reason: str) -> None:
@@ -305,6 +387,7 @@ class LocalExecutor:
             await self._fail(run.id, f"the workspace could not be made: {exc.message}")
             return
         await asyncio.to_thread(self.runs.update, run.id, base_commit=ws.base)
+        live.hold.workspace = ws
         key_id: str | None = None
         try:
             key_id, raw = await self._mint_key(run)
@@ -416,30 +499,43 @@ class LocalExecutor:
         )
 
     async def _wait(self, live: _Live) -> Outcome:
-        run_id = live.run.id
+        """Wait for the agent to exit; stop it (SIGTERM, ``run_grace``, SIGKILL) when a stop
+        is asked or its wall clock (which does not run while it is frozen) runs out."""
+        run_id, hold = live.run.id, live.hold
+        hold.wall = WallClock(live.run.timeout_s, asyncio.get_running_loop().time())
         waiter = asyncio.ensure_future(self.launcher.wait(run_id))
         stopper = asyncio.ensure_future(live.stop.wait())
         watcher = asyncio.ensure_future(self._watch_disk(live))
         try:
-            done, _ = await asyncio.wait(
-                {waiter, stopper}, timeout=live.run.timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
+            await until_end(hold, waiter, stopper)
         finally:
+            hold.wall = None  # its agent is exiting: it can no longer be sequestered
             watcher.cancel()
             stopper.cancel()
-        if waiter in done:
+        if waiter.done():
+            await hold.settled()
             return Outcome(waiter.result())
         if live.stop_reason is None:
             live.stop_reason = (
                 "failed", SYSTEM, f"the wall-clock limit ({_duration(live.run.timeout_s)}) passed",
             )  # fmt: skip
         self.launcher.signal(run_id, signal.SIGTERM)
+        await self._thaw_to_stop(live)  # a frozen run receives its SIGTERM once thawed
         try:
             code = await asyncio.wait_for(asyncio.shield(waiter), self.settings.run_grace)
         except TimeoutError:
-            self.launcher.signal(run_id, signal.SIGKILL)
+            self.launcher.signal(run_id, signal.SIGKILL)  # thaws whatever froze meanwhile
             code = await waiter
+        await hold.settled()
         return Outcome(code, live.stop_reason)
+
+    async def _thaw_to_stop(self, live: _Live) -> None:
+        """Thaw a run being stopped, frozen or not (a freeze may be under way)."""
+        try:
+            await asyncio.to_thread(self.launcher.thaw, live.run.id)
+        except CorralError as exc:  # SIGKILL after the grace period thaws it anyway
+            log.warning("run %s could not be thawed to stop it: %s", live.run.id, exc.message)
+        live.hold.thawed()
 
     async def _watch_disk(self, live: _Live) -> None:
         """Stop the run once its folders use more than ``run_disk_mb``: measured every

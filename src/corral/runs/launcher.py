@@ -9,8 +9,8 @@ machines (Ray) implements the same protocol.
 
 A launch goes ``place`` (where the run's folders and the gateway are, as the
 agent sees them) → ``prepare`` (hand the folders over, make the cgroups) →
-``start`` → ``wait`` / ``signal`` / ``stats`` → ``release`` (what the limits
-stopped, in words; the cgroups removed). Every method but ``wait`` blocks.
+``start`` → ``wait`` / ``signal`` / ``stats`` / ``freeze`` / ``thaw`` → ``release``
+(what the limits stopped, in words; the cgroups removed). Every method but ``wait`` blocks.
 """
 
 from __future__ import annotations
@@ -67,11 +67,17 @@ class LaunchSpec:
 
 @dataclass(frozen=True, slots=True)
 class Stats:
-    """A live run's use, from its cgroups; None where the host does not measure it."""
+    """A live run's use, from its cgroups, beside its limits (guards compare the two); None
+    where the host does not measure it (or the launcher does not hold the run)."""
 
     memory_bytes: int | None = None
     processes: int | None = None
     cpu_seconds: float | None = None
+    memory_limit: int | None = None
+    process_limit: int | None = None
+    frozen: bool = False
+    refused_forks: int | None = None  # forks the process limit refused so far
+    oom_kills: int | None = None  # processes the memory limit killed so far
 
 
 class Launcher(Protocol):
@@ -79,6 +85,8 @@ class Launcher(Protocol):
     """What runs record as their sandbox (``bubblewrap``, ``none (unsafe)``)."""
     runtime: Runtime | None
     """Corral's Python as the agent sees it (set by ``probe``); profiles run it."""
+    cannot_freeze: str | None
+    """Why runs cannot be frozen here (set by ``probe``); they still run, ``freeze`` raises."""
 
     def probe(self) -> str | None:
         """Check at start-up that runs can be launched here; why not, or None."""
@@ -104,6 +112,19 @@ class Launcher(Protocol):
 
     def stats(self, run_id: str) -> Stats:
         """What the live run uses now."""
+        ...
+
+    def freeze(self, run_id: str) -> None:
+        """Stop every process of the started run where it is (no CPU; memory, files and
+        sockets kept) and return once all are stopped, within about a second. Raises
+        ``FreezeFailed`` when that cannot be done (no freezer here, a process that would not
+        stop: the run is then left running). A signal sent while frozen waits until
+        ``thaw``; ``signal`` with SIGKILL thaws, so a frozen run can always be killed."""
+        ...
+
+    def thaw(self, run_id: str) -> None:
+        """Let a run stopped by ``freeze`` go on where it stopped; a run that is not frozen
+        is left as it is. Raises ``FreezeFailed`` when the host refuses."""
         ...
 
     def release(self, run_id: str) -> list[str]:
@@ -133,6 +154,7 @@ class BubblewrapLauncher:
         self.sandboxed = sandboxed
         self.label = "bubblewrap" if sandboxed else "none (unsafe)"
         self.runtime: Runtime | None = None
+        self.cannot_freeze: str | None = None
         self._boxes: dict[str, _Box] = {}
 
     @classmethod
@@ -146,6 +168,7 @@ class BubblewrapLauncher:
         found = sandboxes.probe(
             self.probe_dir, runtime=self.runtime, uid=self.uid, sandboxed=self.sandboxed
         )
+        self.cannot_freeze = sandboxes.freezer_missing()
         if found.ok:
             return None
         fix = " (--unsafe-no-sandbox runs them anyway, for development)" if self.sandboxed else ""
@@ -206,7 +229,26 @@ class BubblewrapLauncher:
 
     def stats(self, run_id: str) -> Stats:
         box = self._boxes.get(run_id)
-        return Stats(*sandboxes.usage(box.groups)) if box is not None else Stats()
+        if box is None:
+            return Stats()
+        used, limits = sandboxes.usage(box.groups), box.sandbox.limits
+        return Stats(
+            used.memory_bytes, used.processes, used.cpu_seconds,
+            memory_limit=limits.memory_bytes, process_limit=limits.processes,
+            frozen=used.frozen, refused_forks=used.refused_forks, oom_kills=used.oom_kills,
+        )  # fmt: skip
+
+    def freeze(self, run_id: str) -> None:
+        sandboxes.freeze(self._started(run_id).groups)
+
+    def thaw(self, run_id: str) -> None:
+        sandboxes.thaw(self._started(run_id).groups)
+
+    def _started(self, run_id: str) -> _Box:
+        box = self._boxes.get(run_id)
+        if box is None or box.proc is None:
+            raise sandboxes.FreezeFailed(f"run {run_id} is not running in a sandbox here")
+        return box
 
     def release(self, run_id: str) -> list[str]:
         box = self._boxes.pop(run_id, None)

@@ -3,9 +3,11 @@
 ::
 
     queued ──► admitted ──► running ──► awaiting_review ──► approved ──► delivered
-       │           │           │              │   └────────► rejected
-       └───────────┴───────────┴──► cancelled / failed        └─► delivered (no review gate yet)
-                               └──► sequestered (guards, a later issue)
+       │           │          │ ▲             │   └────────► rejected
+       └───────────┴──────────┼─┼─► cancelled / failed        └─► delivered (no review gate yet)
+                              ▼ │        ▲
+                          sequestered ───┘  (guards froze it; released: running again;
+                                             killed: failed)
 
 Every transition is stored with when, who or what caused it (``actor``) and why.
 """
@@ -31,9 +33,14 @@ State = Literal[
 ]
 STATES: tuple[State, ...] = get_args(State)
 LIVE: frozenset[State] = frozenset({"admitted", "running"})
-"""States in which an executor holds the run (its heartbeat must stay fresh)."""
-ACTIVE: frozenset[State] = frozenset({"queued", "admitted", "running"})
-"""States a run has not left yet: ``--wait`` waits while the run is in one of these."""
+"""States in which a run takes one of its executor's slots (and counts against its team's
+limit): a sequestered run is frozen and takes none."""
+HELD: frozenset[State] = LIVE | {"sequestered"}
+"""States in which an executor holds the run: it keeps its heartbeat fresh, and a dead
+executor's run in one of them is failed by recovery."""
+ACTIVE: frozenset[State] = frozenset({"queued", "admitted", "running", "sequestered"})
+"""States a run has not left yet: ``--wait`` waits while the run is in one of these, and a
+cancel stops it."""
 
 TRANSITIONS: dict[State, frozenset[State]] = {
     "queued": frozenset({"admitted", "cancelled", "failed"}),
@@ -41,7 +48,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     "running": frozenset({"awaiting_review", "failed", "cancelled", "sequestered"}),
     "awaiting_review": frozenset({"approved", "rejected", "delivered"}),
     "approved": frozenset({"delivered", "rejected"}),
-    "sequestered": frozenset({"failed", "cancelled", "awaiting_review"}),
+    # awaiting_review: its agent exited in the instant before it could be frozen
+    "sequestered": frozenset({"running", "failed", "cancelled", "awaiting_review"}),
     "rejected": frozenset(),
     "delivered": frozenset(),
     "failed": frozenset(),

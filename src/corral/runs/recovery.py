@@ -22,7 +22,7 @@ from corral.errors import ClientError, CorralError
 from corral.identity.service import IdentityService
 from corral.runs import workspace as workspaces
 from corral.runs.launcher import Launcher
-from corral.runs.model import LIVE, Run
+from corral.runs.model import HELD, Run
 from corral.runs.scheduler import SYSTEM
 from corral.runs.service import RunService
 from corral.settings import Settings
@@ -57,7 +57,7 @@ class Recovery:
     def recover(self) -> None:
         """Fail the live runs of executors on this host that no longer exist."""
         here = socket.gethostname()
-        for run in self.runs.in_states(tuple(LIVE)):
+        for run in self.runs.in_states(tuple(HELD)):
             host, pid = _host_pid(run.executor)
             if host == here and pid is not None and not _alive(pid):
                 self.fail_dead(run, f"the server process that ran it ({run.executor}) ended")
@@ -65,7 +65,7 @@ class Recovery:
     def fail_stale(self, now: float, held: Container[str]) -> None:
         """Fail the live runs, not ``held`` here, whose heartbeat is too old."""
         stale = self.settings.run_stale_after
-        for run in self.runs.in_states(tuple(LIVE)):
+        for run in self.runs.in_states(tuple(HELD)):
             if run.id in held or run.executor == self.executor_id:
                 continue
             if run.heartbeat_at is None or now - run.heartbeat_at > stale:

@@ -30,6 +30,11 @@ The host paths a run needs may sit under folders the uid cannot enter (a
 reachable, in the run's own mount namespace, before the uid is dropped. The
 wall clock is the caller's (``run`` kills the whole tree when it passes).
 ``probe`` checks, at start-up, that all of this actually holds on this host.
+
+A run can be frozen in place (``freeze``, the v1 ``freezer`` cgroup) and thawed again: a
+frozen process keeps its memory and files but gets no CPU, and a signal sent to it stays
+pending until it is thawed, so whatever kills a run (``signal_tree`` with SIGKILL,
+``_remove_cgroup``, ``remove_leftovers``) thaws it after sending SIGKILL.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from corral.errors import ConfigError
+from corral.errors import ConfigError, ServiceUnavailable
 from corral.runs import reveal as reveals
 from corral.runs import seccomp
 from corral.runs.runtime import Runtime, find
@@ -59,6 +64,20 @@ NOBODY = 65534
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 _ETC = ("/etc/ssl", "/etc/ca-certificates", "/etc/passwd", "/etc/group", "/etc/hosts")
 _SYSTEM_LINKS = ("/bin", "/lib", "/lib64", "/sbin")
+_CONTROLLERS = ("memory", "pids", "cpuacct", "freezer")
+FREEZE_TIMEOUT = 1.0
+"""Seconds ``freeze`` waits for every process of a run to stop before it gives up."""
+NO_FREEZER = (
+    f"this host has no freezer cgroup (v1, {_CGROUP_ROOT / 'freezer'}): runs cannot be "
+    "frozen, so guards cannot sequester them"
+)
+
+
+class FreezeFailed(ServiceUnavailable):
+    """A run's sandbox could not be frozen (or thawed): the host has no freezer cgroup, or
+    its processes did not all stop in time. The run is left as it was (running)."""
+
+    code = "sandbox_freeze_failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,15 +162,16 @@ class Sandbox:
 
     @contextlib.contextmanager
     def cgroups(self) -> Iterator[list[Path]]:
-        """Per-run cgroups capping memory and process count, and one measuring CPU time
-        (``cpuacct``, where the host has it; removed afterwards); empty when the host offers
-        none (``probe`` says so)."""
+        """Per-run cgroups capping memory and process count, one measuring CPU time
+        (``cpuacct``) and one that can freeze the run (``freezer``), each where the host has
+        it; removed afterwards; empty when the host offers none (``probe`` says so)."""
         made: list[Path] = []
         name = self.cgroup_name or f"corral-{uuid.uuid4().hex[:12]}"
         wanted: dict[str, tuple[str, int] | None] = {
             "memory": ("memory.limit_in_bytes", self.limits.memory_bytes),
             "pids": ("pids.max", self.limits.processes),
             "cpuacct": None,  # measured only (``usage``)
+            "freezer": None,  # frozen and thawed on demand (``freeze``, ``thaw``)
         }
         try:
             for controller, knob in wanted.items():
@@ -290,48 +310,117 @@ def signal_tree(groups: Sequence[Path], leader: int, sig: int) -> None:
     if sig != signal.SIGTERM or not groups:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(leader, sig)
+    if sig == signal.SIGKILL:  # a frozen process dies only once thawed
+        for group in groups:
+            if group.parent.name == "freezer":
+                _write_state(group, "THAWED")
+
+
+def freeze(groups: Sequence[Path], timeout: float = FREEZE_TIMEOUT) -> None:
+    """Freeze every process of a run (its ``freezer`` group) and wait until the kernel says
+    all are frozen. Past ``timeout`` seconds (a process stuck in the kernel, say) it thaws
+    the run again and raises ``FreezeFailed``; without a freezer group, too."""
+    group = _freezer(groups)
+    _write_state(group, "FROZEN", strict=True)
+    deadline = time.monotonic() + timeout
+    while (state := _read_state(group)) != "FROZEN":
+        if time.monotonic() > deadline:
+            _write_state(group, "THAWED")
+            raise FreezeFailed(
+                f"the run's processes did not all stop within {timeout:g} s (freezer state "
+                f"{state or 'unreadable'}); it was thawed and goes on running"
+            )
+        time.sleep(0.002)
+
+
+def thaw(groups: Sequence[Path], timeout: float = FREEZE_TIMEOUT) -> None:
+    """Thaw a run frozen by ``freeze`` (a run that is not frozen, or a host without the
+    freezer, is left as it is); raises ``FreezeFailed`` when it still reads frozen after
+    ``timeout`` seconds."""
+    group = next((g for g in groups if g.parent.name == "freezer"), None)
+    if group is None:
+        return
+    _write_state(group, "THAWED", strict=True)
+    deadline = time.monotonic() + timeout
+    while (state := _read_state(group)) != "THAWED":
+        if time.monotonic() > deadline:
+            raise FreezeFailed(f"the run could not be thawed (freezer state {state})")
+        time.sleep(0.002)
+
+
+def frozen(groups: Sequence[Path]) -> bool:
+    """Whether the run's freezer group reads FROZEN (False where there is none)."""
+    return any(g.parent.name == "freezer" and _read_state(g) == "FROZEN" for g in groups)
+
+
+def _freezer(groups: Sequence[Path]) -> Path:
+    for group in groups:
+        if group.parent.name == "freezer":
+            return group
+    raise FreezeFailed(NO_FREEZER)
+
+
+def _read_state(group: Path) -> str | None:
+    try:
+        return (group / "freezer.state").read_text().strip()
+    except OSError:
+        return None
+
+
+def _write_state(group: Path, state: str, *, strict: bool = False) -> None:
+    try:
+        (group / "freezer.state").write_text(state)
+    except OSError as exc:
+        if strict:
+            raise FreezeFailed(f"the run's freezer cgroup refused {state}: {exc}") from exc
 
 
 def limits_hit(groups: Sequence[Path], limits: Limits) -> list[str]:
     """What the run's cgroups refused or killed, in words (read before they are removed)."""
+    used = usage(groups)
     hit: list[str] = []
-    for group in groups:
-        with contextlib.suppress(OSError, ValueError):
-            if group.parent.name == "memory":
-                fields = dict(
-                    line.split() for line in (group / "memory.oom_control").read_text().splitlines()
-                )
-                if int(fields.get("oom_kill", "0")):
-                    mib = limits.memory_bytes // 2**20
-                    hit.append(
-                        f"the memory limit ({mib} MiB) killed {fields['oom_kill']} process(es)"
-                    )
-            elif group.parent.name == "pids":
-                events = dict(
-                    line.split() for line in (group / "pids.events").read_text().splitlines()
-                )
-                if int(events.get("max", "0")):
-                    hit.append(
-                        f"the process limit ({limits.processes}) refused {events['max']} fork(s)"
-                    )
+    if used.oom_kills:
+        mib = limits.memory_bytes // 2**20
+        hit.append(f"the memory limit ({mib} MiB) killed {used.oom_kills} process(es)")
+    if used.refused_forks:
+        hit.append(f"the process limit ({limits.processes}) refused {used.refused_forks} fork(s)")
     return hit
 
 
-def usage(groups: Sequence[Path]) -> tuple[int | None, int | None, float | None]:
-    """A live run's memory (bytes), process count and CPU time (seconds) from its cgroups;
-    None for what the host does not measure."""
-    memory = processes = None
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A live run's use from its cgroups; None for what the host does not measure."""
+
+    memory_bytes: int | None = None
+    processes: int | None = None
+    cpu_seconds: float | None = None
+    frozen: bool = False
+    refused_forks: int | None = None  # forks the process limit refused so far
+    oom_kills: int | None = None  # processes the memory limit killed so far
+
+
+def usage(groups: Sequence[Path]) -> Usage:
+    """A live run's memory (bytes), process count, CPU time (seconds), whether it is
+    frozen, and what its limits refused or killed so far, from its cgroups."""
+    memory = processes = forks = ooms = None
     cpu = None
     for group in groups:
         with contextlib.suppress(OSError, ValueError):
             controller = group.parent.name
             if controller == "memory":
                 memory = int((group / "memory.usage_in_bytes").read_text())
+                ooms = int(_fields(group / "memory.oom_control").get("oom_kill", "0"))
             elif controller == "pids":
                 processes = int((group / "pids.current").read_text())
+                forks = int(_fields(group / "pids.events").get("max", "0"))
             elif controller == "cpuacct":
                 cpu = int((group / "cpuacct.usage").read_text()) / 1e9
-    return memory, processes, cpu
+    return Usage(memory, processes, cpu, frozen(groups), forks, ooms)
+
+
+def _fields(path: Path) -> dict[str, str]:
+    """A cgroup file of ``name value`` lines."""
+    return dict(line.split(maxsplit=1) for line in path.read_text().splitlines())
 
 
 def _is_bwrap(pid: int) -> bool:
@@ -345,7 +434,7 @@ def remove_leftovers(name: str) -> int:
     """Kill whatever is left in the cgroups named ``name`` (a dead server's run) and remove
     them; return how many processes were killed."""
     killed = 0
-    for controller in ("memory", "pids", "cpuacct"):
+    for controller in _CONTROLLERS:
         group = _CGROUP_ROOT / controller / name
         if group.is_dir():
             with contextlib.suppress(OSError):
@@ -374,11 +463,15 @@ def _confine(
 
 
 def _remove_cgroup(group: Path) -> None:
-    """Kill what is left in a run's cgroup and remove it."""
+    """Kill what is left in a run's cgroup and remove it; the run's freezer group (of the
+    same name) is thawed after the SIGKILL, or a frozen process would never leave."""
     with contextlib.suppress(OSError):
         for pid in (group / "cgroup.procs").read_text().split():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
+    freezer = _CGROUP_ROOT / "freezer" / group.name
+    if freezer.is_dir():
+        _write_state(freezer, "THAWED")
     for _ in range(50):
         try:
             group.rmdir()
@@ -391,6 +484,8 @@ def _remove_cgroup(group: Path) -> None:
 class Probe:
     ok: bool
     problems: list[str]
+    cannot_freeze: str | None = None
+    """Why runs cannot be frozen here (no freezer cgroup); they still run."""
 
 
 def probe(
@@ -440,7 +535,12 @@ def probe(
         problems.append("no memory cgroup (v1) to cap a run's memory")
     if not (_CGROUP_ROOT / "pids" / "cgroup.procs").exists():
         problems.append("no pids cgroup (v1) to cap a run's processes")
-    return Probe(not problems, problems)
+    return Probe(not problems, problems, freezer_missing())
+
+
+def freezer_missing() -> str | None:
+    """Why runs cannot be frozen on this host, or None."""
+    return None if (_CGROUP_ROOT / "freezer" / "cgroup.procs").exists() else NO_FREEZER
 
 
 def _problems(result: subprocess.CompletedProcess[str]) -> list[str]:

@@ -1,13 +1,16 @@
 """Which queued run goes next: priority, then first come first served, within team limits.
 
 A team at its limit of live runs (``run_team_concurrency``, per team
-``run_team_limits``) is skipped, not waited on. Claiming a run is a
+``run_team_limits``) is skipped, not waited on; so is a team a hold names (``holds``:
+guards' kill switches), whose runs stay queued until it is lifted. Claiming a run is a
 compare-and-set on its state, so two processes never start the same run; team
 limits are counted across processes from the store (two processes admitting in
 the same instant can exceed a team's limit by one). All methods block.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from corral.clock import Clock
 from corral.errors import ClientError
@@ -36,6 +39,8 @@ class Scheduler:
         self.settings = settings
         self.clock = clock
         self.executor_id = executor_id
+        self.holds: list[Callable[[str], object | None]] = []
+        """Each says, for a team id, why its runs must wait (None: they need not)."""
 
     def admit(self, free: int) -> list[Run]:
         """Claim up to ``free`` queued runs, in order, skipping teams at their limit."""
@@ -46,12 +51,15 @@ class Scheduler:
         if not queued:
             return admitted
         live_by_team: dict[str, int] = {}
+        # LIVE, not HELD: a sequestered run is frozen and takes no slot of its team either
         for run in self.runs.in_states(tuple(LIVE)):
             live_by_team[run.team_id] = live_by_team.get(run.team_id, 0) + 1
         for run in queued:
             if len(admitted) >= free:
                 break
             if live_by_team.get(run.team_id, 0) >= self.team_limit(run.team_id):
+                continue
+            if any(hold(run.team_id) is not None for hold in self.holds):
                 continue
             claimed = self._claim(run)
             if claimed is not None:

@@ -96,6 +96,8 @@ keys = Table(
     Column("updated_at", Float, nullable=False),
     Column("created_by", String(40), nullable=True),
     Column("parent_key_id", String(40), nullable=True),
+    # the incident (``inc_...``) that suspended the key: refused until it is released
+    Column("suspended_by", String(40), nullable=True),
     Index("ix_keys_updated_at", "updated_at"),
     Index("ix_keys_team_id", "team_id"),
     Index(
@@ -350,6 +352,60 @@ run_events = Table(
     Column("actor", String(200), nullable=False),
     Column("reason", Text, nullable=True),
     Index("ix_run_events_run", "run_id", "id"),
+)
+
+# Guards (corral.guards). An incident is opened by a detector firing on a subject (a run, or
+# a key that is not a run's) and collects later firings on it while it is open or
+# acknowledged; ``evidence`` holds each firing (detector, numbers, span ids), ``actions`` what
+# was done. ``owner_id`` is the run's owner, or the key's user. Every step of it (opened,
+# fired, an action, ack, release, kill, a comment, a webhook delivery) is a row of
+# ``incident_events`` naming who did it.
+incidents = Table(
+    "incidents",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("org_id", String(40), ForeignKey("orgs.id"), nullable=False),
+    Column("team_id", String(40), nullable=True),
+    Column("owner_id", String(40), nullable=True),
+    Column("subject", String(10), nullable=False),  # "run" or "key"
+    Column("run_id", String(40), nullable=True),
+    Column("key_id", String(40), nullable=True),
+    Column("detector", String(80), nullable=False),  # the one that opened it
+    Column("state", String(20), nullable=False),  # open, acknowledged, released, killed
+    Column("action", String(20), nullable=False),  # the strongest action taken so far
+    Column("summary", Text, nullable=False),
+    Column("evidence", JSON, nullable=False),
+    Column("opened_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("closed_at", Float, nullable=True),
+    Index("ix_incidents_team_opened", "team_id", "opened_at"),
+    Index("ix_incidents_state", "state"),
+    Index("ix_incidents_run", "run_id"),
+    Index("ix_incidents_key", "key_id"),
+)
+
+incident_events = Table(
+    "incident_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("incident_id", String(40), ForeignKey("incidents.id"), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("detail", Text, nullable=True),
+    Column("data", JSON, nullable=True),
+    Index("ix_incident_events_incident", "incident_id", "id"),
+)
+
+# Kill switches: ``scope`` is "org" (every team) or a team id; a row means the switch is on.
+kill_switches = Table(
+    "kill_switches",
+    metadata,
+    Column("scope", String(40), primary_key=True),
+    Column("org_id", String(40), ForeignKey("orgs.id"), nullable=False),
+    Column("on_at", Float, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("comment", Text, nullable=True),
 )
 
 # Settings the store keeps for itself (the generated admin key's hash, ...).

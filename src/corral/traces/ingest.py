@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from corral.asgi import Receive, Scope, Send, api_key, header, read_body, send_bytes
@@ -58,12 +58,17 @@ class OtlpIngest:
         catalog: Callable[[], Catalog],
         *,
         max_body_bytes: int,
+        listeners: Sequence[Callable[[Sequence[dict[str, Any]]], None]] = (),
     ) -> None:
+        """``listeners`` are told of each accepted batch before it is recorded, its rows
+        with their bodies still attached (guards read tool spans); they must be cheap and
+        must not change the rows."""
         self.keys = keys
         self.recorder = recorder
         self.trace_policy = trace_policy
         self.catalog = catalog
         self.max_body_bytes = max_body_bytes
+        self.listeners = list(listeners)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         content_type = (header(scope, b"content-type") or "application/x-protobuf").lower()
@@ -99,6 +104,11 @@ class OtlpIngest:
             batch = parse(body, **kwargs)
         if batch.rows:
             recorder.check_capacity(len(batch.rows))
+            for listener in self.listeners:  # before the team's body policy drops bodies
+                try:
+                    listener(batch.rows)
+                except Exception:  # a listener's fault never loses the batch
+                    log.exception("an OTLP ingest listener failed (ignored)")
             self._prepare(batch, key.team_id, events=path == "/v1/logs")
             try:
                 recorder.record(*batch.rows)

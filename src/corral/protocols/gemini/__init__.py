@@ -81,13 +81,15 @@ Mapping decisions (Gemini ⇄ the internal Chat form)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from corral.protocols.base import StreamTranslator
+from corral.protocols.base import StreamTranslator, Turn
 from corral.protocols.gemini.bodies import chat_response_to_gemini, gemini_response_to_chat
 from corral.protocols.gemini.from_chat import chat_to_gemini
 from corral.protocols.gemini.streams import ChatToGeminiStream, GeminiToChatStream
 from corral.protocols.gemini.to_chat import gemini_to_chat
+from corral.protocols.gemini.turn import gemini_turn
 from corral.protocols.gemini.wire import GeminiWire
 
 
@@ -111,6 +113,9 @@ class GeminiAdapter(GeminiWire):
 
     def stream_from_internal(self, model: str) -> StreamTranslator | None:
         return ChatToGeminiStream(model=model)
+
+    def turn(self, body: Mapping[str, Any]) -> Turn | None:
+        return gemini_turn(body)
 
 
 GEMINI = GeminiAdapter()

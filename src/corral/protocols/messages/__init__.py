@@ -3,9 +3,10 @@ and from the internal form in ``to_chat``, ``from_chat``, ``bodies`` and ``strea
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from corral.protocols.base import StreamTranslator
+from corral.protocols.base import StreamTranslator, Turn
 from corral.protocols.messages.bodies import (
     anthropic_error_to_openai,
     chat_response_to_messages,
@@ -15,6 +16,7 @@ from corral.protocols.messages.bodies import (
 from corral.protocols.messages.from_chat import chat_to_messages
 from corral.protocols.messages.streams import ChatToMessagesStream, MessagesToChatStream
 from corral.protocols.messages.to_chat import messages_to_chat
+from corral.protocols.messages.turn import messages_turn
 from corral.protocols.messages.wire import MessagesWire
 
 
@@ -39,6 +41,9 @@ class MessagesAdapter(MessagesWire):
     def stream_from_internal(self, model: str) -> StreamTranslator | None:
         return ChatToMessagesStream(model=model)
 
+    def turn(self, body: Mapping[str, Any]) -> Turn | None:
+        return messages_turn(body)
+
 
 MESSAGES = MessagesAdapter()
 
@@ -52,5 +57,6 @@ __all__ = [
     "chat_to_messages",
     "messages_response_to_chat",
     "messages_to_chat",
+    "messages_turn",
     "openai_error_to_anthropic",
 ]

@@ -3,13 +3,15 @@ and from the internal form in ``chat``, ``streams``, ``from_chat`` and ``to_chat
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from corral.protocols.base import StreamTranslator
+from corral.protocols.base import StreamTranslator, Turn
 from corral.protocols.responses.chat import chat_response_to_responses, responses_to_chat
 from corral.protocols.responses.from_chat import chat_to_responses, responses_response_to_chat
 from corral.protocols.responses.streams import ChatToResponsesStream
 from corral.protocols.responses.to_chat_stream import ResponsesToChatStream
+from corral.protocols.responses.turn import responses_turn
 from corral.protocols.responses.wire import ResponsesWire
 
 
@@ -33,6 +35,9 @@ class ResponsesAdapter(ResponsesWire):
 
     def stream_from_internal(self, model: str) -> StreamTranslator | None:
         return ChatToResponsesStream(model=model)
+
+    def turn(self, body: Mapping[str, Any]) -> Turn | None:
+        return responses_turn(body)
 
 
 RESPONSES = ResponsesAdapter()
