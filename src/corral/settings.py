@@ -289,7 +289,8 @@ class GuardsConfig(BaseModel):
     sample_interval: float = Field(
         default=1.0,
         gt=0,
-        description="Seconds between samples of a live run's sandbox and of its workspace change.",
+        description="Seconds between samples of a live run's sandbox (its cgroups); its "
+        "workspace change is sampled every fifth time.",
     )
     queue_max: int = Field(
         default=100_000,

@@ -27,13 +27,18 @@ def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
     )
 
 
-def drive(url: str, key: str, completed: list[str], stop: threading.Event, n: int) -> None:
-    """Send alternating streamed and whole requests; note the ids of completed responses."""
+def drive(
+    url: str, key: str, completed: list[str], stop: threading.Event, n: int, tag: int = 0
+) -> None:
+    """Send alternating streamed and whole requests, each asking something new (the same
+    request again and again is a runaway guards suspend the key for); note the ids of
+    completed responses."""
     with httpx.Client(base_url=url, timeout=10) as c:
         for i in range(n):
             if stop.is_set():
                 return
-            body = {"model": "sim-economy", "messages": [{"role": "user", "content": f"req {i}"}]}
+            content = f"req {tag}-{i}"
+            body = {"model": "sim-economy", "messages": [{"role": "user", "content": content}]}
             headers = {"authorization": f"Bearer {key}"}
             try:
                 if i % 2:
@@ -66,8 +71,10 @@ def test_sigkill_under_load_loses_no_completed_record(tmp_path: Path) -> None:
     completed: list[str] = []
     stop = threading.Event()
     threads = [
-        threading.Thread(target=drive, args=(f"http://127.0.0.1:{port}", key, completed, stop, 400))
-        for _ in range(8)
+        threading.Thread(
+            target=drive, args=(f"http://127.0.0.1:{port}", key, completed, stop, 400, tag)
+        )
+        for tag in range(8)
     ]
     for t in threads:
         t.start()

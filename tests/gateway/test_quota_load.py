@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import signal
 import time
@@ -29,10 +30,14 @@ from corral.quota import Budget, Level, RedisQuota
 from corral.settings import load_settings
 from corral.store import Store
 from corral.store.schema import spans
-from tests.gateway.conftest import gateway_corral
+from tests.gateway.conftest import gateway_corral as _gateway_corral
 from tests.gateway.serve import start_server, stop_server
 from tests.quota.conftest import RedisServer, local_redis
 from tests.services import free_port
+
+# These tests send the same request again and again on purpose (budgets, limits, fallback):
+# guards would rightly stop such a key, so they are off here (tests/guards tests them).
+gateway_corral = functools.partial(_gateway_corral, guards={"enabled": False})
 
 BUDGET_USD = 0.003  # sim-economy: a request reserves USD 0.00004 to 0.00065 (output cap 20-319)
 BUDGET_NUSD = 3_000_000
@@ -211,6 +216,7 @@ def fleet(tmp_path: Path, redis: RedisServer, n: int = 2, **env: str) -> Iterato
         "CORRAL_REDIS_URL": redis.url,
         "CORRAL_QUOTA_REFRESH_INTERVAL": "0.2",
         "CORRAL_RECORD_FLUSH_INTERVAL": "0.05",
+        "CORRAL_GUARDS": '{"enabled": false}',  # the same request on purpose: see the top
         **env,
     }
     f = Fleet(home, store, key, team.id, [], [], env)

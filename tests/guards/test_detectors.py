@@ -62,32 +62,39 @@ def test_builtin_detectors_are_named_documented_and_well_formed() -> None:
 # --- repeated_request ---------------------------------------------------------------------
 
 
-def test_repeated_request_fires_at_the_fifth_copy_among_ten_calls() -> None:
-    """Five copies of one request, interleaved with others: the fifth fires, the fourth
-    does not; failed calls and calls without a turn count for nothing."""
+def test_repeated_request_fires_at_the_fifth_copy_among_six_calls() -> None:
+    """Five copies of one request with one other request among them: the fifth fires, the
+    fourth does not; failed calls and calls without a turn count for nothing."""
     signals: list[Signal] = []
     for i in range(5):
         signals.append(call(i * 10, turn("same")))
         signals.append(call(i * 10 + 1, turn("same"), status="error"))  # a retry storm's
         signals.append(call(i * 10 + 2, None))
-        if i < 4:
-            signals.append(call(i * 10 + 3, turn(f"other-{i}")))
+        if i == 1:
+            signals.append(call(i * 10 + 3, turn("other")))
     found = feed(RepeatedRequest(), signals)
     assert [i for i, _ in found] == [len(signals) - 3]
     finding = found[0][1]
-    assert dict(finding.numbers) == {"count": 5, "threshold": 5, "window": 10}
+    assert dict(finding.numbers) == {"count": 5, "threshold": 5, "window": 6}
     assert finding.span_ids == tuple(
         s.span_id
         for s in signals
         if isinstance(s, Call) and s.status == "ok" and s.turn and s.turn.digest == "same"
     )
     assert finding.message == (
-        "the same request (last turn same…) was sent 5 times in the last 9 successful calls"
+        "the same request (last turn same…) was sent 5 times in the last 6 successful calls"
     )
 
 
+def test_a_side_request_every_other_call_is_not_a_loop() -> None:
+    """Claude Code's quota check before each of a person's sessions: every other call, so
+    at most three copies among any six calls."""
+    signals = [call(i, turn("quota" if i % 2 == 0 else f"work-{i}")) for i in range(40)]
+    assert feed(RepeatedRequest(), signals) == []
+
+
 def test_repeated_request_needs_the_copies_within_the_window() -> None:
-    """One request every third call: at most four copies in any ten calls, never five."""
+    """One request every third call: at most two copies in any six calls, never five."""
     signals = [call(i, turn("same" if i % 3 == 0 else f"o{i}")) for i in range(300)]
     assert feed(RepeatedRequest(), signals) == []
     assert len(feed(RepeatedRequest(), signals, window=13)) > 0

@@ -25,7 +25,7 @@ def test_defaults_apply_to_every_team() -> None:
     policy = _policy()
     rule = _rule(policy, "repeated_request", "team_1", "payments")
     assert rule is not None
-    assert rule.limits == {"repeats": 5, "window": 10}
+    assert rule.limits == {"repeats": 5, "window": 6}
     assert rule.actions == ("sequester",)
     assert rule.overridden == ()
     assert len(policy.rules(None)) == len(builtin_detectors())
@@ -40,7 +40,7 @@ def test_the_org_and_then_the_team_override_by_name_or_id() -> None:
         ],
     )
     org = _rule(policy, "repeated_request", "team_2", "search")
-    assert org.limits == {"repeats": 8, "window": 10}
+    assert org.limits == {"repeats": 8, "window": 6}
     assert org.actions == ("warn",)
     payments = _rule(policy, "repeated_request", "team_1", "payments")
     assert payments.limits == {"repeats": 8, "window": 16}

@@ -30,7 +30,7 @@ GUARDS: dict[str, Any] = {
     "detectors": {
         "ceiling": {"thresholds": {"tokens_per_minute": 60_000}},
         "error_storm": {"thresholds": {"errors": 8}, "actions": ["sequester"]},
-        "stalled_progress": {"thresholds": {"turns": 8, "tokens": 2_000}},
+        "stalled_progress": {"thresholds": {"turns": 8, "tokens": 2_000}, "actions": ["sequester"]},
         "sandbox_pressure": {"thresholds": {"samples": 2}},
     },
 }
@@ -82,12 +82,12 @@ while True:  # children that stay, and forks past the process limit, refused
 """
 
 BALLOON = """\
-import time
-held = []
-while True:
-    if sum(len(b) for b in held) < 78 * 2**20:  # near the 96 MiB limit, not past it
-        held.append(bytearray(2 * 2**20))
-    time.sleep(0.05)
+import subprocess, sys, time
+GROW = ("held = []\\nwhile True:\\n    held.append(bytearray(2**20))\\n"
+        "    held[-1][::4096] = b'x' * 256")
+while True:  # a worker that grows until the memory limit kills it, started again and again
+    subprocess.run([sys.executable, "-c", GROW])
+    time.sleep(0.1)
 """
 
 
@@ -103,7 +103,7 @@ def _script(tmp: Path) -> Path:
     run = '{{ name = "run", arguments = {{ command = "{}" }} }}'
     conversation("repeat", "^loop on the status", [run.format("echo waiting")] * 20)
     conversation("oscillate", "^flip flop", [run.format(c) for c in ("echo A", "echo B") * 10])
-    reads = [f'{{ name = "search", arguments = {{ pattern = "def{n}" }} }}' for n in range(20)]
+    reads = [f'{{ name = "search", arguments = {{ pattern = "def{n}" }} }}' for n in range(28)]
     conversation("stall", "^read forever", reads)
     path = tmp / "script.toml"
     path.write_text(sample.SCRIPT.read_text() + "\n" + "\n".join(turns))

@@ -26,9 +26,9 @@ from corral.errors import CorralError, PermissionDenied, RateLimited
 from corral.gateway.hooks import FinishedCall, Request
 from corral.guards.actions import Actions, Mark
 from corral.guards.incidents import Incident, IncidentService
-from corral.guards.model import Call, Progress, Sandbox, Signal, Subject, Tool
+from corral.guards.model import Call, Detector, Progress, Sandbox, Signal, Subject, Tool
 from corral.guards.ops import DetectorView, KillSwitch
-from corral.guards.policy import Policy
+from corral.guards.policy import Policy, Rule
 from corral.guards.switches import Switches
 from corral.identity.service import DEFAULT_ORG_ID
 from corral.protocols import ADAPTERS
@@ -57,11 +57,15 @@ class HeldRuns(Protocol):
         ...
 
 
+_Watch = tuple[Rule, Detector, str]
+
+
 @dataclass(slots=True)
 class _State:
     team_id: str | None
     team_name: str | None
     detectors: dict[str, Any] = field(default_factory=dict)
+    watch: dict[str, tuple[_Watch, ...]] | None = None  # by signal kind
 
 
 class Guards:
@@ -269,11 +273,16 @@ class Guards:
             return  # stopped already: what it does now (refused calls) is not new evidence
         if isinstance(item, FinishedCall):
             state = self._state(subject, item.key.team_id, item.key.team_name)
+            kind = "call"
         else:
             state = self._states.get(subject) or self._state(subject, None, None)
-        rules = self.policy.rules(state.team_id, state.team_name)
-        if not rules:
-            return  # guards are off for this team: nothing to read the signal for
+            kind = "tool" if isinstance(item, _RawTool) else _KINDS[type(item)]
+        watch = state.watch
+        if watch is None:
+            watch = state.watch = self._watching(state, subject)
+        applicable = watch[kind]
+        if not applicable:
+            return  # no detector reads this signal here (guards off for the team, say)
         signal: Signal
         if isinstance(item, FinishedCall):
             signal = self._call_of(item, at)
@@ -281,18 +290,28 @@ class Guards:
             signal = _tool_of(item, at)
         else:
             signal = item  # type: ignore[assignment]
-        kind = _KINDS[type(signal)]
-        for rule in rules:
-            detector = rule.detector
-            if kind not in detector.signals or subject.kind not in detector.subjects:
-                continue
-            mine = state.detectors.get(detector.name)
+        states = state.detectors
+        for rule, detector, name in applicable:
+            mine = states.get(name)
             if mine is None:
-                mine = state.detectors[detector.name] = detector.state()
+                mine = states[name] = detector.state()
             finding = detector.observe(mine, signal, rule.limits)
             if finding is not None:
-                state.detectors[detector.name] = detector.state()
+                states[name] = detector.state()
                 self.actions.fire(subject, state.team_id, rule, finding, at=at)
+
+    def _watching(self, state: _State, subject: Subject) -> dict[str, tuple[_Watch, ...]]:
+        """The subject's detectors by the signal kind they read (resolved once per subject:
+        the settings do not change while the process runs)."""
+        rules = self.policy.rules(state.team_id, state.team_name)
+        return {
+            kind: tuple(
+                (rule, rule.detector, rule.detector.name)
+                for rule in rules
+                if kind in rule.detector.signals and subject.kind in rule.detector.subjects
+            )
+            for kind in _KINDS.values()
+        }
 
     def _state(self, subject: Subject, team_id: str | None, team_name: str | None) -> _State:
         state = self._states.get(subject)
@@ -304,6 +323,7 @@ class Guards:
             self._states.move_to_end(subject)
             if team_id is not None and state.team_id is None:
                 state.team_id, state.team_name = team_id, team_name
+                state.watch = None  # its team's detectors, not the defaults
         return state
 
     def forget(self, subject: Subject) -> None:

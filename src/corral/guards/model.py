@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, get_args
+from functools import cached_property
+from typing import Any, Literal, NamedTuple, Protocol, get_args
 
 from corral.protocols.base import Turn
 
@@ -45,7 +46,16 @@ class Subject:
     id: str
 
 
-@dataclass(frozen=True, slots=True)
+class Step(NamedTuple):
+    """One tool call an agent executed and what came of it."""
+
+    action: str  # the tool's name and a hash of its arguments
+    outcome: str | None  # the result's hash, the error's hash when it failed; None: unknown
+    failed: bool
+    span_id: str  # the span that reported it
+
+
+@dataclass(frozen=True)  # no slots: ``steps`` is computed once and kept
 class Call:
     """A finished gateway call, as detectors see it."""
 
@@ -64,6 +74,20 @@ class Call:
     @property
     def tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+    @cached_property
+    def steps(self) -> tuple[Step, ...]:
+        """The tool calls the agent executed since its previous call (the latest assistant
+        message's calls with the results the request carries back); read by several
+        detectors, made once."""
+        turn = self.turn
+        if turn is None or not turn.results:
+            return ()
+        failed = turn.failed
+        return tuple(
+            Step(action, result, i < len(failed) and failed[i] is True, self.span_id)
+            for i, (action, result) in enumerate(zip(turn.actions, turn.results, strict=False))
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +187,7 @@ __all__ = [
     "Progress",
     "Sandbox",
     "Signal",
+    "Step",
     "Subject",
     "SubjectKind",
     "Tool",

@@ -516,10 +516,24 @@ class TurnHasher:
 
     def action(self, name: Any, arguments: Any) -> None:
         """A tool call: ``arguments`` a value, or a string of JSON (parsed when it is one)."""
+        digest = None
         if isinstance(arguments, str) and len(arguments) <= self._left:
-            arguments = _json_or_text(arguments)
+            text, arguments = arguments, _json_or_text(arguments)
+            if type(arguments) is dict or type(arguments) is list:
+                # Parsed from at most ``len(text)`` characters of JSON: hashed as ``_bytes``
+                # hashes a value within the budget, without the walk that sizes it first.
+                try:
+                    data = orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS)
+                except orjson.JSONEncodeError:
+                    pass  # not plain JSON after all: ``_hash`` walks it
+                else:
+                    self._left -= len(text)
+                    self._nodes -= 1
+                    digest = hashlib.blake2b(data, digest_size=8).digest()
         label = name[:128] if isinstance(name, str) else "?"
-        action = f"{label}:{self._hash(arguments).hex()[:12]}"
+        if digest is None:
+            digest = self._hash(arguments)
+        action = f"{label}:{digest.hex()[:12]}"
         self.actions.append(action)
         self._digest.update(b"a" + action.encode("utf-8", "surrogatepass") + b"\0")
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 
-from corral.guards.model import Call, Signal, Tool
+from corral.guards.model import Call, Signal, Step, Tool
+
+__all__ = ["Step"]  # re-exported: the loop detectors read steps
 
 EVIDENCE = 20
 """At most this many span ids back a finding (the most recent ones)."""
@@ -73,16 +75,6 @@ def is_failure(call: Call) -> bool:
     return call.status in ("error", "refused") or call.http_status >= 400
 
 
-class Step(NamedTuple):
-    """One tool call the agent executed and what came of it (a tuple: made for every tool
-    result of every call, it must be cheap)."""
-
-    action: str
-    outcome: str | None  # the result's hash, the error's hash when it failed; None: unknown
-    failed: bool
-    span_id: str
-
-
 @dataclass(slots=True)
 class Source:
     """Where a subject's executed steps are read from. A subject that has reported a tool
@@ -119,11 +111,7 @@ def _call_steps(source: Source, call: Call) -> tuple[Step, ...]:
     if request == source.last_request:
         return ()
     source.last_request = request
-    failed = turn.failed
-    return tuple(
-        Step(action, result, i < len(failed) and failed[i] is True, call.span_id)
-        for i, (action, result) in enumerate(zip(turn.actions, turn.results, strict=False))
-    )
+    return call.steps  # made once per call, shared by every detector reading steps
 
 
 def add_evidence(evidence: deque[str], span_id: str) -> None:

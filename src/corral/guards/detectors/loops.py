@@ -61,7 +61,7 @@ class RepeatedRequest:
     name = "repeated_request"
     signals: frozenset[str] = frozenset({"call"})
     subjects: frozenset[SubjectKind] = frozenset({"run", "key"})
-    defaults: Mapping[str, float] = MappingProxyType({"repeats": 5, "window": 10})
+    defaults: Mapping[str, float] = MappingProxyType({"repeats": 5, "window": 6})
     actions: tuple[Action, ...] = ("sequester",)
     summary = "the same request (last turn and tool results) sent again and again"
 
