@@ -23,6 +23,7 @@ from types import ModuleType
 
 import gateway_budgets
 import gateway_overhead
+import guards
 import quota_admission
 import routing
 import trajectories
@@ -34,6 +35,7 @@ BENCHMARKS: tuple[ModuleType, ...] = (
     routing,
     quota_admission,
     trajectories,
+    guards,
 )
 DOC = REPO / "docs" / "benchmarks.md"
 DOC_HEADER = """\
