@@ -228,7 +228,7 @@ def guards_show(team: str | None, as_json: bool) -> None:
     )  # fmt: skip
     _table(title, ["detector", "enabled", "watches", "thresholds", "actions", "summary"], rows)
     if any(d["overridden"] for d in found["detectors"]):
-        click.echo("* set by this team's settings (guards.teams)")
+        click.echo("* set in the [guards] settings (for everyone, or for this team)")
     _switch_table(switches)
 
 
