@@ -16,6 +16,7 @@ import anthropic
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from corral.identity.service import IdentityService
 from corral.testing import ServerThread
@@ -139,12 +140,26 @@ def _answers(corral: Corral, key: str, status: int) -> Callable[[], bool]:
 
 
 def test_a_healthy_session_is_never_suspended(pair: Pair) -> None:
-    """A person chatting (different requests, a retry or two) opens no incident."""
-    for n in range(30):
-        assert _chat(pair.first, pair.ada, f"question {n % 12}").status_code == 200
-    pair.first.app.guards.actions  # noqa: B018
+    """A person chatting (different requests, a question asked again, a retry or two) opens
+    no incident: every call judged, no detector crossed."""
+    asked = [f"question {n % 12}" for n in range(30)] + ["retry"] * 3
+    for content in asked:
+        assert _chat(pair.first, pair.ada, content).status_code == 200
+    _within(5.0, lambda: _guard_metric(pair.first, "corral_guard_signals_judged_total") >= 33)
+    assert _guard_metric(pair.first, "corral_guard_findings_total") == 0
     listed = _api(pair.first, pair.lead, "GET", "/api/v1/incidents").json()["incidents"]
     assert listed == []
+
+
+def _guard_metric(corral: Corral, name: str) -> float:
+    """The sum of ``name`` over its labels, from the server's /metrics."""
+    text = corral.get("/metrics").text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
 
 
 def test_the_kill_switch_stops_one_team_on_both_servers_and_off_undoes_it(pair: Pair) -> None:

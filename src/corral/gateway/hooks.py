@@ -21,7 +21,7 @@ the ``corral`` entry points (``corral.plugins``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,6 +40,31 @@ class GuardFailed(CorralError):
 
 def _name(hook: object) -> str:
     return getattr(hook, "__qualname__", None) or type(hook).__qualname__
+
+
+class HeaderView(Mapping[str, str]):
+    """A request's headers by name (lower-case, as ASGI gives them), decoded on first read:
+    most calls reach no guard that reads them, and every call has a ``Request``."""
+
+    __slots__ = ("_decoded", "_raw")
+
+    def __init__(self, raw: Sequence[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+        self._decoded: dict[str, str] | None = None
+
+    def _all(self) -> dict[str, str]:
+        if self._decoded is None:
+            self._decoded = {k.decode("latin-1"): v.decode("latin-1") for k, v in self._raw}
+        return self._decoded
+
+    def __getitem__(self, name: str) -> str:
+        return self._all()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,7 +48,7 @@ from corral.errors import (
 from corral.gateway import endpoints
 from corral.gateway.call import Call, response_headers, upstream_failure
 from corral.gateway.client import ClientConnectionError, Response
-from corral.gateway.hooks import GatewayHooks, Request
+from corral.gateway.hooks import GatewayHooks, HeaderView, Request
 from corral.gateway.records import Records, class_of
 from corral.gateway.upstream import (
     Upstream,
@@ -188,7 +188,7 @@ class Gateway(Records):
             model=call.model,
             stream=call.stream,
             body=data,
-            headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
+            headers=HeaderView(scope["headers"]),
             path=scope["path"],
         )
         try:

@@ -114,7 +114,6 @@ class _Who:
     owner_id: str | None
     run_id: str | None
     key_id: str | None
-    run_state: str | None = None
 
 
 class Actions:
@@ -174,11 +173,6 @@ class Actions:
                 await self._task
             self._task = None
 
-    async def settle(self) -> None:
-        """Wait until every queued finding was acted on."""
-        if self._queue is not None:
-            await self._queue.join()
-
     async def _work(self) -> None:
         assert self._queue is not None
         while True:
@@ -187,8 +181,6 @@ class Actions:
                 await self._act(firing)
             except Exception:
                 log.exception("guards: acting on %s's finding failed", firing.subject)
-            finally:
-                self._queue.task_done()
 
     async def _act(self, firing: _Firing) -> None:
         subject, finding = firing.subject, firing.finding
@@ -280,10 +272,9 @@ class Actions:
         try:
             if subject.kind == "run":
                 run = self.runs.load(subject.id)
-                return _Who(run.org_id, run.team_id, run.owner_id, run.id, run.key_id,
-                            run.state)  # fmt: skip
+                return _Who(run.org_id, run.team_id, run.owner_id, run.id, run.key_id)
             key = self.identity.get_key(subject.id)
-        except (NotFound, CorralError):
+        except CorralError:  # gone, or a made-up id in telemetry
             return None
         return _Who(key.org_id, key.team_id, key.user_id, None, key.id)
 

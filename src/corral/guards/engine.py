@@ -69,7 +69,8 @@ class _State:
 
 
 class Guards:
-    """The engine of one process. ``hooks()`` are what the gateway registers."""
+    """The engine of one process: ``guard`` and ``listen`` are the gateway's hooks,
+    ``ingested`` OTLP ingest's listener."""
 
     def __init__(
         self,
@@ -94,7 +95,6 @@ class Guards:
         self._sample_interval = sample_interval
         self._queue: deque[tuple[Subject, Any, float]] = deque(maxlen=queue_max)
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()  # set each time the worker has emptied the queue
         self._states: OrderedDict[Subject, _State] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
         self.dropped = 0  # signals the full queue pushed out
@@ -155,7 +155,9 @@ class Guards:
         self._push(subject, call, self.clock.now())
 
     def ingested(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Queue the tool spans of an accepted OTLP batch (bodies still attached)."""
+        """Queue the tool spans of an accepted OTLP batch (read while their bodies are still
+        attached)."""
+        now = self.clock.now()
         for row in rows:
             if row.get("kind") != "tool":
                 continue
@@ -166,11 +168,9 @@ class Guards:
                 subject = Subject("key", key_id)
             else:
                 continue
-            # the fields only (the writer's thread pops the bodies later); hashed by the worker
-            self._push(subject, _RawTool(row.get("span_id"), row.get("name"),
-                                         row.get("status"), row.get("error_message"),
-                                         row.get("error_class"), row.get("_request_body"),
-                                         row.get("_response_body")), self.clock.now())  # fmt: skip
+            # Hashed here (bounded: ``TurnHasher`` reads 64 KiB at most), so the queue never
+            # holds a tenant's tool bodies, whatever their size or the backlog.
+            self._push(subject, _tool_of(row, now), now)
 
     def _push(self, subject: Subject, item: object, at: float) -> None:
         if len(self._queue) == self._queue.maxlen:
@@ -203,13 +203,6 @@ class Guards:
         await self.actions.stop()
         if self.notifier is not None:
             await self.notifier.stop()
-
-    async def drain(self) -> None:
-        """Wait until every queued signal was judged and its actions are done (tests)."""
-        while self._queue:
-            self._idle.clear()
-            await self._idle.wait()
-        await self.actions.settle()
 
     # -- what people do (``GuardOps``) -----------------------------------------------------
 
@@ -265,7 +258,6 @@ class Guards:
                 if handled % 256 == 0:
                     await asyncio.sleep(0)  # let the gateway run between long batches
             self.handled += handled
-            self._idle.set()
 
     def _judge(self, subject: Subject, item: object, at: float) -> None:
         mark = self.actions.marks.get(subject.id)
@@ -276,20 +268,14 @@ class Guards:
             kind = "call"
         else:
             state = self._states.get(subject) or self._state(subject, None, None)
-            kind = "tool" if isinstance(item, _RawTool) else _KINDS[type(item)]
+            kind = _KINDS[type(item)]
         watch = state.watch
         if watch is None:
             watch = state.watch = self._watching(state, subject)
         applicable = watch[kind]
         if not applicable:
             return  # no detector reads this signal here (guards off for the team, say)
-        signal: Signal
-        if isinstance(item, FinishedCall):
-            signal = self._call_of(item, at)
-        elif isinstance(item, _RawTool):
-            signal = _tool_of(item, at)
-        else:
-            signal = item  # type: ignore[assignment]
+        signal: Signal = self._call_of(item, at) if isinstance(item, FinishedCall) else item  # type: ignore[assignment]
         states = state.detectors
         for rule, detector, name in applicable:
             mine = states.get(name)
@@ -408,32 +394,21 @@ def _stopped_message(team_id: str | None, team_name: str | None) -> str:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _RawTool:
-    span_id: Any
-    name: Any
-    status: Any
-    error_message: Any
-    error_class: Any
-    arguments: Any
-    result: Any
-
-
-def _tool_of(row: _RawTool, at: float) -> Tool:
+def _tool_of(row: Mapping[str, Any], at: float) -> Tool:
     """A tool span as a signal: hashed as a request's last turn hashes its tool calls."""
-    name = str(row.name or "tool").removeprefix("execute_tool ")
-    failed = row.status == "error"
-    error = (row.error_message or row.error_class) if failed else None
+    name = str(row.get("name") or "tool").removeprefix("execute_tool ")
+    failed = row.get("status") == "error"
+    error = (row.get("error_message") or row.get("error_class")) if failed else None
     hasher = TurnHasher()
-    hasher.action(name, row.arguments)
-    result = row.result
+    hasher.action(name, row.get("_request_body"))
+    result = row.get("_response_body")
     if result is not None:
         hasher.result(result, failed)
     if error:
         hasher.result(error, True)
     return Tool(
         at=at,
-        span_id=str(row.span_id or ""),
+        span_id=str(row.get("span_id") or ""),
         name=name,
         action=hasher.actions[0],
         result=hasher.results[0] if result is not None else None,

@@ -21,35 +21,46 @@ MAX_ENTRIES = 50_000
 
 
 def fingerprint(workspace: Path) -> tuple[str, int] | None:
-    """``(16 hex, bytes)`` of the tree under ``workspace``; None when it is not there."""
-    digest = hashlib.blake2b(digest_size=8)
+    """``(16 hex, bytes)`` of the tree under ``workspace``; None when it is not there.
+
+    Entries are read as the folder yields them and never all held: a folder of a million
+    files costs one entry at a time, and the walk stops at ``MAX_ENTRIES``. Each entry's hash
+    is summed (mod 2**64), so the order a folder yields them in does not matter."""
+    total = 0
     size = 0
     seen = 0
     stack = [(str(workspace), "")]
     while stack and seen < MAX_ENTRIES:
         folder, rel = stack.pop()
         try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            entries = os.scandir(folder)
         except OSError:
             if not rel:
                 return None
             continue
-        for entry in entries:
-            seen += 1
-            if seen > MAX_ENTRIES:
-                break
-            path = f"{rel}/{entry.name}" if rel else entry.name
-            try:
-                info = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if stat.S_ISDIR(info.st_mode):
-                if entry.name.lower() != ".git":
-                    stack.append((entry.path, path))
-                continue
-            size += info.st_size if stat.S_ISREG(info.st_mode) else 0
-            digest.update(
-                b"%s\0%d\0%d\0%d\n"
-                % (os.fsencode(path), info.st_mode, info.st_size, info.st_mtime_ns)
-            )
-    return digest.hexdigest(), size
+        with entries:
+            for entry in entries:
+                seen += 1
+                if seen > MAX_ENTRIES:
+                    break
+                path = f"{rel}/{entry.name}" if rel else entry.name
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISDIR(info.st_mode):
+                    if entry.name.lower() != ".git":
+                        stack.append((entry.path, path))
+                    continue
+                size += info.st_size if stat.S_ISREG(info.st_mode) else 0
+                line = b"%s\0%d\0%d\0%d" % (
+                    os.fsencode(path),
+                    info.st_mode,
+                    info.st_size,
+                    info.st_mtime_ns,
+                )
+                total += int.from_bytes(hashlib.blake2b(line, digest_size=8).digest(), "big")
+    return f"{total & _MASK:016x}", size
+
+
+_MASK = 2**64 - 1
