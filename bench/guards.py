@@ -163,6 +163,7 @@ def _cpu_tables(cpu: CpuRun, found: list[Comparison], sigma: float) -> str:
 
 def _cpu_reading(cpu: CpuRun, v: Verdict) -> list[str]:
     j = cpu.judging
+    m = j.medians
     added = j.key - j.off
     return [
         f"**Every detector on costs {v.added:+.0f} µs of CPU per request against guards off** "
@@ -173,13 +174,16 @@ def _cpu_reading(cpu: CpuRun, v: Verdict) -> list[str]:
         "the goal; MISS: all of it over; INCONCLUSIVE: the band straddles it).",
         f"**The judging alone, timed in this process**, which the processes' CPU cannot "
         f"resolve to 20 µs on this machine (the engine's own `_judge` over the same "
-        f"{VARIANTS} bodies at 2,000 calls a second; thread CPU time, median of 5 interleaved "
-        f"passes): {j.key:.1f} µs per call with every detector on for a person's key, "
+        f"{VARIANTS} bodies at 2,000 calls a second; thread CPU time on one core, the least "
+        f"of 9 interleaved passes, as `timeit` reports: noise on a shared machine only adds "
+        f"time): {j.key:.1f} µs per call with every detector on for a person's key, "
         f"{j.run:.1f} µs for a run's (the run-only detectors too), {j.off:.1f} µs with guards "
         f"off: **{added:+.1f} µs per call for a key, {j.run - j.off:+.1f} µs for a run: "
         f"{'PASS' if max(added, j.run - j.off) <= GOAL_US else 'MISS'}** against the "
-        f"{GOAL_US:.0f} µs goal. Of it, reading the request's last turn (the chat adapter's "
-        f"`turn`) takes {j.turn:.1f} µs; the detectors and the engine's bookkeeping the rest.",
+        f"{GOAL_US:.0f} µs goal (the median passes: {m['key'] - m['off']:+.1f} µs for a key, "
+        f"{m['run'] - m['off']:+.1f} µs for a run). Of it, reading the request's last turn "
+        f"(the chat adapter's `turn`) takes {j.turn:.1f} µs; the detectors and the engine's "
+        "bookkeeping the rest.",
         *cpu.checks,
         noise_line(cpu.cells),
         failure_line(cpu.cells),

@@ -270,3 +270,29 @@ def test_racing_firings_on_one_subject_open_one_incident(
     assert sorted(e["numbers"]["repeats"] for e in incident.evidence) == list(range(threads))
     kinds = [e.kind for e in service.get(incident.id).events]
     assert kinds == ["opened"] + ["fired"] * (threads - 1)
+
+
+def test_racing_admins_switch_one_kill_switch_on_and_off(store: Store, clock: ManualClock) -> None:
+    """Eight admins switch the same team's kill switch on at the same moment (a connection
+    each): none of them fails, one switch is on, the first one's stands; eight switching it
+    off at once all succeed too."""
+    from corral.guards.switches import Switches
+
+    IdentityService(store, clock).ensure_default_org()
+    threads = 8
+    start = threading.Barrier(threads)
+
+    def flip(n: int, on: bool) -> dict[str | None, object]:
+        start.wait()
+        switches = Switches(store, clock, DEFAULT_ORG_ID)
+        return dict(switches.set(DEFAULT_ORG_ID, "team_x", on, actor=f"admin{n}", comment=None))
+
+    with ThreadPoolExecutor(threads) as pool:
+        seen = list(pool.map(flip, range(threads), [True] * threads))
+    assert all(set(on) == {"team_x"} for on in seen)
+    [switch] = Switches(store, clock).refresh().values()
+    assert switch.team_id == "team_x"
+    assert switch.actor.startswith("admin")
+    with ThreadPoolExecutor(threads) as pool:
+        seen = list(pool.map(flip, range(threads), [False] * threads))
+    assert all(on == {} for on in seen)

@@ -17,16 +17,16 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from corral.clock import Clock
 from corral.errors import CorralError, PermissionDenied, RateLimited
 from corral.gateway.hooks import FinishedCall, Request
 from corral.guards.actions import Actions, Mark
 from corral.guards.incidents import Incident, IncidentService
-from corral.guards.model import Call, Detector, Progress, Sandbox, Signal, Subject, Tool
+from corral.guards.model import Call, Finding, Progress, Sandbox, Signal, Subject, Tool
 from corral.guards.ops import DetectorView, KillSwitch
 from corral.guards.policy import Policy, Rule
 from corral.guards.switches import Switches
@@ -57,7 +57,14 @@ class HeldRuns(Protocol):
         ...
 
 
-_Watch = tuple[Rule, Detector, str]
+class _Watch(NamedTuple):
+    """A detector as one subject's signals reach it (bound once, read at every signal)."""
+
+    name: str
+    observe: Callable[[Any, Signal, Mapping[str, float]], Finding | None]
+    limits: Mapping[str, float]
+    fresh: Callable[[], Any]  # a new state
+    rule: Rule
 
 
 @dataclass(slots=True)
@@ -277,13 +284,13 @@ class Guards:
             return  # no detector reads this signal here (guards off for the team, say)
         signal: Signal = self._call_of(item, at) if isinstance(item, FinishedCall) else item  # type: ignore[assignment]
         states = state.detectors
-        for rule, detector, name in applicable:
+        for name, observe, limits, fresh, rule in applicable:
             mine = states.get(name)
             if mine is None:
-                mine = states[name] = detector.state()
-            finding = detector.observe(mine, signal, rule.limits)
+                mine = states[name] = fresh()
+            finding = observe(mine, signal, limits)
             if finding is not None:
-                states[name] = detector.state()
+                states[name] = fresh()
                 self.actions.fire(subject, state.team_id, rule, finding, at=at)
 
     def _watching(self, state: _State, subject: Subject) -> dict[str, tuple[_Watch, ...]]:
@@ -292,7 +299,13 @@ class Guards:
         rules = self.policy.rules(state.team_id, state.team_name)
         return {
             kind: tuple(
-                (rule, rule.detector, rule.detector.name)
+                _Watch(
+                    rule.detector.name,
+                    rule.detector.observe,
+                    rule.limits,
+                    rule.detector.state,
+                    rule,
+                )
                 for rule in rules
                 if kind in rule.detector.signals and subject.kind in rule.detector.subjects
             )
@@ -317,9 +330,8 @@ class Guards:
         self._states.pop(subject, None)
 
     def _call_of(self, call: FinishedCall, at: float) -> Call:
-        row = call.span
+        row, key, request = call.span, call.key, call.request
         turn = None
-        request = call.request
         if request is not None:
             adapter = ADAPTERS.get(request.protocol)
             if adapter is not None:
@@ -330,20 +342,21 @@ class Guards:
                     if self._turn_errors <= _TURN_ERRORS:
                         log.exception("guards: reading the last turn of a %s request failed",
                                       request.protocol)  # fmt: skip
+        get = row.get
         return Call(
-            at=at,
-            span_id=row["span_id"],
-            key_id=call.key.key_id,
-            team_id=call.key.team_id,
-            status=row["status"],
-            http_status=row.get("http_status") or 0,
-            error_class=row.get("error_class"),
-            input_tokens=(row.get("input_tokens") or 0)
-            + (row.get("cached_input_tokens") or 0)
-            + (row.get("cache_write_tokens") or 0),
-            output_tokens=(row.get("output_tokens") or 0) + (row.get("reasoning_tokens") or 0),
-            cost_nusd=row.get("cost_nusd") or 0,
-            turn=turn,
+            at,
+            row["span_id"],
+            key.key_id,
+            key.team_id,
+            row["status"],
+            get("http_status") or 0,
+            get("error_class"),
+            (get("input_tokens") or 0)
+            + (get("cached_input_tokens") or 0)
+            + (get("cache_write_tokens") or 0),
+            (get("output_tokens") or 0) + (get("reasoning_tokens") or 0),
+            get("cost_nusd") or 0,
+            turn,
         )
 
     # -- the pollers --------------------------------------------------------------------------

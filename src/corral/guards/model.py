@@ -21,8 +21,8 @@ along the detector's ladder (``warn`` < ``throttle`` < ``sequester`` < ``kill``)
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, Literal, NamedTuple, Protocol, get_args
 
 from corral.protocols.base import Turn
@@ -55,9 +55,10 @@ class Step(NamedTuple):
     span_id: str  # the span that reported it
 
 
-@dataclass(frozen=True)  # no slots: ``steps`` is computed once and kept
+@dataclass(slots=True, eq=False)
 class Call:
-    """A finished gateway call, as detectors see it."""
+    """A finished gateway call, as detectors see it. Read-only by convention (not frozen: a
+    frozen dataclass costs twice as much to make, and one is made for every call judged)."""
 
     at: float  # the clock's seconds when it finished
     span_id: str  # its llm_request span
@@ -70,24 +71,30 @@ class Call:
     output_tokens: int  # output and reasoning
     cost_nusd: int
     turn: Turn | None  # the request's last turn (None: its protocol could not say)
+    _steps: tuple[Step, ...] | None = field(default=None, init=False, repr=False)
 
     @property
     def tokens(self) -> int:
         return self.input_tokens + self.output_tokens
 
-    @cached_property
+    @property
     def steps(self) -> tuple[Step, ...]:
         """The tool calls the agent executed since its previous call (the latest assistant
         message's calls with the results the request carries back); read by several
         detectors, made once."""
-        turn = self.turn
-        if turn is None or not turn.results:
-            return ()
-        failed = turn.failed
-        return tuple(
-            Step(action, result, i < len(failed) and failed[i] is True, self.span_id)
-            for i, (action, result) in enumerate(zip(turn.actions, turn.results, strict=False))
-        )
+        steps = self._steps
+        if steps is None:
+            steps = self._steps = _steps_of(self.turn, self.span_id)
+        return steps
+
+
+def _steps_of(turn: Turn | None, span_id: str) -> tuple[Step, ...]:
+    if turn is None or not turn.results:
+        return ()
+    results, failed = turn.results, turn.failed
+    if len(failed) < len(results):  # a turn made by hand: a result it did not mark is not
+        failed = (*failed, *(False,) * (len(results) - len(failed)))
+    return tuple(map(Step, turn.actions, results, failed, repeat(span_id)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from corral.errors import ConfigError
 from corral.guards.model import ACTIONS, Action, Detector
@@ -22,7 +23,7 @@ class Rule:
     """One detector as it applies to one team."""
 
     detector: Detector
-    limits: Mapping[str, float]
+    limits: Mapping[str, float]  # read-only: detectors read a mapping's thresholds once
     actions: tuple[Action, ...]
     overridden: tuple[str, ...]
 
@@ -121,7 +122,7 @@ def _rule(detector: Detector, *layers: DetectorSettings | None) -> Rule | None:
                 overridden.append(name)
         if layer.actions:
             actions = tuple(layer.actions)
-    return Rule(detector, limits, actions, tuple(overridden))
+    return Rule(detector, MappingProxyType(limits), actions, tuple(overridden))
 
 
 def _check(

@@ -8,6 +8,8 @@ freezes the team's runs it holds and thaws them when the switch goes off.
 from __future__ import annotations
 
 from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from corral.clock import Clock
 from corral.guards.ops import KillSwitch
@@ -59,16 +61,21 @@ class Switches:
         a switch that is already so changes nothing. Returns the switches on now."""
         scope = ORG if team_id is None else team_id
         with self._store.begin() as conn:
-            there = conn.execute(
-                select(kill_switches.c.scope).where(kill_switches.c.scope == scope)
-            ).first()
-            if there is not None and not on:
+            if not on:
                 conn.execute(delete(kill_switches).where(kill_switches.c.scope == scope))
-            elif there is None and on:
+            else:
+                # Insert or nothing: two admins switching it on at once both succeed (the
+                # first one's row stands), where a read-then-insert would fail the second.
+                insert = sqlite_insert if self._store.is_sqlite else pg_insert
                 conn.execute(
-                    kill_switches.insert().values(
-                        scope=scope, org_id=org_id, on_at=self._clock.now(), actor=actor,
+                    insert(kill_switches)
+                    .values(
+                        scope=scope,
+                        org_id=org_id,
+                        on_at=self._clock.now(),
+                        actor=actor,
                         comment=comment,
                     )
-                )  # fmt: skip
+                    .on_conflict_do_nothing(index_elements=["scope"])
+                )
         return self.refresh()

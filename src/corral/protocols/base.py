@@ -14,7 +14,7 @@ import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -422,11 +422,13 @@ _DEPTH = 24  # nesting hashed at most; deeper values count as one marker
 _ENDS = 16  # characters kept of each end of a string once the budget is spent
 _INT_BITS = (1 << 256) - 1
 _TEXT_TYPES = frozenset({"text", "input_text", "output_text"})
+_blake2b = hashlib.blake2b
 
 
-@dataclass(frozen=True, slots=True)
-class Turn:
-    """A model request's last turn, as stuck detectors compare it (hashes, not text)."""
+class Turn(NamedTuple):
+    """A model request's last turn, as stuck detectors compare it (hashes, not text). A
+    named tuple: one is made for every call the guards judge, and it is the cheapest
+    immutable record Python makes."""
 
     digest: str
     """16 hex: the last turn, i.e. the latest assistant message (its text and tool calls)
@@ -512,7 +514,7 @@ class TurnHasher:
         """Content that is neither a tool call nor a result (text, images), said by ``role``."""
         tag = (_ROLES.get(role) or _role_tag(role)) if isinstance(role, str) else b"t?\0"
         data = self._bytes(value)
-        self._digest.update(tag + b"%d:" % len(data) + data)
+        self._digest.update(b"%s%d:%s" % (tag, len(data), data))
 
     def action(self, name: Any, arguments: Any) -> None:
         """A tool call: ``arguments`` a value, or a string of JSON (parsed when it is one)."""
@@ -529,34 +531,40 @@ class TurnHasher:
                 else:
                     self._left -= len(text)
                     self._nodes -= 1
-                    digest = hashlib.blake2b(data, digest_size=8).digest()
+                    digest = _blake2b(data, digest_size=6).hexdigest()
         label = name[:128] if isinstance(name, str) else "?"
         if digest is None:
             digest = self._hash(arguments)
-        action = f"{label}:{digest.hex()[:12]}"
+        action = f"{label}:{digest}"
         self.actions.append(action)
         self._digest.update(b"a" + action.encode("utf-8", "surrogatepass") + b"\0")
 
     def result(self, content: Any, failed: bool = False) -> None:
         """A tool's result, which the protocol marks ``failed`` or not."""
-        digest = self._hash(content)
-        self.results.append(digest.hex()[:12])
+        if type(content) is str:  # most results: ``_hash``, less two calls
+            self._nodes -= 1
+            digest = _blake2b(self._string(content), digest_size=6).hexdigest()
+        else:
+            digest = self._hash(content)
+        self.results.append(digest)
         self.failed.append(failed)
-        self._digest.update((b"e" if failed else b"r") + digest)
+        self._digest.update((b"e" if failed else b"r") + digest.encode())
 
     def turn(self, messages: int, acted: bool) -> Turn:
         """The turn; ``acted``: an assistant message starts it (else ``acted`` is None)."""
+        actions = tuple(self.actions)
         return Turn(
-            digest=self._digest.hexdigest(),
-            actions=tuple(self.actions),
-            results=tuple(self.results),
-            failed=tuple(self.failed),
-            acted=bool(self.actions) if acted else None,
-            messages=messages,
+            self._digest.hexdigest(),
+            actions,
+            tuple(self.results),
+            tuple(self.failed),
+            bool(actions) if acted else None,
+            messages,
         )
 
-    def _hash(self, value: Any) -> bytes:
-        return hashlib.blake2b(self._bytes(value), digest_size=8).digest()
+    def _hash(self, value: Any) -> str:
+        """12 hex of a hash of ``value`` (as ``_bytes`` reads it)."""
+        return _blake2b(self._bytes(value), digest_size=6).hexdigest()
 
     def _bytes(self, value: Any) -> bytes:
         """``value`` as canonical bytes: orjson's sorted-key JSON when the whole of it fits

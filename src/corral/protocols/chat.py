@@ -189,15 +189,16 @@ def chat_turn(body: Mapping[str, Any]) -> Turn | None:
     start, acted = turn_start(messages, _is_assistant)
     hasher = TurnHasher()
     for message in messages[start:]:
-        role = message.get("role") if isinstance(message, dict) else None
+        if type(message) is not dict:
+            hasher.text(message)
+            continue
+        role = message.get("role")
         if role == "assistant":
             _assistant(message, hasher)
-        elif role in ("tool", "function"):
+        elif role == "tool" or role == "function":
             hasher.result(text_of(message.get("content")))
-        elif isinstance(message, dict):
-            hasher.text(text_of(message.get("content")), role)
         else:
-            hasher.text(message)
+            hasher.text(text_of(message.get("content")), role)
     return hasher.turn(len(messages), acted)
 
 

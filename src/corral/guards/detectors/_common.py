@@ -10,9 +10,9 @@ every later signal of the subject).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 from corral.guards.model import Call, Signal, Step, Tool
 
@@ -52,6 +52,37 @@ def count(
     return min(maximum, max(minimum, int(number(limits, defaults, key))))
 
 
+class Thresholds(Generic[T]):
+    """A detector's thresholds as it uses them (defaulted, clamped), read once per limits
+    mapping rather than at every signal: the engine hands a subject its team rule's mapping
+    each time, and those never change while the process runs. A mapping is known by
+    identity and held while it is known (so its id cannot be reused by another); at most
+    ``_KNOWN`` are, a few teams' worth."""
+
+    __slots__ = ("_known", "_last", "_last_values", "_read")
+    _KNOWN = 256
+
+    def __init__(self, read: Callable[[Any], T]) -> None:
+        self._read = read
+        self._known: dict[int, tuple[object, T]] = {}
+        self._last: object = self  # the mapping read last (none yet), and its values
+        self._last_values: T | None = None
+
+    def __call__(self, limits: Mapping[str, float]) -> T:
+        if limits is self._last:  # one team's subjects in a row: the common case
+            return self._last_values  # type: ignore[return-value]
+        known = self._known.get(id(limits))
+        if known is not None and known[0] is limits:
+            values = known[1]
+        else:
+            values = self._read(limits)
+            if len(self._known) >= self._KNOWN:
+                self._known.clear()
+            self._known[id(limits)] = (limits, values)
+        self._last, self._last_values = limits, values
+        return values
+
+
 WINDOW = 10_000
 """The largest window (of signals kept per subject) a threshold may ask for."""
 
@@ -89,29 +120,28 @@ def steps(source: Source, signal: Signal) -> tuple[bool, tuple[Step, ...]]:
     """The steps ``signal`` reports, and whether the subject just switched from calls to
     spans (a detector then forgets what it had read from calls, so nothing is counted
     twice)."""
+    if type(signal) is Call:  # the common signal first, by exact type: this runs per call
+        turn = signal.turn
+        if source.spans or turn is None or not turn.results:
+            return _NONE
+        # A request sent again as it was (same last turn, same length: a client's retry)
+        # carries the same results, not new executions. The same tool call executed again
+        # with the same result also repeats the last turn, but the conversation grew by it.
+        request = (turn.digest, turn.messages)
+        if request == source.last_request:
+            return _NONE
+        source.last_request = request
+        return False, signal.steps  # made once per call, shared by the detectors reading it
     if isinstance(signal, Tool):
         switched = not source.spans
         source.spans = True
         if signal.error is not None:
             return switched, (Step(signal.action, signal.error, True, signal.span_id),)
         return switched, (Step(signal.action, signal.result, False, signal.span_id),)
-    if isinstance(signal, Call) and not source.spans:
-        return False, _call_steps(source, signal)
-    return False, ()
+    return _NONE
 
 
-def _call_steps(source: Source, call: Call) -> tuple[Step, ...]:
-    turn = call.turn
-    if turn is None or not turn.results:
-        return ()
-    # A request sent again as it was (same last turn, same length: a client's retry) carries
-    # the same results, not new executions. The same tool call executed again with the same
-    # result also repeats the last turn, but the conversation grew by it.
-    request = (turn.digest, turn.messages)
-    if request == source.last_request:
-        return ()
-    source.last_request = request
-    return call.steps  # made once per call, shared by every detector reading steps
+_NONE: tuple[bool, tuple[Step, ...]] = (False, ())
 
 
 def add_evidence(evidence: deque[str], span_id: str) -> None:

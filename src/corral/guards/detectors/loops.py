@@ -21,6 +21,7 @@ from corral.guards.detectors._common import (
     WINDOW,
     Source,
     Step,
+    Thresholds,
     add_evidence,
     count,
     evidence_queue,
@@ -65,14 +66,20 @@ class RepeatedRequest:
     actions: tuple[Action, ...] = ("sequester",)
     summary = "the same request (last turn and tool results) sent again and again"
 
+    def __init__(self) -> None:
+        self._thresholds = Thresholds(self._read)
+
+    def _read(self, limits: Mapping[str, float]) -> tuple[int, int]:
+        repeats = count(limits, self.defaults, "repeats", 2, WINDOW)
+        return repeats, max(repeats, count(limits, self.defaults, "window", 1, WINDOW))
+
     def state(self) -> _Requests:
         return _Requests()
 
     def observe(self, state: Any, signal: Signal, limits: Mapping[str, float]) -> Finding | None:
         if not isinstance(signal, Call) or signal.turn is None or is_failure(signal):
             return None
-        repeats = count(limits, self.defaults, "repeats", 2, WINDOW)
-        window = max(repeats, count(limits, self.defaults, "window", 1, WINDOW))
+        repeats, window = self._thresholds(limits)
         digest = signal.turn.digest
         if state.add(digest, signal.span_id, window) < repeats:
             return None
@@ -110,6 +117,9 @@ class _StreakDetector(ABC):
     actions: tuple[Action, ...] = ("sequester",)
     summary: str
 
+    def __init__(self) -> None:
+        self._repeats = Thresholds(lambda limits: count(limits, self.defaults, "repeats", 2))
+
     def state(self) -> _Streak:
         return _Streak()
 
@@ -117,15 +127,20 @@ class _StreakDetector(ABC):
         switched, executed = steps(state.source, signal)
         if switched:
             state.restart(None)
-        repeats = count(limits, self.defaults, "repeats", 2)
+        if not executed:
+            return None
+        repeats = self._repeats(limits)
+        key_of, evidence = self._key, state.evidence
         for step in executed:
-            key = self._key(step)
+            key = key_of(step)
             if key is None or key != state.key:
-                state.restart(key)
-            if key is None:
-                continue
+                state.key, state.length = key, 0
+                evidence.clear()
+                if key is None:
+                    continue
             state.length += 1
-            add_evidence(state.evidence, step.span_id)
+            if not evidence or evidence[-1] != step.span_id:  # ``add_evidence``, inline
+                evidence.append(step.span_id)
             if state.length >= repeats:
                 return Finding(
                     self.name,
@@ -219,6 +234,9 @@ class Oscillation:
     actions: tuple[Action, ...] = ("sequester",)
     summary = "two tool calls alternating A-B-A-B with the same results"
 
+    def __init__(self) -> None:
+        self._length = Thresholds(lambda limits: count(limits, self.defaults, "length", 4))
+
     def state(self) -> _Alternation:
         return _Alternation()
 
@@ -229,7 +247,7 @@ class Oscillation:
         for step in executed:
             pair = None if step.outcome is None else (step.action, step.outcome, step.failed)
             run = state.add(pair, step.span_id)
-            length = count(limits, self.defaults, "length", 4)
+            length = self._length(limits)
             if run < length:
                 continue
             evidence = evidence_queue()
@@ -266,6 +284,9 @@ class IdleTurns:
     actions: tuple[Action, ...] = ("warn", "sequester")
     summary = "assistant turns with no action, prompted again and again"
 
+    def __init__(self) -> None:
+        self._turns = Thresholds(lambda limits: count(limits, self.defaults, "turns", 2))
+
     def state(self) -> _Idle:
         return _Idle()
 
@@ -282,7 +303,7 @@ class IdleTurns:
             return None
         state.length += 1
         add_evidence(state.evidence, signal.span_id)
-        turns = count(limits, self.defaults, "turns", 2)
+        turns = self._turns(limits)
         if state.length < turns:
             return None
         return Finding(

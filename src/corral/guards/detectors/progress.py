@@ -12,6 +12,7 @@ from typing import Any
 from corral.guards.detectors._common import (
     EVIDENCE,
     WINDOW,
+    Thresholds,
     add_evidence,
     count,
     evidence_queue,
@@ -53,6 +54,15 @@ class CompactionThrash:
     actions: tuple[Action, ...] = ("warn", "sequester")
     summary = "the conversation compacted again and again (context thrash)"
 
+    def __init__(self) -> None:
+        self._thresholds = Thresholds(self._read)
+
+    def _read(self, limits: Mapping[str, float]) -> tuple[int, int, float, float]:
+        threshold = count(limits, self.defaults, "compactions", 2, WINDOW)
+        window = max(threshold, count(limits, self.defaults, "window", 1, WINDOW))
+        drop = min(0.95, max(0.05, number(limits, self.defaults, "drop")))
+        return threshold, window, drop, number(limits, self.defaults, "min_messages")
+
     def state(self) -> _Compactions:
         return _Compactions()
 
@@ -62,10 +72,7 @@ class CompactionThrash:
         messages = signal.turn.messages
         if messages < SIDE_REQUEST:
             return None
-        threshold = count(limits, self.defaults, "compactions", 2, WINDOW)
-        window = max(threshold, count(limits, self.defaults, "window", 1, WINDOW))
-        drop = min(0.95, max(0.05, number(limits, self.defaults, "drop")))
-        floor = number(limits, self.defaults, "min_messages")
+        threshold, window, drop, floor = self._thresholds(limits)
         state.recent = fit(state.recent, window)
         previous, state.previous = state.previous, messages
         level = None
@@ -122,6 +129,14 @@ class StalledProgress:
     actions: tuple[Action, ...] = ("warn", "sequester")
     summary = "tokens rising while the workspace change does not move"
 
+    def __init__(self) -> None:
+        self._thresholds = Thresholds(
+            lambda limits: (
+                count(limits, self.defaults, "turns"),
+                number(limits, self.defaults, "tokens"),
+            )
+        )
+
     def state(self) -> _Stall:
         return _Stall()
 
@@ -138,8 +153,7 @@ class StalledProgress:
         state.turns += 1
         state.tokens += max(0, signal.tokens)
         add_evidence(state.evidence, signal.span_id)
-        turns = count(limits, self.defaults, "turns")
-        tokens = number(limits, self.defaults, "tokens")
+        turns, tokens = self._thresholds(limits)
         if state.turns < turns or state.tokens < tokens:
             return None
         return Finding(

@@ -3,7 +3,6 @@ an absolute ceiling per minute, and a storm of failed calls."""
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections import Counter, OrderedDict, deque
 from collections.abc import Mapping
@@ -13,6 +12,7 @@ from typing import Any
 
 from corral.guards.detectors._common import (
     WINDOW,
+    Thresholds,
     add_evidence,
     count,
     evidence_queue,
@@ -44,17 +44,25 @@ class _Minute:
     def add(self, call: Call) -> tuple[int, int] | None:
         """Count ``call``; the totals of the minute it closed (a call of a later minute
         closes the open one), if any. A late call counts in the open minute."""
-        minute = math.floor(call.at / 60) if math.isfinite(call.at) else self.minute
+        at = call.at
         closed = None
-        if minute is not None and self.minute is not None and minute > self.minute:
-            closed = (self.tokens, self.nusd)
-            self.tokens = self.nusd = 0
-            self.evidence.clear()
-        if minute is not None and (self.minute is None or minute > self.minute):
-            self.minute = minute
-        self.tokens += max(0, call.tokens)
-        self.nusd += max(0, call.cost_nusd)
-        add_evidence(self.evidence, call.span_id)
+        if at - at == 0:  # finite
+            minute = int(at // 60)
+            if self.minute is None:
+                self.minute = minute
+            elif minute > self.minute:
+                closed = (self.tokens, self.nusd)
+                self.tokens = self.nusd = 0
+                self.evidence.clear()
+                self.minute = minute
+        tokens = call.input_tokens + call.output_tokens
+        if tokens > 0:
+            self.tokens += tokens
+        if call.cost_nusd > 0:
+            self.nusd += call.cost_nusd
+        evidence, span_id = self.evidence, call.span_id
+        if not evidence or evidence[-1] != span_id:  # ``add_evidence``, inline: every call
+            evidence.append(span_id)
         return closed
 
 
@@ -131,6 +139,16 @@ class Velocity:
 
     def __init__(self) -> None:
         self._teams: OrderedDict[str, _Baseline] = OrderedDict()
+        self._thresholds = Thresholds(self._read)
+
+    def _read(self, limits: Mapping[str, float]) -> tuple[int, float, int, float, float]:
+        return (
+            count(limits, self.defaults, "history", 2, WINDOW),
+            number(limits, self.defaults, "min_tokens"),
+            count(limits, self.defaults, "min_samples", 2),
+            max(0.0, number(limits, self.defaults, "mad_floor")),
+            number(limits, self.defaults, "z"),
+        )
 
     def state(self) -> _Minute:
         return _Minute()
@@ -149,20 +167,19 @@ class Velocity:
         if not isinstance(signal, Call):
             return None
         team = signal.team_id or ""
+        history, min_tokens, min_samples, floor, z = self._thresholds(limits)
         closed = state.add(signal)
         if closed is not None:
-            self._baseline(team).add(closed, count(limits, self.defaults, "history", 2, WINDOW))
-        if state.tokens < number(limits, self.defaults, "min_tokens"):
+            self._baseline(team).add(closed, history)
+        if state.tokens < min_tokens:
             return None
         baseline = self._teams.get(team)
         samples = 0 if baseline is None else len(baseline.tokens)
-        if baseline is None or samples < count(limits, self.defaults, "min_samples", 2):
+        if baseline is None or samples < min_samples:
             return None
-        floor = max(0.0, number(limits, self.defaults, "mad_floor"))
         med_t, mad_t, med_c, mad_c = baseline.robust()
         z_tokens = _z(state.tokens, med_t, mad_t, floor)
         z_spend = _z(state.nusd, med_c, mad_c, floor)
-        z = number(limits, self.defaults, "z")
         if max(z_tokens, z_spend) < z:
             return None
         what = (
@@ -211,6 +228,14 @@ class Ceiling:
     actions: tuple[Action, ...] = ("sequester",)
     summary = "an absolute cap on tokens and spend per minute"
 
+    def __init__(self) -> None:
+        self._thresholds = Thresholds(
+            lambda limits: (
+                number(limits, self.defaults, "tokens_per_minute"),
+                number(limits, self.defaults, "usd_per_minute"),
+            )
+        )
+
     def state(self) -> _Minute:
         return _Minute()
 
@@ -218,8 +243,9 @@ class Ceiling:
         if not isinstance(signal, Call):
             return None
         state.add(signal)
-        tokens = number(limits, self.defaults, "tokens_per_minute")
-        usd = number(limits, self.defaults, "usd_per_minute")
+        tokens, usd = self._thresholds(limits)
+        if state.tokens <= tokens and state.nusd <= usd * NANO:
+            return None
         numbers = {
             "tokens": state.tokens,
             "tokens_threshold": tokens,
@@ -253,14 +279,21 @@ class ErrorStorm:
     actions: tuple[Action, ...] = ("throttle", "sequester")
     summary = "a storm of failed calls (4xx/5xx) in a short window"
 
+    def __init__(self) -> None:
+        self._thresholds = Thresholds(
+            lambda limits: (
+                count(limits, self.defaults, "errors", 2, WINDOW),
+                number(limits, self.defaults, "window_s"),
+            )
+        )
+
     def state(self) -> _Failures:
         return _Failures()
 
     def observe(self, state: Any, signal: Signal, limits: Mapping[str, float]) -> Finding | None:
         if not isinstance(signal, Call) or not is_failure(signal):
             return None
-        errors = count(limits, self.defaults, "errors", 2, WINDOW)
-        window = number(limits, self.defaults, "window_s")
+        errors, window = self._thresholds(limits)
         state.recent = fit(state.recent, errors)
         state.recent.append((signal.at, signal.span_id, signal.http_status))
         seconds = signal.at - state.recent[0][0]

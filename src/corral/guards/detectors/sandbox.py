@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from corral.guards.detectors._common import count, number
+from corral.guards.detectors._common import Thresholds, count, number
 from corral.guards.model import Action, Finding, Sandbox, Signal, SubjectKind
 
 MIB = 1 << 20
@@ -48,6 +48,15 @@ class SandboxPressure:
     actions: tuple[Action, ...] = ("sequester",)
     summary = "process count or memory near the sandbox's limits (fork bomb, memory balloon)"
 
+    def __init__(self) -> None:
+        self._thresholds = Thresholds(
+            lambda limits: (
+                number(limits, self.defaults, "processes"),
+                number(limits, self.defaults, "memory"),
+                count(limits, self.defaults, "samples"),
+            )
+        )
+
     def state(self) -> _Pressure:
         return _Pressure()
 
@@ -62,15 +71,13 @@ class SandboxPressure:
             state.oom_kills = signal.oom_kills
         procs = _ratio(signal.processes, signal.process_limit)
         memory = _ratio(signal.memory_bytes, signal.memory_limit)
-        procs_at = number(limits, self.defaults, "processes")
-        memory_at = number(limits, self.defaults, "memory")
+        procs_at, memory_at, samples = self._thresholds(limits)
         on_procs = forks > 0 or (procs is not None and procs >= procs_at)
         on_memory = ooms > 0 or (memory is not None and memory >= memory_at)
         if not (on_procs or on_memory):
             state.samples = 0
             return None
         state.samples += 1
-        samples = count(limits, self.defaults, "samples")
         if not (forks or ooms) and state.samples < samples:
             return None
         parts, numbers = [], {"samples": state.samples, "samples_threshold": samples}
