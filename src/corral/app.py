@@ -36,12 +36,16 @@ from corral.plugins import Extensions
 from corral.quota import EmbeddedQuota, QuotaBackend, RedisQuota
 from corral.quota.gate import QuotaGate
 from corral.quota.rules import QuotaRules
+from corral.review import build as review_build
+from corral.review.agents import ReviewerAgents
+from corral.review.service import Reviews
 from corral.routing import Catalog
 from corral.routing.breaker import Breakers
 from corral.routing.policy import RoutePolicy, load_stored
 from corral.runs.artifacts import LocalArtifactStore
 from corral.runs.executor import LocalExecutor
 from corral.runs.launcher import BubblewrapLauncher, Launcher
+from corral.runs.ledger import Ledger
 from corral.runs.profiles import Profile, default_profiles
 from corral.runs.service import RunService
 from corral.runs.steps import AfterRunStep, default_steps
@@ -226,6 +230,17 @@ class CorralApp:
         self.hooks.guards.insert(0, self.guards.guard)
         self.hooks.listeners.append(self.guards.listen)
         self.executor.scheduler.holds.append(self.guards.switches.stopped)  # kill switches
+        self.ledger = Ledger(self.store, self.clock)
+        self.reviews: Reviews = review_build.build(
+            settings=settings, store=self.store, clock=self.clock, identity=identity,
+            runs=self.runs, ledger=self.ledger, artifacts=self.executor.artifacts,
+            blobs=self.blobs,
+        )  # fmt: skip
+        self.reviewers = ReviewerAgents(
+            store=self.store, reviews=self.reviews, runs=self.runs, identity=identity,
+            artifacts=self.executor.artifacts,
+        )  # fmt: skip
+        self._review_task: asyncio.Task[None] | None = None
         self.started = False
 
     def _sequestered(self) -> int:
@@ -299,6 +314,10 @@ class CorralApp:
             self.retention.run_forever(self.settings.trace_retention_interval),
             name="corral-retention",
         )
+        self._review_task = asyncio.create_task(
+            self.reviewers.run_forever(self.settings.review.interval, self.executor.wake),
+            name="corral-reviews",
+        )
         # Everything allocated so far lives as long as the process: move it out of the
         # collector's sight so full collections under load stay sub-millisecond.
         gc.collect()
@@ -331,12 +350,12 @@ class CorralApp:
                 log.exception("reloading route policies failed; keeping the last ones")
 
     async def shutdown(self) -> None:
-        for task in (self._route_refresher, self._retention_task):
+        for task in (self._route_refresher, self._retention_task, self._review_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._route_refresher = self._retention_task = None
+        self._route_refresher = self._retention_task = self._review_task = None
         await self.guards.stop()
         await self.executor.stop()
         await self.keys.stop()

@@ -304,6 +304,130 @@ class GuardsConfig(BaseModel):
     teams: list[GuardTeamSettings] = Field(default_factory=list, description="Per-team overrides.")
 
 
+class ReviewerSettings(BaseModel):
+    """A reviewer agent under ``reviewers = [...]``: an agent that reviews a change as a run
+    of its own, under its own service account (``identity``), model and budget; its spend
+    is the review's, never the writing run's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9-]{0,39}$", description="Its name on reviews (`code-review`)."
+    )
+    identity: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
+        description="The service account it runs as, made in the run's team on first use "
+        "(default `reviewer-NAME`). Name it in CODEOWNERS (`@reviewer-NAME`) to make it a "
+        "code-owner agent: its approval then counts for the paths it owns.",
+    )
+    profile: str = Field(default="corral", description="The agent profile it runs.")
+    model: str | None = Field(
+        default=None, description="Its model (default: the model the writing run used)."
+    )
+    reviews: Literal["change", "owned"] = Field(
+        default="change",
+        description="`change`: the whole change; `owned`: the changed paths its identity owns "
+        "in CODEOWNERS (it is not run when it owns none).",
+    )
+    instructions: str | None = Field(
+        default=None, max_length=20_000, description="What to look for, put before the change."
+    )
+    command: list[str] | None = Field(
+        default=None, description="For the `command` profile: the command line."
+    )
+    budget_usd: float = Field(default=1.0, gt=0, description="What one review may spend.")
+    timeout_s: float = Field(default=900.0, gt=0, description="Its wall clock.")
+
+
+class GateSettings(BaseModel):
+    """What a run's change must pass before it is delivered. ``[review]`` sets the defaults
+    (a field it leaves out has the default named in its description), and each matching
+    ``[[review.rules]]`` entry replaces the fields it sets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    approvals: int | None = Field(
+        default=None,
+        ge=0,
+        le=20,
+        description="People who must approve (default 1). The run's requester and owner "
+        "never count: they are its authors.",
+    )
+    code_owners: bool | None = Field(
+        default=None,
+        description="Each changed path a CODEOWNERS file at the run's base commit owns needs "
+        "an approval from one of its owners (default true).",
+    )
+    protected_paths: list[str] | None = Field(
+        default=None,
+        description="Globs (gitignore style) no run may change (default none).",
+    )
+    max_diff_lines: int | None = Field(
+        default=None, ge=1, description="Lines added and removed, at most (default 5000)."
+    )
+    max_diff_files: int | None = Field(
+        default=None, ge=1, description="Files changed, at most (default 200)."
+    )
+    forbidden_patterns: list[str] | None = Field(
+        default=None,
+        description="Regular expressions (Python `re`) no added line may match (default none).",
+    )
+    secrets: bool | None = Field(
+        default=None, description="Fail a change whose added lines hold credentials (default true)."
+    )
+    tests_after_edit: bool | None = Field(
+        default=None,
+        description="Fail a change unless the run's trajectory shows a test command that "
+        "passed after its last edit; needs an agent that reports tool spans (default false).",
+    )
+    evidence_blocks: bool | None = Field(
+        default=None,
+        description="A claim in the agent's report that its trajectory contradicts fails the "
+        "gate; otherwise it is flagged to the reviewers (default false).",
+    )
+    reviewers: list[ReviewerSettings] | None = Field(
+        default=None,
+        description="Reviewer agents that must approve (default none); a rule's list "
+        "replaces the one before it.",
+    )
+
+
+class GateRule(GateSettings):
+    """A rule under ``[[review.rules]]``: the teams and repositories it applies to."""
+
+    team: str | None = Field(
+        default=None, description="The team, by name or id (none: every team)."
+    )
+    repository: str | None = Field(
+        default=None,
+        description="A glob on the run's repository (its path or URL; `*` crosses `/`; none: "
+        "every repository).",
+    )
+
+
+class ReviewConfig(GateSettings):
+    """Review gates: the defaults every run's change is held to, and rules per team and
+    repository."""
+
+    enabled: bool = Field(
+        default=True,
+        description="`false`: no gate; a run awaiting review is delivered as it is.",
+    )
+    interval: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="Seconds between looks for changes newly awaiting review (judged, their "
+        "reviewer agents started) and reviewer agents that finished (their verdicts read).",
+    )
+    rules: list[GateRule] = Field(
+        default_factory=list,
+        description="Every rule that matches a run applies, in order, each replacing the "
+        "fields it sets.",
+    )
+
+
 class Settings(BaseSettings):
     """Everything Corral reads at start-up."""
 
@@ -693,6 +817,9 @@ class Settings(BaseSettings):
     )
     guards: GuardsConfig = Field(
         default_factory=GuardsConfig, description="Guards; see the Guards section."
+    )
+    review: ReviewConfig = Field(
+        default_factory=ReviewConfig, description="Review gates; see the Review section."
     )
 
     @field_validator("database_url")

@@ -97,6 +97,7 @@ def _bodies(repo: Path) -> dict[tuple[str, str], dict[str, Any]]:
         ("post", "/api/v1/route/policies"): {"team": "payments", "tier": "economy"},
         ("put", "/api/v1/budgets"): {"scope": team, "resource": "usd", "limit": 5},
         ("put", "/api/v1/limits"): {"scope": team, "rpm": 10},
+        ("post", "/api/v1/reviews/{run_id}/comments"): {"text": "x", "path": "README.md"},
         ("post", "/api/v1/runs"): {
             "agent": "command",
             "repo": str(repo),

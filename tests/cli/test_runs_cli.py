@@ -20,6 +20,7 @@ from click.testing import CliRunner, Result
 from tests.conftest import NO_SIM, Corral, StartCorral
 from tests.sandboxing import make_repo, need_sandbox, shared_folder
 
+from corral.cli.review import review
 from corral.cli.runs import runs
 from corral.identity.service import IdentityService
 
@@ -43,6 +44,13 @@ class Live:
         """Run ``corral runs ARGS`` with ada's key; the exit status must be ``code``."""
         env = {"CORRAL_URL": self.corral.url, "CORRAL_KEY": self.key}
         result = CliRunner().invoke(runs, list(args), env=env)
+        assert result.exit_code == code, (result.stdout, result.stderr)
+        return result
+
+    def review(self, *args: str, code: int = 0) -> Result:
+        """Run ``corral review ARGS`` with the organisation admin's key (not the author)."""
+        env = {"CORRAL_URL": self.corral.url, "CORRAL_KEY": self.corral.admin_key}
+        result = CliRunner().invoke(review, list(args), env=env)
         assert result.exit_code == code, (result.stdout, result.stderr)
         return result
 
@@ -138,6 +146,10 @@ def test_delivery_as_a_branch_and_as_a_patch(live: Live) -> None:
     writes a patch that applies to the base."""
     first = live.submit(FIX, "--wait").stdout.strip()
     second = live.submit(FIX, "--wait").stdout.strip()
+    gated = live.cli("deliver", first, "--branch", "fix-readme", code=1)
+    assert "cannot be delivered until its review gate passes" in gated.stderr
+    for run_id in (first, second):  # someone other than its author approves it
+        live.review("approve", run_id, "--comment", "good")
 
     out = live.cli("deliver", first, "--branch", "fix-readme").stdout
     assert out.startswith(f"Delivered {first} as branch fix-readme (")

@@ -181,6 +181,11 @@ def test_delivery_makes_a_branch_without_touching_the_checkout(runs: Runs) -> No
     )
     assert runs.wait(run["id"])["state"] == "awaiting_review"
     with runs.api() as c:
+        gated = c.post(f"/api/v1/runs/{run['id']}/deliver", json={"branch": "corral/fix-readme"})
+    assert gated.status_code == 409  # its review gate needs someone else's approval first
+    assert "1 approval needed, 0 given" in gated.json()["error"]["message"]
+    runs.approve(run["id"])
+    with runs.api() as c:
         r = c.post(f"/api/v1/runs/{run['id']}/deliver", json={"branch": "corral/fix-readme"})
     assert r.status_code == 200, r.text
     commit = r.json()["commit"]
@@ -470,6 +475,7 @@ def test_delivery_into_someone_elses_repository_writes_as_its_owner(runs: Runs) 
     runs.repo.parent.chmod(0o711)  # its owner reaches it, as a person reaches their home
     run = runs.submit(command=["sh", "-c", "echo fixed > README"])
     assert runs.wait(run["id"])["state"] == "awaiting_review"
+    runs.approve(run["id"])
     with runs.api() as c:
         r = c.post(f"/api/v1/runs/{run['id']}/deliver", json={"branch": "fix"})
     assert r.status_code == 200, r.text

@@ -144,6 +144,11 @@ def test_a_second_server_sharing_the_store_serves_a_run_it_did_not_run(
             assert b.get(f"/api/v1/runs/{run_id}/artifacts/report.md").text == "the report\n"
             diff = b.get(f"/api/v1/runs/{run_id}/artifacts/diff.patch").text
             assert "-hello\n+changed\n" in diff
+            approved = b.post(  # someone who is not its author: the organisation admin
+                f"/api/v1/reviews/{run_id}/approve", json={},
+                headers={"authorization": f"Bearer {ADMIN_KEY}"},
+            )  # fmt: skip
+            assert approved.json()["passed"] is True, approved.text
             delivered = b.post(f"/api/v1/runs/{run_id}/deliver", json={"patch": True})
             assert delivered.status_code == 200, delivered.text
             assert delivered.json()["patch"] == diff

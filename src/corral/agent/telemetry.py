@@ -139,10 +139,21 @@ def chat_done(span: Span, answer: Mapping[str, Any]) -> None:
 
 def tool_done(span: Span, result: str, ok: bool) -> None:
     """Record a tool's result (cut) and mark the span failed when the tool failed."""
-    span.set_attribute("gen_ai.tool.call.result", result[:RESULT_ATTRIBUTE_CHARS])
+    span.set_attribute("gen_ai.tool.call.result", cut_result(result))
     if not ok:
         span.set_attribute("error.type", "tool_error")
         span.set_status(Status(StatusCode.ERROR, result[:200]))
+
+
+def cut_result(result: str) -> str:
+    """A tool result for its span: whole, or its head and (mostly) its tail, where a command's
+    exit code and test summary are, which the review's evidence check reads."""
+    if len(result) <= RESULT_ATTRIBUTE_CHARS:
+        return result
+    head = RESULT_ATTRIBUTE_CHARS // 4
+    tail = RESULT_ATTRIBUTE_CHARS - head
+    cut = len(result) - head - tail
+    return f"{result[:head]}\n[... {cut} characters cut ...]\n{result[-tail:]}"
 
 
 def resource_from(environ: Mapping[str, str]) -> Resource:

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from corral import __version__
-from corral.api import catalog, identity, incidents, quotas, routing, runs, traces
+from corral.api import catalog, identity, incidents, quotas, reviews, routing, runs, traces
 from corral.api.context import ApiState, Host
 from corral.api.errors import install_error_handlers
 from corral.api.models import ErrorBody
@@ -67,4 +67,5 @@ def create_api(host: Host) -> FastAPI:
     api.include_router(traces.router())
     api.include_router(runs.router())
     api.include_router(incidents.router())
+    api.include_router(reviews.router())
     return api

@@ -22,16 +22,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Protocol, Self, cast
+from typing import Annotated, Any, Protocol, cast
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field
 
+from corral.api.bodies import Storable
 from corral.api.context import Context, Ctx, Host
 from corral.errors import NotFound, PermissionDenied
 from corral.guards.incidents import STATES, Incident, IncidentService
 from corral.guards.ops import DetectorView, GuardOps, KillSwitch
-from corral.runs.service import actor_of, refuse_run_keys
+from corral.runs.ledger import HumanAction, Ledger
+from corral.runs.service import RunService, actor_of, refuse_run_keys
 
 _INCIDENT_ID = Annotated[str, Path(max_length=40, description="An incident id (inc_…).")]
 
@@ -39,30 +41,18 @@ _INCIDENT_ID = Annotated[str, Path(max_length=40, description="An incident id (i
 class GuardsHost(Host, Protocol):
     @property
     def guards(self) -> GuardOps: ...
+    @property
+    def runs(self) -> RunService: ...
+    @property
+    def ledger(self) -> Ledger: ...
+
+
+def _record(ctx: Ctx, run_id: str, action: HumanAction, actor: str, comment: str | None) -> None:
+    host = _host(ctx)
+    host.ledger.record(host.runs.load(run_id), action, actor, comment=comment)
 
 
 # -- models ---------------------------------------------------------------------------------
-
-
-class _In(BaseModel):
-    """A body whose text reaches the store: no NUL characters, no lone surrogates."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="after")
-    def _storable(self) -> Self:
-        for name, value in self:
-            if isinstance(value, str) and ("\x00" in value or not _encodes(value)):
-                raise ValueError(f"{name} may not contain NUL characters or lone surrogates")
-        return self
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class Evidence(BaseModel):
@@ -117,7 +107,7 @@ class IncidentList(BaseModel):
     )
 
 
-class Comment(_In):
+class Comment(Storable):
     comment: str | None = Field(
         default=None, max_length=2000, description="Why: written in the incident's timeline."
     )
@@ -154,7 +144,7 @@ class SwitchList(BaseModel):
     switches: list[SwitchOut] = Field(description="The switches that are on.")
 
 
-class KillSwitchIn(_In):
+class KillSwitchIn(Storable):
     on: bool = Field(description="true stops the traffic; false lets it flow again.")
     team: str | None = Field(
         default=None, max_length=200, description="A team (name or id); null: the organisation."
@@ -337,7 +327,9 @@ def router() -> APIRouter:
     async def show(ctx: Ctx, incident_id: _INCIDENT_ID) -> IncidentOut:
         return await asyncio.to_thread(lambda: _detailed(ctx, _visible(ctx, incident_id)))
 
-    def action(path: str, verb: str, act: _Act, summary: str) -> None:
+    def action(
+        path: str, verb: str, act: _Act, summary: str, ledger: HumanAction | None = None
+    ) -> None:
         @r.post(f"/incidents/{{incident_id}}/{path}", summary=summary, name=f"{path}_incident")
         async def change(
             ctx: Ctx, incident_id: _INCIDENT_ID, body: Comment = _NO_COMMENT
@@ -346,16 +338,19 @@ def router() -> APIRouter:
                 _check_may_act(ctx, _visible(ctx, incident_id), verb)
 
             await asyncio.to_thread(check)
-            done = await act(_host(ctx).guards)(
-                incident_id, actor=actor_of(ctx.caller), comment=body.comment
-            )
+            actor = actor_of(ctx.caller)
+            done = await act(_host(ctx).guards)(incident_id, actor=actor, comment=body.comment)
+            if ledger is not None and done.run_id is not None:  # a human action on a run
+                await asyncio.to_thread(_record, ctx, done.run_id, ledger, actor, body.comment)
             # read again: the timeline as it is now, whatever the engine handed back
             shown = await asyncio.to_thread(_incidents(ctx).get, done.id)
             return await asyncio.to_thread(_detailed, ctx, shown)
 
     action("ack", "acknowledge", lambda g: g.acknowledge, "Acknowledge an incident")
-    action("release", "release", lambda g: g.release, "Release a run or key (thaw, restore)")
-    action("kill", "kill", lambda g: g.kill, "Kill an incident's run (or keep its key suspended)")
+    action("release", "release", lambda g: g.release, "Release a run or key (thaw, restore)",
+           "incident_release")  # fmt: skip
+    action("kill", "kill", lambda g: g.kill, "Kill an incident's run (or keep its key suspended)",
+           "incident_kill")  # fmt: skip
 
     @r.get("/guards", summary="The detectors and thresholds that apply to a team")
     async def effective(

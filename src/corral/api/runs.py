@@ -30,10 +30,12 @@ from corral.errors import (
 )
 from corral.identity.service import parse_duration
 from corral.quota._model import NANO_PER_USD
+from corral.review.service import Reviews
 from corral.runs import outputs
 from corral.runs import workspace as workspaces
 from corral.runs.artifacts import ArtifactStore
 from corral.runs.executor import LocalExecutor
+from corral.runs.ledger import Ledger
 from corral.runs.model import ACTIVE, STATES, Run
 from corral.runs.profiles import AgentContext
 from corral.runs.service import (
@@ -55,6 +57,10 @@ class RunsHost(Host, Protocol):
     def runs(self) -> RunService: ...
     @property
     def executor(self) -> LocalExecutor: ...
+    @property
+    def reviews(self) -> Reviews: ...
+    @property
+    def ledger(self) -> Ledger: ...
 
 
 # -- models ---------------------------------------------------------------------------------
@@ -382,6 +388,8 @@ def _deliver(ctx: Ctx, run_id: str, body: Deliver) -> Delivered:
     patch = _read_patch(host, run)
     if not patch.strip():  # a branch would be an empty commit, a patch nothing at all
         raise Conflict(f"run {run.id} changed nothing: there is nothing to deliver")
+    host.reviews.check_deliverable(run.id, ctx.caller)  # 409 naming what the gate needs
+    run = host.runs.get(run_id, ctx.caller)  # approved by the last approval, perhaps
     actor = actor_of(ctx.caller)
     if body.branch is not None:
         if run.base_commit is None:
@@ -405,13 +413,13 @@ def _deliver(ctx: Ctx, run_id: str, body: Deliver) -> Delivered:
         target = f"branch {body.branch} ({commit[:12]})"
     else:
         commit, target = None, "patch"
-    if run.state == "awaiting_review":
-        host.runs.transition(
-            run.id, "approved", actor=actor, reason="approved by delivering it (no review gate yet)"
-        )
+    if run.state == "awaiting_review":  # its gate passes (or gates are off)
+        reason = "its review gate passed" if host.reviews.enabled else "review gates are off"
+        host.runs.transition(run.id, "approved", actor=actor, reason=reason)
     done = host.runs.transition(
         run.id, "delivered", actor=actor, reason=f"delivered as {target}", delivered_to=target
     )
+    host.ledger.record(done, "deliver", actor, comment=target)
     return Delivered(
         run=_out(ctx, done, detail=True), branch=body.branch, commit=commit,
         patch=patch.decode() if body.patch else None,
@@ -461,6 +469,7 @@ def router() -> APIRouter:
     async def cancel(ctx: Ctx, run_id: _RUN_ID) -> RunOut:
         host = _host(ctx)
         run = await asyncio.to_thread(host.runs.request_cancel, run_id, ctx.caller)
+        await asyncio.to_thread(host.ledger.record, run, "cancel", actor_of(ctx.caller))
         if run.state in ACTIVE:
             host.executor.cancel_local(run_id, actor_of(ctx.caller))
             deadline = host.settings.run_grace + 2 * host.settings.run_heartbeat_interval + 10

@@ -57,11 +57,24 @@ COMMANDS: dict[str, Lazy] = {
         "release or kill them.",
     ),
     "keys": Lazy("corral.cli.admin", "keys", "Create, list and revoke keys."),
+    "ledger": Lazy(
+        "corral.cli.review",
+        "ledger",
+        "The autonomy ledger: runs, human interventions per run, and the autonomy rate (runs "
+        "delivered with no human action but the final approval).",
+    ),
     "limits": Lazy(
         "corral.cli.quotas", "limits", "Set, show and clear rate and concurrency limits."
     ),
     "models": Lazy("corral.cli.admin", "models", "The model catalog."),
     "providers": Lazy("corral.cli.admin", "providers", "Upstream providers."),
+    "review": Lazy(
+        "corral.cli.review",
+        "review",
+        "Review runs' changes: list what waits for review, read a change with its checks, "
+        "owners, evidence and reviewer agents' verdicts, approve, reject, comment or ask for "
+        "changes.",
+    ),
     "route": Lazy(
         "corral.cli.routing", "route", "Explain routing decisions and show circuit breakers."
     ),

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Table, select
+from sqlalchemy import Connection, Table, func, select
 from sqlalchemy.exc import IntegrityError
 
 from corral.clock import Clock
@@ -303,6 +303,16 @@ class IdentityService:
             where = "" if team_id is None else f" in team {self._team_name(team_id)!r}"
             raise NotFound(f"user {_show(ref)} not found{where}")
         return _user(rows[0])
+
+    def user_by_email(self, email: str) -> User | None:
+        """The one user with this email (case-insensitive), or None (none, or several)."""
+        if not email or len(email) > 320:
+            return None
+        with self._store.connect() as conn:
+            rows = conn.execute(
+                select(users).where(func.lower(users.c.email) == email.lower()).limit(2)
+            ).fetchall()
+        return _user(rows[0]) if len(rows) == 1 else None
 
     def user_names(self, ids: Iterable[str]) -> dict[str, str]:
         """The names of the users and service accounts among ``ids`` (others left out)."""

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.clock import Clock
-from corral.errors import ClientError, Conflict, CorralError
+from corral.errors import ClientError, Conflict, CorralError, InvalidRequest
 from corral.identity.keys import KeyCache
 from corral.identity.service import IdentityService
 from corral.quota import Level
@@ -380,8 +380,9 @@ class LocalExecutor:
         try:  # the team's repository policy again: the path may have changed since submit
             team = await asyncio.to_thread(self.identity.get_team, run.team_id)
             policy = workspaces.team_policy(self.settings, team.name, self.dir)
+            start = await asyncio.to_thread(self._change_of, run.continues_from)
             ws = await asyncio.to_thread(
-                workspaces.prepare, run.repo, run.ref, self.dir, run.id, policy
+                workspaces.prepare, run.repo, run.ref, self.dir, run.id, policy, start
             )
         except ClientError as exc:
             await self._fail(run.id, f"the workspace could not be made: {exc.message}")
@@ -396,6 +397,19 @@ class LocalExecutor:
             if key_id is not None:  # revoked however the run ended, even by a fault here
                 await asyncio.to_thread(self._end_key, key_id)
         await self._finish(live, ws, outcome)
+
+    def _change_of(self, run_id: str | None) -> bytes | None:
+        """The patch of the run a follow-up continues (None: it continues none)."""
+        if run_id is None:
+            return None
+        cap = self.settings.run_diff_max_bytes
+        try:
+            with self.artifacts.open(run_id, "diff.patch") as patch:
+                if patch.size > cap:
+                    raise InvalidRequest(f"run {run_id}'s change is larger than it can continue")
+                return patch.read_at(0, cap)
+        except outputs.Unreadable:
+            return None  # it changed nothing: start from the base commit
 
     async def _mint_key(self, run: Run) -> tuple[str, str]:
         """The run's key (its models, expiring after the wall clock) and its budget level,

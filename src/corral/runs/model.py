@@ -87,6 +87,7 @@ class Run:
     budget_nusd: int | None
     timeout_s: float
     handoff_from: str | None
+    continues_from: str | None  # a review's follow-up: the run whose change it starts from
     sandbox: str
     state: str
     reason: str | None

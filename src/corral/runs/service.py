@@ -30,6 +30,9 @@ from corral.store import Store
 from corral.store.schema import run_events, runs
 
 MAX_TASK_CHARS = 200_000
+_CONTINUED = ("requester_id", "requested_by_key", "owner_id", "profile", "command", "model",
+              "allowed_models", "priority", "budget_nusd", "timeout_s", "sandbox")  # fmt: skip
+"""What a follow-up run takes from the run it continues, unless told otherwise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +138,42 @@ class RunService:
                 run_events.insert().values(
                     run_id=run_id, at=now, from_state=None, to_state="queued",
                     actor=actor_of(key), reason=f"submitted ({req.profile}, sandbox {sandbox})",
+                )
+            )  # fmt: skip
+        return self.load(run_id)
+
+    def follow_up(
+        self, run: Run, task: str, *, actor: str, reason: str | None = None, **changed: Any
+    ) -> Run:
+        """A queued run continuing ``run``'s change: on ``run``'s base commit with its patch
+        applied first and its artifacts handed over, with the same team, owner, requester,
+        profile, models, budget and limits but for the fields ``changed`` names (a reviewer
+        agent's run: its own owner, profile, model and budget). A review asked for changes,
+        or a reviewer agent reviews the change. The rights were checked when ``run`` was
+        submitted; ``actor`` is who or what asked for it."""
+        if run.base_commit is None:
+            raise Conflict(f"run {run.id} has no base commit: its change cannot be continued")
+        if len(task) > MAX_TASK_CHARS:
+            raise InvalidRequest(f"the task is longer than {MAX_TASK_CHARS} characters")
+        unknown = set(changed) - set(_CONTINUED)
+        if unknown:
+            raise ValueError(f"not a field a follow-up may change: {sorted(unknown)}")
+        now = self._clock.now()
+        run_id = "run_" + uuid.uuid4().hex[:20]
+        values: dict[str, Any] = {name: getattr(run, name) for name in _CONTINUED}
+        values |= changed
+        values |= {
+            "id": run_id, "org_id": run.org_id, "team_id": run.team_id, "repo": run.repo,
+            "ref": run.base_commit, "task": task, "handoff_from": run.id,
+            "continues_from": run.id, "state": "queued", "created_at": now, "updated_at": now,
+        }  # fmt: skip
+        with self._store.begin() as conn:
+            conn.execute(runs.insert().values(**values))
+            conn.execute(
+                run_events.insert().values(
+                    run_id=run_id, at=now, from_state=None, to_state="queued", actor=actor,
+                    reason=reason or f"continues run {run.id}'s change ({values['profile']}, "
+                    f"sandbox {values['sandbox']})",
                 )
             )  # fmt: skip
         return self.load(run_id)
@@ -259,6 +298,16 @@ class RunService:
         with self._store.connect() as conn:
             rows = conn.execute(select(runs).where(runs.c.state.in_(list(states))))
             return [Run.from_row(r) for r in rows]
+
+    def in_team(self, team_id: str | None, states: Sequence[str], *, limit: int) -> list[Run]:
+        """A team's runs (None: every team's) in ``states``, newest first, whoever asks
+        (the caller decides who may see them)."""
+        query = select(runs).where(runs.c.state.in_(list(states)))
+        if team_id is not None:
+            query = query.where(runs.c.team_id == team_id)
+        query = query.order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)
+        with self._store.connect() as conn:
+            return [Run.from_row(r) for r in conn.execute(query)]
 
     def counts(self) -> dict[tuple[str, str], int]:
         """How many runs each team has in each state, keyed ``(team_id, state)``: counts only,

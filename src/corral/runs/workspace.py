@@ -17,12 +17,14 @@ scratch and ``/tmp``), ``RUN/artifacts`` (what the agent writes there), ``RUN/ou
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from corral.errors import Conflict, InvalidRequest
 from corral.runs import snapshot
@@ -32,6 +34,7 @@ from corral.runs.repos import (
     RepoPolicy,
     check_url,
     git,
+    git_bytes,
     is_url,
     open_local,
     remote_env,
@@ -80,12 +83,20 @@ class Workspace:
 
 
 def prepare(
-    repo: str, ref: str | None, runs: Path, run_id: str, policy: RepoPolicy = ANY_FOLDER
+    repo: str,
+    ref: str | None,
+    runs: Path,
+    run_id: str,
+    policy: RepoPolicy = ANY_FOLDER,
+    start: bytes | None = None,
 ) -> Workspace:
     """Clone ``repo`` (a local path or a URL, as ``check_source`` returned it) at ``ref``
     (branch, tag or commit; default: its HEAD) into ``runs/run_id``, checking it against
     ``policy`` again (a path may have changed since it was submitted); raise a
-    ``ClientError`` naming what is wrong."""
+    ``ClientError`` naming what is wrong. ``start``: a patch (an earlier run's change, from
+    the artifact store) applied to the working tree before the agent sees it, so the run
+    continues that change and its diff against the base commit is the whole change; git
+    applies it as it applies any patch, refusing paths outside the tree or through a link."""
     root = runs / run_id
     if root.exists():
         raise InvalidRequest(f"run folder {root} already exists")
@@ -99,6 +110,8 @@ def prepare(
             "--", source, str(workspace), env=env)  # fmt: skip
         commit = _resolve(workspace, ref or "HEAD", repo)
         git("-C", str(workspace), "checkout", "--quiet", "--detach", commit)
+        if start is not None and start.strip():
+            git("-C", str(workspace), "apply", "--binary", "--whitespace=nowarn", stdin=start)
         for sub in ("scratch", "artifacts"):
             (root / sub).mkdir(mode=0o700)
     except BaseException:
@@ -227,6 +240,43 @@ def deliver_branch(
         git(*here, "push", "--quiet", *receive, "origin",
             f"{commit}:refs/heads/{branch}", env=env)  # fmt: skip
     return commit
+
+
+def read_at(
+    repo: str, commit: str, paths: Sequence[str], max_bytes: int, policy: RepoPolicy = ANY_FOLDER
+) -> dict[str, bytes | int | None]:
+    """The content of each of ``paths`` at ``commit`` of ``repo``: regular files only (a
+    link is the link, never followed: None), None when missing, its size (an int, not its
+    content) when larger than ``max_bytes``. Read from the repository itself, never from a
+    run's workspace (a run may have rewritten the objects of its own clone), as a local
+    repository's owner with its settings pinned; a URL's commit is fetched alone into a
+    temporary folder."""
+    if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", commit):
+        raise InvalidRequest(f"not a commit id: {commit[:80]!r}")
+    target, local, env = _remote(repo, policy)
+    pins = [arg for pin in SERVER_PINS for arg in ("-c", pin)]
+    with tempfile.TemporaryDirectory(prefix="corral-read-") as tmp:
+        if local is not None:
+            where: dict[str, Any] = {"user": local.drop(), "cwd": local.git_dir}
+        else:
+            git("init", "--quiet", "--bare", tmp)
+            git("--git-dir", tmp, "fetch", "--quiet", "--depth=1", "--", target, commit, env=env)
+            where = {"cwd": Path(tmp)}
+        listed = git_bytes("--git-dir=.", *pins, "ls-tree", "-l", "-z", commit, "--",
+                           *paths, **where)  # fmt: skip
+        found: dict[str, bytes | int | None] = dict.fromkeys(paths)
+        for entry in listed.split(b"\0"):
+            meta, _, name = entry.partition(b"\t")
+            fields = meta.split()
+            if len(fields) != 4 or fields[0] not in (b"100644", b"100755"):
+                continue  # not a regular file: a link, a submodule, a folder
+            path, size = name.decode(errors="replace"), int(fields[3])
+            if path in found and size > max_bytes:
+                found[path] = size
+            elif path in found:
+                found[path] = git_bytes("--git-dir=.", *pins, "cat-file", "blob",
+                                        fields[2].decode(), **where)  # fmt: skip
+    return found
 
 
 def _empty(patch: Path | str | bytes) -> bool:

@@ -321,6 +321,9 @@ runs = Table(
     Column("budget_nusd", BigInteger, nullable=True),
     Column("timeout_s", Float, nullable=False),
     Column("handoff_from", String(40), nullable=True),
+    # a review's follow-up run: the run whose change its workspace starts from (that run's
+    # patch applied to its base commit), so its diff is the whole change again
+    Column("continues_from", String(40), nullable=True),
     Column("sandbox", String(20), nullable=False),
     Column("state", String(20), nullable=False),
     Column("reason", Text, nullable=True),
@@ -406,6 +409,65 @@ kill_switches = Table(
     Column("on_at", Float, nullable=False),
     Column("actor", String(200), nullable=False),
     Column("comment", Text, nullable=True),
+)
+
+# The autonomy ledger: every human action on a run (approve, reject, comment, request
+# changes, cancel, deliver, incident release, ...), who took it and when. Approvals and
+# comments carry the review revision they were given on; a newer revision dismisses the
+# approvals of the ones before it (``dismissed_at``), as a push does on GitHub.
+run_actions = Table(
+    "run_actions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(40), nullable=False),
+    Column("org_id", String(40), ForeignKey("orgs.id"), nullable=False),
+    Column("team_id", String(40), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("action", String(30), nullable=False),
+    Column("revision", Integer, nullable=True),
+    Column("comment", Text, nullable=True),
+    Column("path", String(1000), nullable=True),
+    Column("line", Integer, nullable=True),
+    Column("at", Float, nullable=False),
+    Column("dismissed_at", Float, nullable=True),
+    Index("ix_run_actions_run", "run_id", "id"),
+    Index("ix_run_actions_team_at", "team_id", "at"),
+)
+
+# A review's revisions: the change under review is the latest one's run's diff. A review is
+# named by its first run; a follow-up run made by "request changes" adds a revision.
+review_revisions = Table(
+    "review_revisions",
+    metadata,
+    Column("review_id", String(40), primary_key=True),
+    Column("revision", Integer, primary_key=True),
+    Column("run_id", String(40), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(200), nullable=False),
+    # the gate's checks of this revision that do not change once made (policy checks, code
+    # owners, evidence), kept so a review is judged once, not at every read
+    Column("report", JSON, nullable=True),
+    # when its reviewer agents were started (None: not yet; set even when there are none)
+    Column("reviewers_at", Float, nullable=True),
+    Index("ix_review_revisions_run", "run_id", unique=True),
+)
+
+# Reviewer agents' verdicts: a reviewer (named in the gate) reviews one revision as a run of
+# its own, under its own service identity; ``verdict`` is "pending" until that run ends.
+review_verdicts = Table(
+    "review_verdicts",
+    metadata,
+    Column("review_id", String(40), primary_key=True),
+    Column("revision", Integer, primary_key=True),
+    Column("reviewer", String(100), primary_key=True),
+    Column("run_id", String(40), nullable=True),
+    Column("user_id", String(40), nullable=True),
+    Column("verdict", String(30), nullable=False),
+    Column("summary", Text, nullable=True),
+    Column("comments", JSON, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_review_verdicts_run", "run_id"),
 )
 
 # Settings the store keeps for itself (the generated admin key's hash, ...).

@@ -738,3 +738,17 @@ def _time(epoch_s: float) -> datetime:
 def _show(value: str) -> str:
     """A caller's value quoted for an error message, cut short and made printable."""
     return repr(value if len(value) <= 60 else value[:57] + "...")
+
+
+def run_spans(store: Store, run_id: str, kinds: Iterable[str], limit: int) -> list[dict[str, Any]]:
+    """A run's spans of ``kinds`` in start order, the first ``limit`` of them, as the store
+    holds them (columns by name). For services that have already decided the caller may see
+    the run (a review's evidence check); agent-reported spans are hostile data."""
+    query = (
+        select(spans)
+        .where(spans.c.run_id == run_id, spans.c.kind.in_(list(kinds)))
+        .order_by(spans.c.start_ns, spans.c.span_id)
+        .limit(limit)
+    )
+    with store.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]
