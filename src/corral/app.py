@@ -38,6 +38,8 @@ from corral.quota.gate import QuotaGate
 from corral.quota.rules import QuotaRules
 from corral.review import build as review_build
 from corral.review.agents import ReviewerAgents
+from corral.review.browser import NAME as BROWSER_CHECK
+from corral.review.browser import BrowserCheck
 from corral.review.service import Reviews
 from corral.routing import Catalog
 from corral.routing.breaker import Breakers
@@ -216,7 +218,10 @@ class CorralApp:
                 *collect("corral_after_run_steps"),
             ],
             profiles=_profiles(
-                default_profiles() if profiles is None else profiles,
+                {
+                    **(default_profiles() if profiles is None else profiles),
+                    BROWSER_CHECK: BrowserCheck(),  # what review gates' browser checks run
+                },
                 collect("corral_agent_profiles"),
             ),
         )  # fmt: skip

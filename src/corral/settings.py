@@ -340,6 +340,37 @@ class ReviewerSettings(BaseModel):
     timeout_s: float = Field(default=900.0, gt=0, description="Its wall clock.")
 
 
+class WebPage(BaseModel):
+    """A page a browser check captures."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", description="Its name.")
+    path: str = Field(
+        pattern=r"^/[^\s]{0,2000}$", description="Its path on the app (`/`, `/about.html`)."
+    )
+
+
+class WebCheckSettings(BaseModel):
+    """A browser check under ``web``: when a change touches web code, its app is started in
+    a sandbox from the changed workspace and headless Chromium captures named pages."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    paths: list[str] = Field(
+        min_length=1, description="Globs (gitignore style) of the web code: a change touching "
+        "one is checked.",
+    )  # fmt: skip
+    command: list[str] = Field(
+        min_length=1, description="Starts the app, run in the workspace inside the sandbox."
+    )
+    port: int = Field(ge=1024, le=65535, description="The port it listens on (loopback).")
+    pages: list[WebPage] = Field(min_length=1, max_length=20, description="What to capture.")
+    wait_s: float = Field(default=60.0, gt=0, le=600, description="How long it may take to start.")
+    width: int = Field(default=1280, ge=200, le=4000, description="The browser's width.")
+    height: int = Field(default=800, ge=200, le=4000, description="The browser's height.")
+
+
 class GateSettings(BaseModel):
     """What a run's change must pass before it is delivered. ``[review]`` sets the defaults
     (a field it leaves out has the default named in its description), and each matching
@@ -390,6 +421,10 @@ class GateSettings(BaseModel):
         default=None,
         description="Reviewer agents that must approve (default none); a rule's list "
         "replaces the one before it.",
+    )
+    web: WebCheckSettings | None = Field(
+        default=None,
+        description="A browser check of the change's web pages (default none).",
     )
 
 

@@ -10,16 +10,20 @@ count (they are the change's authors). Every action is recorded in the ledger.
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol, cast
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
 
 from corral.api.bodies import Storable
 from corral.api.context import Ctx
 from corral.api.runs import RunsHost
-from corral.errors import InvalidRequest, PermissionDenied
+from corral.errors import InvalidRequest, NotFound, PermissionDenied
+from corral.review import browser
 from corral.review.service import Review, Reviews
 from corral.runs import outputs
 from corral.runs.artifacts import ArtifactStore
@@ -28,6 +32,7 @@ from corral.traces.usage import run_calls
 
 _RUN_ID = Annotated[str, Path(max_length=40, description="A run id (run_…).")]
 _DIFF_SHOWN = 1 << 20  # bytes of the diff a review shows; the whole is an artifact
+_SHOT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}\.png")
 
 
 class ReviewsHost(RunsHost, Protocol):
@@ -121,6 +126,10 @@ class ReviewOut(BaseModel):
     reviewers_cost_usd: float = Field(description="What reviewer agents cost, on this review.")
     revisions: list[RevisionOut]
     actions: list[ActionOut] = Field(description="Approvals, comments, requests: the history.")
+    screenshots: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="The browser check's pages: name, url of the PNG (on show only).",
+    )
     diff: str | None = Field(default=None, description="The change (first MiB; on show only).")
     artifacts: list[str] = Field(default_factory=list, description="The run's artifacts.")
 
@@ -220,7 +229,28 @@ def _out(ctx: Ctx, review: Review, *, detail: bool = False) -> ReviewOut:
         store = host.executor.artifacts
         out.diff = _diff(store, run.id)
         out.artifacts = [path for path, _ in store.list(run.id, "")]
+        out.screenshots = _screenshots(store, review)
     return out
+
+
+def _web_run(review: Review) -> str | None:
+    """The run of the current revision's browser check, if there is one."""
+    for verdict in review.verdicts:
+        if verdict.reviewer == browser.REVIEWER and verdict.revision == review.current.revision:
+            return verdict.run_id
+    return None
+
+
+def _screenshots(store: ArtifactStore, review: Review) -> list[dict[str, Any]]:
+    web = _web_run(review)
+    if web is None:
+        return []
+    found = []
+    for name, size in store.list(web, browser.SCREENSHOTS.rstrip("/")):  # names below it
+        if _SHOT.fullmatch(name):
+            url = f"/api/v1/reviews/{review.run.id}/screenshots/{name}"
+            found.append({"name": name.removesuffix(".png"), "url": url, "bytes": size})
+    return found
 
 
 def _diff(store: ArtifactStore, run_id: str) -> str:
@@ -262,6 +292,28 @@ def router() -> APIRouter:
             return _out(ctx, _host(ctx).reviews.get(run_id, ctx.caller), detail=True)
 
         return await asyncio.to_thread(work)
+
+    @r.get("/reviews/{run_id}/screenshots/{name}", summary="A browser check's screenshot (PNG)")
+    async def screenshot(
+        ctx: Ctx,
+        run_id: _RUN_ID,
+        name: Annotated[str, Path(pattern=_SHOT.pattern, description="NAME.png")],
+    ) -> Response:
+        host = _host(ctx)
+
+        def work() -> outputs.Opened:
+            web = _web_run(host.reviews.get(run_id, ctx.caller))  # 404 for those who may not
+            if web is None:
+                raise NotFound(f"run {run_id}'s change has no browser check")
+            try:
+                return host.executor.artifacts.open(web, browser.SCREENSHOTS + name)
+            except outputs.Unreadable as exc:
+                raise NotFound(f"no screenshot {name} on run {run_id}'s review") from exc
+
+        opened = await asyncio.to_thread(work)
+        return StreamingResponse(
+            opened.chunks(), media_type="image/png", background=BackgroundTask(opened.close)
+        )
 
     @r.post("/reviews/{run_id}/approve", summary="Approve the change under review")
     async def approve(ctx: Ctx, run_id: _RUN_ID, body: Verdict = _NO_VERDICT) -> ReviewOut:

@@ -25,22 +25,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pathspec
 from sqlalchemy import select
 
 from corral.errors import ClientError, Conflict
 from corral.identity.service import IdentityService
+from corral.review import browser
 from corral.review.service import Review, Reviews
 from corral.runs import outputs
 from corral.runs.artifacts import ArtifactStore
 from corral.runs.model import ACTIVE, Run
 from corral.runs.service import RunService
-from corral.settings import ReviewerSettings
+from corral.settings import ReviewerSettings, WebCheckSettings
 from corral.store import Store
 from corral.store.schema import review_revisions, review_verdicts, runs
 
@@ -160,13 +163,22 @@ class ReviewerAgents:
 
     def launch(self, review: Review) -> list[str]:
         """Queue a run for each reviewer of the review's gate that has not reviewed its
-        current revision; their ids."""
-        queued = []
+        current revision (the browser check first, when the change touches web code: the
+        reviewer agents then get its screenshots); their ids."""
+        queued: list[str] = []
+        web = self._web(review)
+        if web is not None:
+            if self._claim(review, browser.REVIEWER):
+                queued.append(self._start_web(review, web))
+            verdict = next((v for v in review.verdicts if v.reviewer == browser.REVIEWER
+                            and v.revision == review.current.revision), None)  # fmt: skip
+            if verdict is None or verdict.verdict == "pending":
+                return queued  # the reviewer agents start once its screenshots are there
         for reviewer in review.gate.reviewers:
             owned = self._owned_by(review, reviewer)
             if reviewer.reviews == "owned" and not owned:
                 continue  # a code-owner agent with nothing of its own in this change
-            if not self._claim(review, reviewer):
+            if not self._claim(review, reviewer.name):
                 continue  # reviewed already, or being launched by another process
             try:
                 run = self._start(review, reviewer, owned)
@@ -190,16 +202,48 @@ class ReviewerAgents:
             if mine & set(o["principals"])
         ]
 
-    def _claim(self, review: Review, reviewer: ReviewerSettings) -> bool:
+    def _claim(self, review: Review, reviewer: str) -> bool:
         return self._reviews.set_verdict(
-            review.id, review.current.revision, reviewer.name, verdict="pending",
-            insert_only=True,
+            review.id, review.current.revision, reviewer, verdict="pending", insert_only=True
+        )
+
+    def _web(self, review: Review) -> WebCheckSettings | None:
+        """The gate's browser check, when the change touches its web paths."""
+        web = review.gate.web
+        if web is None:
+            return None
+        spec = pathspec.GitIgnoreSpec.from_lines(web.paths)
+        paths = review.findings.get("diff", {}).get("paths", [])
+        return web if any(spec.match_file(p) for p in paths) else None
+
+    def _start_web(self, review: Review, web: WebCheckSettings) -> str:
+        writer = review.run
+        account = ReviewerSettings(name=browser.REVIEWER)
+        user = self._reviews.reviewer_account(writer.team_id, account, make=True)
+        run = self._runs.follow_up(
+            writer,
+            f"Browser check of run {writer.id}'s change: start the app ({' '.join(web.command)}) "
+            f"and capture {', '.join(p.name for p in web.pages)}.",
+            actor=SYSTEM,
+            reason=f"the browser check of run {writer.id}'s change (revision "
+            f"{review.current.revision}): it touches web code",
+            requester_id=None, requested_by_key=None, owner_id=user, profile=browser.NAME,
+            command=browser.spec(web), allowed_models=[writer.model], budget_nusd=1,
+            timeout_s=web.wait_s + 60 * len(web.pages) + 120,
         )  # fmt: skip
+        self._reviews.set_verdict(
+            review.id, review.current.revision, browser.REVIEWER, verdict="pending",
+            run_id=run.id, user_id=user,
+        )  # fmt: skip
+        return run.id
 
     def _start(self, review: Review, reviewer: ReviewerSettings, owned: Sequence[str]) -> Run:
         writer = review.run
         user = self._reviews.reviewer_account(writer.team_id, reviewer, make=True)
         model = reviewer.model or writer.model
+        web = next((v for v in review.verdicts if v.reviewer == browser.REVIEWER
+                    and v.revision == review.current.revision and v.run_id), None)  # fmt: skip
+        handoff = {} if web is None else {"handoff_from": web.run_id}  # its screenshots
         run = self._runs.follow_up(
             writer,
             self._task(review, reviewer, owned),
@@ -209,6 +253,7 @@ class ReviewerAgents:
             requester_id=None, requested_by_key=None, owner_id=user, profile=reviewer.profile,
             command=reviewer.command, model=model, allowed_models=[model],
             budget_nusd=round(reviewer.budget_usd * 1e9), timeout_s=reviewer.timeout_s,
+            **handoff,
         )  # fmt: skip
         self._reviews.set_verdict(
             review.id, review.current.revision, reviewer.name, verdict="pending",
@@ -235,10 +280,22 @@ class ReviewerAgents:
             f"The task the writer was given:\n{writer.task.strip()[:20_000]}",
             "The change is applied in this workspace; its diff against the base commit:",
             diff,
+            self._screenshots_note(review),
             "End your answer with your comments, one per line as `path:line: comment`, then "
             "one line `VERDICT: approve` or `VERDICT: changes_requested`.",
         ]
         return "\n\n".join(p for p in parts if p)
+
+    def _screenshots_note(self, review: Review) -> str:
+        web = next((v for v in review.verdicts if v.reviewer == browser.REVIEWER
+                    and v.revision == review.current.revision and v.run_id), None)  # fmt: skip
+        if web is None:
+            return ""
+        return (
+            "Screenshots of the app's pages with this change are PNG files in "
+            "$CORRAL_HANDOFF/screenshots (report.json says which page each is): look at "
+            "them if you can read images."
+        )
 
     def _read(self, run_id: str, name: str, cap: int) -> str:
         try:
@@ -257,7 +314,9 @@ class ReviewerAgents:
         run = self._runs.load(row.run_id)
         if run.state in ACTIVE:
             return []
-        if run.state == "awaiting_review":
+        if row.reviewer == browser.REVIEWER:
+            said = self._web_verdict(run)
+        elif run.state == "awaiting_review":
             said = read_verdict(self._read(run.id, "report.md", _REPORT))
         else:
             said = Said("error", f"its run ended {run.state}: {run.reason or ''}".strip(), [])
@@ -271,10 +330,46 @@ class ReviewerAgents:
                     run.id, "delivered", actor=SYSTEM, delivered_to=f"review {row.review_id}",
                     reason=f"its verdict ({said.verdict}) is on review {row.review_id}",
                 )  # fmt: skip
+        if row.reviewer == browser.REVIEWER:  # its screenshots are there: the reviewers next
+            review = self._reviews.load(row.review_id)
+            if review is not None and review.current.revision == row.revision:
+                return self.launch(review)
+            return []
         if said.verdict != "changes_requested":
             return []
         follow = self._reviews.agent_requests_changes(row.review_id, row.revision, row.reviewer)
         return [] if follow is None else [follow.id]
+
+    def _web_verdict(self, run: Run) -> Said:
+        """The browser check's outcome: every page captured (approve), or what failed."""
+        try:
+            report = json.loads(self._read(run.id, f"{browser.SCREENSHOTS}report.json", _REPORT))
+            pages = [p for p in report.get("pages", []) if isinstance(p, dict)]
+        except (ValueError, AttributeError):
+            report, pages = {}, []
+        comments = [
+            {"path": str(p.get("path", ""))[:200], "line": 0,
+             "text": f"{p.get('name')}: " + (f"HTTP {p['status']}, titled {p.get('title')!r}"
+                                            if p.get("status")
+                                            else str(p.get("error", "not captured"))[:300])}
+            for p in pages[:50]
+        ]  # fmt: skip
+        captured = [p for p in pages if isinstance(p.get("status"), int) and p["status"] < 400]
+        if run.exit_code == 0 and pages and len(captured) == len(pages):
+            return Said("approve", f"{len(pages)} pages captured", comments)
+        if not report.get("started", True) or not pages:
+            why = (
+                self._read(run.id, "stdout.log", 2_000).strip()
+                or _tail(self._read(run.id, "stderr.log", _REPORT), 600)
+                or (run.reason or "")
+            )
+            return Said("error", f"the app could not be checked: {why[:400]}", comments)
+        return Said("error", f"{len(pages) - len(captured)} of {len(pages)} pages failed",
+                    comments)  # fmt: skip
+
+
+def _tail(text: str, chars: int) -> str:
+    return text.strip()[-chars:]
 
 
 __all__ = ["ReviewerAgents", "Said", "read_verdict"]

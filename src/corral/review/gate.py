@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from corral.settings import GateSettings, ReviewConfig, ReviewerSettings
+from corral.settings import GateSettings, ReviewConfig, ReviewerSettings, WebCheckSettings
 
 DEFAULTS: Mapping[str, Any] = {
     "approvals": 1,
@@ -34,6 +34,7 @@ DEFAULTS: Mapping[str, Any] = {
     "tests_after_edit": False,
     "evidence_blocks": False,
     "reviewers": [],
+    "web": None,
 }
 """What a field ``[review]`` leaves out is (settings.GateSettings says the same in words)."""
 
@@ -52,11 +53,13 @@ class Gate:
     tests_after_edit: bool
     evidence_blocks: bool
     reviewers: tuple[ReviewerSettings, ...] = ()
+    web: WebCheckSettings | None = None
     rules: tuple[str, ...] = ()  # the rules that applied, e.g. "review.rules[1]"
 
     def as_json(self) -> dict[str, Any]:
         found = {name: _plain(getattr(self, name)) for name in self.__slots__}
         found["reviewers"] = [r.model_dump(exclude={"command"}) for r in self.reviewers]
+        found["web"] = None if self.web is None else self.web.model_dump()
         return found
 
 
@@ -83,6 +86,7 @@ def gate_for(config: ReviewConfig, team_id: str, team_name: str | None, repo: st
         tests_after_edit=bool(values["tests_after_edit"]),
         evidence_blocks=bool(values["evidence_blocks"]),
         reviewers=tuple(values["reviewers"]),
+        web=values["web"],
         rules=tuple(applied),
     )
 

@@ -155,17 +155,17 @@ class RunService:
             raise Conflict(f"run {run.id} has no base commit: its change cannot be continued")
         if len(task) > MAX_TASK_CHARS:
             raise InvalidRequest(f"the task is longer than {MAX_TASK_CHARS} characters")
-        unknown = set(changed) - set(_CONTINUED)
+        unknown = set(changed) - {*_CONTINUED, "handoff_from"}
         if unknown:
             raise ValueError(f"not a field a follow-up may change: {sorted(unknown)}")
         now = self._clock.now()
         run_id = "run_" + uuid.uuid4().hex[:20]
         values: dict[str, Any] = {name: getattr(run, name) for name in _CONTINUED}
-        values |= changed
+        values |= {"handoff_from": run.id, **changed}
         values |= {
             "id": run_id, "org_id": run.org_id, "team_id": run.team_id, "repo": run.repo,
-            "ref": run.base_commit, "task": task, "handoff_from": run.id,
-            "continues_from": run.id, "state": "queued", "created_at": now, "updated_at": now,
+            "ref": run.base_commit, "task": task, "continues_from": run.id, "state": "queued",
+            "created_at": now, "updated_at": now,
         }  # fmt: skip
         with self._store.begin() as conn:
             conn.execute(runs.insert().values(**values))

@@ -1,0 +1,111 @@
+"""Browser checks: a change to a small web app gets screenshots of two named pages on its
+review, captured by headless Chromium (Debian's, through Playwright's executable_path)
+from the app started in the sandbox on the changed workspace; a reviewer agent running
+after the check finds them handed to it."""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.runs.conftest import Runs, make_repo, shared_dir, start_runs
+
+__all__ = ["shared_dir"]  # the fixture, shared with tests/runs
+
+PAGES = {
+    "index.html": "<html><head><title>Shop</title></head><body><h1>Shop</h1></body></html>\n",
+    "about.html": "<html><head><title>About</title></head><body><p>About us</p></body></html>\n",
+    "server.py": "print('not web code')\n",
+}
+WEB = {
+    "paths": ["*.html"],
+    "command": ["python3", "-m", "http.server", "8000", "--bind", "127.0.0.1"],
+    "port": 8000,
+    "pages": [{"name": "home", "path": "/"}, {"name": "about", "path": "/about.html"}],
+    "width": 1024,
+    "height": 700,
+}
+LOOKS = ["sh", "-c", 'ls "$CORRAL_HANDOFF/screenshots"; echo "VERDICT: approve"']
+
+
+@pytest.fixture
+def web(shared_dir: Path, tmp_path: Path) -> Iterator[Runs]:
+    repo = make_repo(shared_dir / "shop", PAGES)
+    review = {
+        "interval": 0.2,
+        "web": WEB,
+        "reviewers": [{"name": "looks", "profile": "command", "command": LOOKS}],
+    }
+    with start_runs(shared_dir, tmp_path, repo, review=review) as live:
+        yield live
+
+
+def _review(runs: Runs, run_id: str) -> dict[str, Any]:
+    with runs.api() as c:
+        r = c.get(f"/api/v1/reviews/{run_id}")
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def _until(runs: Runs, run_id: str, done: Any, limit: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + limit
+    while True:
+        review = _review(runs, run_id)
+        if done(review):
+            return review
+        assert time.monotonic() < deadline, review
+        time.sleep(0.3)
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def test_a_web_change_gets_screenshots_of_its_named_pages(web: Runs) -> None:
+    runs = web
+    command = ["sh", "-c", "sed -i 's/Shop</Our shop</g' index.html"]
+    run = runs.submit(command=command)
+    assert runs.wait(run["id"])["state"] == "awaiting_review"
+
+    def checked(review: dict[str, Any]) -> bool:
+        return {v["reviewer"]: v["verdict"] for v in review["reviewers"]}.get("looks") not in (
+            None, "pending",
+        )  # fmt: skip
+
+    review = _until(runs, run["id"], checked)
+    by = {v["reviewer"]: v for v in review["reviewers"]}
+    assert by["web"]["verdict"] == "approve", (by["web"]["summary"], by["web"]["comments"])
+    assert by["web"]["summary"] == "2 pages captured"
+    pages = [c["text"] for c in by["web"]["comments"]]  # served from the changed workspace
+    assert pages == ["home: HTTP 200, titled 'Our shop'", "about: HTTP 200, titled 'About'"]
+    shots = {s["name"]: s for s in review["screenshots"]}
+    assert set(shots) == {"home", "about"}
+    with runs.api() as c:
+        for name in ("home", "about"):
+            got = c.get(shots[name]["url"])
+            assert got.status_code == 200, got.text
+            assert got.headers["content-type"] == "image/png"
+            assert _png_size(got.content) == (1024, 700)
+        missing = c.get(f"/api/v1/reviews/{run['id']}/screenshots/nope.png")
+        assert missing.status_code == 404
+    # the reviewer agent ran after the check, with the screenshots handed to it
+    assert by["looks"]["verdict"] == "approve"
+    assert "home.png" in by["looks"]["summary"]
+    assert "about.png" in by["looks"]["summary"]
+
+
+def test_a_change_that_touches_no_web_code_gets_no_browser_check(web: Runs) -> None:
+    runs = web
+    run = runs.submit(command=["sh", "-c", "echo \"print('x')\" > server.py"])
+    assert runs.wait(run["id"])["state"] == "awaiting_review"
+    review = _until(runs, run["id"], lambda r: any(v["verdict"] != "pending"
+                                                   for v in r["reviewers"]))  # fmt: skip
+    assert [v["reviewer"] for v in review["reviewers"]] == ["looks"]
+    assert review["screenshots"] == []
