@@ -10,6 +10,7 @@ given are dismissed, and the history keeps both revisions.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from corral.cli.review import review as review_cli
 from tests.runs.conftest import Runs, make_repo, shared_dir, start_runs
 
 __all__ = ["shared_dir"]  # the fixture, shared with tests/runs
@@ -26,6 +29,8 @@ CODEOWNERS = """\
 # everything: ada and bob
 *           @ada @bob
 /docs/      @org/docs
+!secret.txt @ada
+/legal/     @nobody
 """
 
 
@@ -221,3 +226,37 @@ def test_request_changes_continues_the_change_and_dismisses_approvals(gated: Run
     with runs.api() as c:
         done = c.post(f"/api/v1/runs/{follow}/deliver", json={"patch": True})
     assert done.status_code == 200, done.text
+
+
+def test_a_team_owner_from_another_team_reviews_and_problems_are_reported(gated: Runs) -> None:
+    """docs/ is owned by the team docs (another team): the last matching pattern wins over
+    ``*``, any member of docs may see the review and approve it, and that approval satisfies
+    the owner and counts; the file's syntax error and unknown owner are on the review with
+    their lines; the CLI shows it all."""
+    runs = gated
+    _person(runs, "bob")
+    dora, dora_key = _person(runs, "dora", team="docs")
+    _, eve_key = _person(runs, "eve", team="search")
+    run = runs.submit(command=["sh", "-c", "echo more >> docs/guide.md"])
+    assert runs.wait(run["id"])["state"] == "awaiting_review"
+    review = _review(runs, run["id"], dora_key)  # a code owner of another team sees it
+    assert review["owners"] == [
+        {"path": "docs/guide.md", "owners": ["@org/docs"], "approved_by": []}
+    ]
+    problems = {(p["line"], p["kind"]) for p in review["codeowners"]["problems"]}
+    assert problems == {(4, "syntax"), (5, "unknown_owner")}
+    unknown = next(p for p in review["codeowners"]["problems"] if p["kind"] == "unknown_owner")
+    assert unknown["owner"] == "@nobody"
+    with runs.api(eve_key) as c:  # neither the team's nor an owner: not hers to see
+        assert c.get(f"/api/v1/reviews/{run['id']}").status_code == 404
+    done = _post(runs, dora_key, f"{run['id']}/approve").json()
+    assert done["passed"] is True, done["missing"]
+    assert done["owners"][0]["approved_by"] == [f"user:{dora}"]
+
+    env = {"CORRAL_URL": runs.corral.url, "CORRAL_KEY": runs.key}
+    shown = CliRunner().invoke(review_cli, ["show", run["id"], "--no-diff"], env=env)
+    assert shown.exit_code == 0, shown.output
+    for text in ("The gate passes", "docs/guide.md", "@org/docs", "unknown owner", "Checks"):
+        assert text in shown.stdout, shown.stdout
+    listed = CliRunner().invoke(review_cli, ["list", "--json"], env=env)
+    assert [r["run_id"] for r in json.loads(listed.stdout)["reviews"]] == [run["id"]]

@@ -119,6 +119,9 @@ def print_review(r: dict[str, Any], *, diff: bool = True) -> None:
     _history(r)
     if r["artifacts"]:
         line("\n[bold]Artifacts[/bold] " + escape(", ".join(r["artifacts"])))
+    for shot in r.get("screenshots", []):
+        line(f"[bold]Screenshot[/bold] {escape(shot['name'])}: {escape(shot['url'])}",
+             highlight=False)  # fmt: skip
     if diff and r.get("diff"):
         line()
         sys.stdout.write(r["diff"])
