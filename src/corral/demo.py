@@ -212,7 +212,11 @@ async def _demo_runs(
     console.print(
         f"See a run, its change and its trajectory:\n  {env} corral runs show {fix['id']}\n"
         f"  {env} corral runs artifacts {fix['id']} diff.patch\n"
-        f"  {env} corral trace {fix['trace_id']}"
+        f"  {env} corral trace {fix['trace_id']}\n"
+        f"Its review (the gate, the evidence check of its report), then approve and deliver:\n"
+        f"  {env} corral review show {fix['id']}\n"
+        f"  {env} corral review approve {fix['id']}\n"
+        f"  {env} corral runs deliver {fix['id']} --patch -"
     )
 
 

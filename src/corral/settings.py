@@ -336,6 +336,12 @@ class ReviewerSettings(BaseModel):
     command: list[str] | None = Field(
         default=None, description="For the `command` profile: the command line."
     )
+    images: bool = Field(
+        default=True,
+        description="Hand it the browser check's screenshots (`$CORRAL_HANDOFF/screenshots`; "
+        "the reference agent shows them to its model with the task): `false` for a model "
+        "without image input.",
+    )
     budget_usd: float = Field(default=1.0, gt=0, description="What one review may spend.")
     timeout_s: float = Field(default=900.0, gt=0, description="Its wall clock.")
 

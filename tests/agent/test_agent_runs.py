@@ -291,3 +291,28 @@ def test_sigterm_stops_the_command_and_still_reports(
     while alive(sleeper):
         assert time.monotonic() < deadline, "the command's process group outlived the agent"
         time.sleep(0.02)
+
+
+def test_handed_screenshots_are_shown_with_the_task_and_links_are_not(tmp_path: Path) -> None:
+    """A review's browser check hands screenshots over ($CORRAL_HANDOFF/screenshots): the
+    agent attaches the regular PNG/JPEG files, in name order, within the caps; a link (to a
+    host file), a folder, another kind of file, or one too large is left out."""
+    from corral.agent.command import IMAGE_MAX_BYTES, handed_images, image_part
+
+    shots = tmp_path / "handoff" / "screenshots"
+    shots.mkdir(parents=True)
+    (shots / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"b" * 10)
+    (shots / "a.jpg").write_bytes(b"\xff\xd8" + b"a" * 10)
+    (shots / "notes.txt").write_text("no")
+    (shots / "big.png").write_bytes(b"x" * (IMAGE_MAX_BYTES + 1))
+    (shots / "link.png").symlink_to("/etc/passwd")
+    (shots / "dir.png").mkdir()
+    found = handed_images({"CORRAL_HANDOFF": str(tmp_path / "handoff")})
+    assert [p.name for p in found] == ["a.jpg", "b.png"]
+    part = image_part(found[1])
+    assert part["image_url"]["url"].startswith("data:image/png;base64,iVBORw0KGg")
+    assert handed_images({}) == ()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "h2").mkdir()
+    (tmp_path / "h2" / "screenshots").symlink_to(tmp_path / "elsewhere")
+    assert handed_images({"CORRAL_HANDOFF": str(tmp_path / "h2")}) == ()

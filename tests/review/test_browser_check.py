@@ -5,6 +5,7 @@ after the check finds them handed to it."""
 
 from __future__ import annotations
 
+import json
 import struct
 import time
 from collections.abc import Iterator
@@ -12,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
+from corral.store.schema import spans
 from tests.runs.conftest import Runs, make_repo, shared_dir, start_runs
 
 __all__ = ["shared_dir"]  # the fixture, shared with tests/runs
@@ -31,6 +34,14 @@ WEB = {
     "height": 700,
 }
 LOOKS = ["sh", "-c", 'ls "$CORRAL_HANDOFF/screenshots"; echo "VERDICT: approve"']
+EYES = """
+[[conversations]]
+name = "eyes"
+match = "(?i)^you are eyes, a reviewer agent"
+
+[[conversations.turns]]
+text = "The pages render.\\nVERDICT: approve"
+"""
 
 
 @pytest.fixture
@@ -39,9 +50,14 @@ def web(shared_dir: Path, tmp_path: Path) -> Iterator[Runs]:
     review = {
         "interval": 0.2,
         "web": WEB,
-        "reviewers": [{"name": "looks", "profile": "command", "command": LOOKS}],
+        "reviewers": [
+            {"name": "looks", "profile": "command", "command": LOOKS},
+            {"name": "eyes", "model": "sim-standard"},  # the reference agent
+        ],
     }
-    with start_runs(shared_dir, tmp_path, repo, review=review) as live:
+    script = tmp_path / "script.toml"
+    script.write_text(EYES)
+    with start_runs(shared_dir, tmp_path, repo, review=review, sim_script=script) as live:
         yield live
 
 
@@ -75,9 +91,8 @@ def test_a_web_change_gets_screenshots_of_its_named_pages(web: Runs) -> None:
     assert runs.wait(run["id"])["state"] == "awaiting_review"
 
     def checked(review: dict[str, Any]) -> bool:
-        return {v["reviewer"]: v["verdict"] for v in review["reviewers"]}.get("looks") not in (
-            None, "pending",
-        )  # fmt: skip
+        verdicts = {v["reviewer"]: v["verdict"] for v in review["reviewers"]}
+        return len(verdicts) == 3 and "pending" not in verdicts.values()
 
     review = _until(runs, run["id"], checked)
     by = {v["reviewer"]: v for v in review["reviewers"]}
@@ -99,6 +114,26 @@ def test_a_web_change_gets_screenshots_of_its_named_pages(web: Runs) -> None:
     assert by["looks"]["verdict"] == "approve"
     assert "home.png" in by["looks"]["summary"]
     assert "about.png" in by["looks"]["summary"]
+    # the reference agent showed them to its model with the task: the gateway's record of
+    # its call holds both images
+    assert by["eyes"]["verdict"] == "approve", by["eyes"]
+    app = runs.corral.app
+    with app.store.connect() as conn:
+        blobs = [
+            row.request_blob
+            for row in conn.execute(
+                select(spans.c.request_blob).where(
+                    spans.c.run_id == by["eyes"]["run_id"], spans.c.kind == "llm_request",
+                    spans.c.source == "gateway",
+                )
+            )
+        ]  # fmt: skip
+    assert blobs
+    asked = json.loads(app.blobs.get(blobs[0]) or b"{}")
+    opening = asked["messages"][1]["content"]
+    images = [p for p in opening if p.get("type") == "image_url"]
+    assert len(images) == 2
+    assert all(p["image_url"]["url"].startswith("data:image/png;base64,") for p in images)
 
 
 def test_a_change_that_touches_no_web_code_gets_no_browser_check(web: Runs) -> None:
@@ -107,5 +142,5 @@ def test_a_change_that_touches_no_web_code_gets_no_browser_check(web: Runs) -> N
     assert runs.wait(run["id"])["state"] == "awaiting_review"
     review = _until(runs, run["id"], lambda r: any(v["verdict"] != "pending"
                                                    for v in r["reviewers"]))  # fmt: skip
-    assert [v["reviewer"] for v in review["reviewers"]] == ["looks"]
+    assert sorted(v["reviewer"] for v in review["reviewers"]) == ["eyes", "looks"]
     assert review["screenshots"] == []

@@ -14,6 +14,7 @@ not be reached, or the agent was interrupted), 2 bad usage, 3 turn limit.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import os
 import signal
@@ -23,6 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import httpx
 
@@ -84,6 +86,31 @@ class Config:
     report: Path | None
     max_turns: int = 30
     command_timeout: float = 120.0
+    images: tuple[Path, ...] = ()
+
+
+IMAGES_MAX = 8
+IMAGE_MAX_BYTES = 4 << 20
+IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+
+
+def handed_images(environ: Mapping[str, str]) -> tuple[Path, ...]:
+    """Screenshots handed over to this run (``$CORRAL_HANDOFF/screenshots``: a review's
+    browser check), to show the model with the task: at most ``IMAGES_MAX``, each at most
+    ``IMAGE_MAX_BYTES``, regular files only."""
+    handoff = environ.get("CORRAL_HANDOFF")
+    folder = Path(handoff, "screenshots") if handoff else None
+    if folder is None or folder.is_symlink() or not folder.is_dir():
+        return ()
+    found = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_TYPES or path.is_symlink() or not path.is_file():
+            continue
+        if path.stat().st_size <= IMAGE_MAX_BYTES:
+            found.append(path)
+        if len(found) == IMAGES_MAX:
+            break
+    return tuple(found)
 
 
 def parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -129,6 +156,7 @@ def configure(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
         report=Path(report) if report else None,
         max_turns=30 if args.max_turns is None else args.max_turns,
         command_timeout=120.0 if args.command_timeout is None else args.command_timeout,
+        images=handed_images(environ),
     )
     if config.max_turns < 1:
         raise UsageError("--max-turns must be at least 1")
@@ -182,7 +210,7 @@ def run(config: Config, environ: Mapping[str, str]) -> int:
         with httpx.Client() as http:
             client = ModelClient(config.base_url, config.api_key, http)
             agent = Agent(config.model, client, toolbox, telemetry, config.max_turns, log=progress)
-            outcome = agent.run(config.task)
+            outcome = agent.run(config.task, images=[image_part(p) for p in config.images])
     finally:
         telemetry.shutdown()
     after = snapshot(config.workdir)
@@ -200,6 +228,13 @@ def run(config: Config, environ: Mapping[str, str]) -> int:
         write_report(config.report, report)
     print(report, end="", flush=True)
     return outcome.exit_code
+
+
+def image_part(path: Path) -> dict[str, Any]:
+    """An image as a Chat Completions content part (a data URL)."""
+    kind = IMAGE_TYPES[path.suffix.lower()]
+    data = base64.b64encode(path.read_bytes()[:IMAGE_MAX_BYTES]).decode()
+    return {"type": "image_url", "image_url": {"url": f"data:{kind};base64,{data}"}}
 
 
 def write_report(path: Path, report: str) -> None:

@@ -14,7 +14,7 @@ once, as a user message after the turn's tool results, logged, and recorded as a
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -65,12 +65,16 @@ class Agent:
     max_turns: int = 30
     log: Callable[[str], None] = lambda line: None
 
-    def run(self, task: str) -> Outcome:
-        """Work on ``task`` until the model answers without tool calls, or the loop must stop."""
+    def run(self, task: str, images: Sequence[dict[str, Any]] = ()) -> Outcome:
+        """Work on ``task`` until the model answers without tool calls, or the loop must stop.
+        ``images``: content parts shown with the task (screenshots handed to a reviewer)."""
         system = SYSTEM_PROMPT.format(workdir=self.toolbox.workdir)
+        opening: str | list[dict[str, Any]] = task
+        if images:
+            opening = [{"type": "text", "text": task}, *images]
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": system},
-            {"role": "user", "content": task},
+            {"role": "user", "content": opening},
         ]
         summary, turns = "", 0
         shown: set[str] = set()  # the incidents whose warning the model has seen

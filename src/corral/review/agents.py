@@ -243,7 +243,8 @@ class ReviewerAgents:
         model = reviewer.model or writer.model
         web = next((v for v in review.verdicts if v.reviewer == browser.REVIEWER
                     and v.revision == review.current.revision and v.run_id), None)  # fmt: skip
-        handoff = {} if web is None else {"handoff_from": web.run_id}  # its screenshots
+        # its screenshots, handed over (the writer's artifacts are then not)
+        handoff = {"handoff_from": web.run_id} if web is not None and reviewer.images else {}
         run = self._runs.follow_up(
             writer,
             self._task(review, reviewer, owned),
@@ -280,16 +281,16 @@ class ReviewerAgents:
             f"The task the writer was given:\n{writer.task.strip()[:20_000]}",
             "The change is applied in this workspace; its diff against the base commit:",
             diff,
-            self._screenshots_note(review),
+            self._screenshots_note(review, reviewer),
             "End your answer with your comments, one per line as `path:line: comment`, then "
             "one line `VERDICT: approve` or `VERDICT: changes_requested`.",
         ]
         return "\n\n".join(p for p in parts if p)
 
-    def _screenshots_note(self, review: Review) -> str:
+    def _screenshots_note(self, review: Review, reviewer: ReviewerSettings) -> str:
         web = next((v for v in review.verdicts if v.reviewer == browser.REVIEWER
                     and v.revision == review.current.revision and v.run_id), None)  # fmt: skip
-        if web is None:
+        if web is None or not reviewer.images:
             return ""
         return (
             "Screenshots of the app's pages with this change are PNG files in "
