@@ -249,6 +249,9 @@ def test_a_team_owner_from_another_team_reviews_and_problems_are_reported(gated:
     assert unknown["owner"] == "@nobody"
     with runs.api(eve_key) as c:  # neither the team's nor an owner: not hers to see
         assert c.get(f"/api/v1/reviews/{run['id']}").status_code == 404
+    asked = _post(runs, dora_key, f"{run['id']}/request-changes", {"comment": "more"})
+    assert asked.status_code == 403  # another team's owner comments; it does not spend theirs
+    assert "only the run's own team" in asked.json()["error"]["message"]
     done = _post(runs, dora_key, f"{run['id']}/approve").json()
     assert done["passed"] is True, done["missing"]
     assert done["owners"][0]["approved_by"] == [f"user:{dora}"]

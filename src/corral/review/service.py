@@ -468,6 +468,11 @@ class Reviews:
         """Record the request and queue the follow-up run that makes the changes; the
         review and that run (the caller wakes the executor)."""
         review = self._open(run_id, caller, "request changes on runs")
+        if caller.role != "admin" and caller.team_id != review.run.team_id:
+            raise PermissionDenied(
+                "only the run's own team (or the organisation admin) may ask for changes: the "
+                "follow-up run is that team's work and spend; comment on the change instead"
+            )
         if review.pending is not None:
             raise Conflict(f"run {review.pending.run_id} is already making requested changes")
         if not comment or not comment.strip():
