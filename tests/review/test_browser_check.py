@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from corral.store.schema import spans
+from corral.store.schema import review_verdicts, spans
 from tests.runs.conftest import Runs, make_repo, shared_dir, start_runs
 
 __all__ = ["shared_dir"]  # the fixture, shared with tests/runs
@@ -144,3 +144,31 @@ def test_a_change_that_touches_no_web_code_gets_no_browser_check(web: Runs) -> N
                                                    for v in r["reviewers"]))  # fmt: skip
     assert sorted(v["reviewer"] for v in review["reviewers"]) == ["eyes", "looks"]
     assert review["screenshots"] == []
+
+
+def test_a_claim_whose_run_was_never_made_is_taken_over(web: Runs) -> None:
+    """A server claims a reviewer for a revision and stops before making its run: after two
+    minutes another server's look takes the claim over and makes the run, once."""
+    runs = web
+    run = runs.submit(command=["sh", "-c", "echo \"print('y')\" > server.py"])
+    assert runs.wait(run["id"])["state"] == "awaiting_review"
+    review = _until(runs, run["id"], lambda r: len(r["reviewers"]) == 2
+                    and all(v["verdict"] != "pending" for v in r["reviewers"]))  # fmt: skip
+    first = next(v["run_id"] for v in review["reviewers"] if v["reviewer"] == "looks")
+    app = runs.corral.app
+    stale = review_verdicts.c.reviewer == "looks"
+    with app.store.begin() as conn:  # as the stopped server left it
+        conn.execute(
+            review_verdicts.update().where(stale)
+            .values(verdict="pending", run_id=None, updated_at=time.time() - 300)
+        )  # fmt: skip
+    again = _until(runs, run["id"], lambda r: any(
+        v["reviewer"] == "looks" and v["verdict"] == "approve" for v in r["reviewers"]
+    ))  # fmt: skip
+    second = next(v["run_id"] for v in again["reviewers"] if v["reviewer"] == "looks")
+    assert second not in (None, first)
+    with runs.api(runs.corral.admin_key) as c:  # its run was made, once
+        assert c.get(f"/api/v1/runs/{second}").json()["state"] == "delivered"
+        listed = c.get("/api/v1/runs", params={"limit": 100}).json()["runs"]
+    reviews_by_looks = [r for r in listed if r["owner"] == "reviewer-looks"]
+    assert len(reviews_by_looks) == 2  # the first, and the one made for the stale claim

@@ -60,6 +60,7 @@ _COMMENT = re.compile(r"^\s*[-*]?\s*`?([^\s:`]{1,500}):(\d{1,9})`?\s*[:—-]\s*(
 _REPORT = 200_000  # bytes of a reviewer's report read
 _DIFF_IN_TASK = 100_000  # characters of the diff put in its task
 _BATCH = 50  # runs judged, verdicts read per tick
+_STALE_CLAIM = 120.0  # seconds a claimed reviewer may wait for its run to be made
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,8 +311,8 @@ class ReviewerAgents:
     def _settle(self, row: Any) -> list[str]:
         """A pending verdict whose run ended: read it; hand changes requested to a
         follow-up run. The runs queued."""
-        if row.run_id is None:
-            return []  # claimed, its run not made yet (or the maker died: see its age)
+        if row.run_id is None:  # claimed, its run not made yet, or the maker stopped
+            return self._restart(row)
         run = self._runs.load(row.run_id)
         if run.state in ACTIVE:
             return []
@@ -340,6 +341,32 @@ class ReviewerAgents:
             return []
         follow = self._reviews.agent_requests_changes(row.review_id, row.revision, row.reviewer)
         return [] if follow is None else [follow.id]
+
+    def _restart(self, row: Any) -> list[str]:
+        """A claim whose run was never made (the process that claimed it stopped before
+        making it): after ``_STALE_CLAIM`` seconds, claimed again here and its run made."""
+        if self._reviews.now() - row.updated_at < _STALE_CLAIM:
+            return []
+        if not self._reviews.reclaim(row.review_id, row.revision, row.reviewer, row.updated_at):
+            return []  # another process took it over
+        review = self._reviews.load(row.review_id)
+        if review is None or review.current.revision != row.revision:
+            self._reviews.set_verdict(
+                row.review_id, row.revision, row.reviewer, verdict="error",
+                summary="its revision was replaced before its run was made",
+            )  # fmt: skip
+            return []
+        if row.reviewer == browser.REVIEWER:
+            web = self._web(review)
+            return [] if web is None else [self._start_web(review, web)]
+        reviewer = next((r for r in review.gate.reviewers if r.name == row.reviewer), None)
+        if reviewer is None:  # no longer in the gate
+            self._reviews.set_verdict(
+                row.review_id, row.revision, row.reviewer, verdict="error",
+                summary="no longer a reviewer of this gate",
+            )  # fmt: skip
+            return []
+        return [self._start(review, reviewer, self._owned_by(review, reviewer)).id]
 
     def _web_verdict(self, run: Run) -> Said:
         """The browser check's outcome: every page captured (approve), or what failed."""

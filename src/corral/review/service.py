@@ -307,6 +307,26 @@ class Reviews:
         except Conflict:  # made meanwhile by another process
             return self._identity.get_user(name, team_id=team_id).id
 
+    def now(self) -> float:
+        return self._clock.now()
+
+    def reclaim(self, review_id: str, revision: int, reviewer: str, seen_at: float) -> bool:
+        """Take over a reviewer's claim whose run was never made (compare-and-set on when it
+        was last touched: of several processes, one wins)."""
+        with self._store.begin() as conn:
+            done = conn.execute(
+                review_verdicts.update()
+                .where(
+                    review_verdicts.c.review_id == review_id,
+                    review_verdicts.c.revision == revision,
+                    review_verdicts.c.reviewer == reviewer,
+                    review_verdicts.c.run_id.is_(None),
+                    review_verdicts.c.updated_at == seen_at,
+                )
+                .values(updated_at=self._clock.now())
+            ).rowcount
+        return bool(done)
+
     def reviewers_started(self, run_id: str) -> None:
         """Mark the revision of ``run_id``'s change as having its reviewer agents started
         (a run with no revision, a reviewer's own, gets none: nothing to mark)."""
