@@ -36,3 +36,17 @@ def test_the_example_corral_toml_is_valid() -> None:
     catalog = Catalog.from_settings(settings, sim_url=None)
     assert set(catalog.providers) == {"openai", "anthropic", "local"}
     assert catalog.resolve("claude-sonnet").upstream_model == "claude-sonnet-4-5"
+
+
+def test_the_review_docs_example_is_a_gate_corral_accepts() -> None:
+    """docs/review.md's `[review]` example loads as settings and passes the start-up check
+    of its patterns and globs."""
+    import re
+
+    from corral.review.findings import check_config
+
+    text = (Path(__file__).parents[1] / "docs" / "review.md").read_text()
+    (block,) = re.findall(r"```toml\n(.*?)```", text, re.S)
+    settings = Settings(**tomllib.loads(block))
+    check_config(settings.review)
+    assert settings.review.rules[1].web is not None
