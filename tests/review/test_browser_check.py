@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from corral.store.schema import review_verdicts, spans
+from tests.review import live
 from tests.runs.conftest import Runs, make_repo, shared_dir, start_runs
 
 __all__ = ["shared_dir"]  # the fixture, shared with tests/runs
@@ -61,23 +62,6 @@ def web(shared_dir: Path, tmp_path: Path) -> Iterator[Runs]:
         yield live
 
 
-def _review(runs: Runs, run_id: str) -> dict[str, Any]:
-    with runs.api() as c:
-        r = c.get(f"/api/v1/reviews/{run_id}")
-    assert r.status_code == 200, r.text
-    return dict(r.json())
-
-
-def _until(runs: Runs, run_id: str, done: Any, limit: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + limit
-    while True:
-        review = _review(runs, run_id)
-        if done(review):
-            return review
-        assert time.monotonic() < deadline, review
-        time.sleep(0.3)
-
-
 def _png_size(data: bytes) -> tuple[int, int]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])
@@ -94,7 +78,7 @@ def test_a_web_change_gets_screenshots_of_its_named_pages(web: Runs) -> None:
         verdicts = {v["reviewer"]: v["verdict"] for v in review["reviewers"]}
         return len(verdicts) == 3 and "pending" not in verdicts.values()
 
-    review = _until(runs, run["id"], checked)
+    review = live.until(runs, run["id"], checked)
     by = {v["reviewer"]: v for v in review["reviewers"]}
     assert by["web"]["verdict"] == "approve", (by["web"]["summary"], by["web"]["comments"])
     assert by["web"]["summary"] == "2 pages captured"
@@ -140,7 +124,7 @@ def test_a_change_that_touches_no_web_code_gets_no_browser_check(web: Runs) -> N
     runs = web
     run = runs.submit(command=["sh", "-c", "echo \"print('x')\" > server.py"])
     assert runs.wait(run["id"])["state"] == "awaiting_review"
-    review = _until(runs, run["id"], lambda r: any(v["verdict"] != "pending"
+    review = live.until(runs, run["id"], lambda r: any(v["verdict"] != "pending"
                                                    for v in r["reviewers"]))  # fmt: skip
     assert sorted(v["reviewer"] for v in review["reviewers"]) == ["eyes", "looks"]
     assert review["screenshots"] == []
@@ -152,7 +136,7 @@ def test_a_claim_whose_run_was_never_made_is_taken_over(web: Runs) -> None:
     runs = web
     run = runs.submit(command=["sh", "-c", "echo \"print('y')\" > server.py"])
     assert runs.wait(run["id"])["state"] == "awaiting_review"
-    review = _until(runs, run["id"], lambda r: len(r["reviewers"]) == 2
+    review = live.until(runs, run["id"], lambda r: len(r["reviewers"]) == 2
                     and all(v["verdict"] != "pending" for v in r["reviewers"]))  # fmt: skip
     first = next(v["run_id"] for v in review["reviewers"] if v["reviewer"] == "looks")
     app = runs.corral.app
@@ -162,7 +146,7 @@ def test_a_claim_whose_run_was_never_made_is_taken_over(web: Runs) -> None:
             review_verdicts.update().where(stale)
             .values(verdict="pending", run_id=None, updated_at=time.time() - 300)
         )  # fmt: skip
-    again = _until(runs, run["id"], lambda r: any(
+    again = live.until(runs, run["id"], lambda r: any(
         v["reviewer"] == "looks" and v["verdict"] == "approve" for v in r["reviewers"]
     ))  # fmt: skip
     second = next(v["run_id"] for v in again["reviewers"] if v["reviewer"] == "looks")

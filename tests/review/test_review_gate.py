@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from corral.cli.review import review as review_cli
+from tests.review import live
 from tests.runs.conftest import Runs, make_repo, shared_dir, start_runs
 
 __all__ = ["shared_dir"]  # the fixture, shared with tests/runs
@@ -59,13 +60,6 @@ def _person(runs: Runs, name: str, team: str | None = None) -> tuple[str, str]:
     return user.id, key
 
 
-def _review(runs: Runs, run_id: str, key: str | None = None) -> dict[str, Any]:
-    with runs.api(key) as c:
-        r = c.get(f"/api/v1/reviews/{run_id}")
-    assert r.status_code == 200, r.text
-    return dict(r.json())
-
-
 def _post(runs: Runs, key: str, path: str, body: dict[str, Any] | None = None) -> Any:
     with runs.api(key) as c:
         return c.post(f"/api/v1/reviews/{path}", json=body or {})
@@ -79,7 +73,7 @@ def test_the_requester_who_owns_every_path_still_needs_another_owner(gated: Runs
     bob, bob_key = _person(runs, "bob")
     run = runs.submit(command=["sh", "-c", "echo fixed > README"])
     assert runs.wait(run["id"])["state"] == "awaiting_review"
-    review = _review(runs, run["id"])
+    review = live.review(runs, run["id"])
     assert review["state"] == "open"
     assert review["owners"] == [{"path": "README", "owners": ["@ada", "@bob"], "approved_by": []}]
     assert "README needs an approval from one of @ada, @bob" in review["missing"]
@@ -153,7 +147,7 @@ def test_a_runs_key_is_refused_by_every_approve_route(gated: Runs) -> None:
     assert runs.wait(run["id"])["state"] == "awaiting_review"
     after = _post(runs, run_key, f"{run['id']}/approve")
     assert after.status_code == 401  # its key is gone with its run
-    assert _review(runs, first["id"])["approvals"] == 0
+    assert live.review(runs, first["id"])["approvals"] == 0
 
 
 FIX_AGAIN = """
@@ -201,7 +195,7 @@ def test_request_changes_continues_the_change_and_dismisses_approvals(gated: Run
     assert second["handoff_from"] == run["id"]
     assert "add sub()" in second["task"]
     assert "- calc.py:2: add sub() too" in second["task"]  # the line comment handed over
-    review = _review(runs, follow)
+    review = live.review(runs, follow)
     assert (review["id"], review["run_id"], review["revision"]) == (run["id"], follow, 2)
     assert review["approvals"] == 0
     approvals = [a for a in review["actions"] if a["action"] == "approve"]
@@ -239,7 +233,7 @@ def test_a_team_owner_from_another_team_reviews_and_problems_are_reported(gated:
     _, eve_key = _person(runs, "eve", team="search")
     run = runs.submit(command=["sh", "-c", "echo more >> docs/guide.md"])
     assert runs.wait(run["id"])["state"] == "awaiting_review"
-    review = _review(runs, run["id"], dora_key)  # a code owner of another team sees it
+    review = live.review(runs, run["id"], dora_key)  # a code owner of another team sees it
     assert review["owners"] == [
         {"path": "docs/guide.md", "owners": ["@org/docs"], "approved_by": []}
     ]

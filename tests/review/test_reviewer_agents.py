@@ -11,7 +11,6 @@ writer's report claims the tests pass: its own trajectory supports it, with the 
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 
 from corral.runs import sample
+from tests.review import live
 from tests.runs.conftest import Runs, shared_dir, start_runs
 
 __all__ = ["shared_dir"]  # the fixture, shared with tests/runs
@@ -67,23 +67,6 @@ def reviewed(shared_dir: Path, tmp_path: Path) -> Iterator[Runs]:
         yield live
 
 
-def _review(runs: Runs, run_id: str) -> dict[str, Any]:
-    with runs.api() as c:
-        r = c.get(f"/api/v1/reviews/{run_id}")
-    assert r.status_code == 200, r.text
-    return dict(r.json())
-
-
-def _until(runs: Runs, run_id: str, done: Any, limit: float = 90) -> dict[str, Any]:
-    deadline = time.monotonic() + limit
-    while True:
-        review = _review(runs, run_id)
-        if done(review):
-            return review
-        assert time.monotonic() < deadline, review
-        time.sleep(0.2)
-
-
 def test_two_reviewer_agents_review_as_their_own_identities(reviewed: Runs) -> None:
     runs = reviewed
     run = runs.submit(agent="corral", task="Fix the failing test in test_calc.py",
@@ -96,7 +79,7 @@ def test_two_reviewer_agents_review_as_their_own_identities(reviewed: Runs) -> N
         verdicts = {v["reviewer"]: v["verdict"] for v in review["reviewers"]}
         return len(verdicts) == 2 and "pending" not in verdicts.values()
 
-    review = _until(runs, run["id"], finished)
+    review = live.until(runs, run["id"], finished)
     by = {v["reviewer"]: v for v in review["reviewers"]}
     assert by["code-review"]["verdict"] == "approve"
     assert by["owners"]["verdict"] == "changes_requested"
@@ -128,7 +111,7 @@ def test_two_reviewer_agents_review_as_their_own_identities(reviewed: Runs) -> N
         refused = c.post(f"/api/v1/runs/{run['id']}/deliver", json={"patch": True})
     assert refused.status_code == 409
     # the owner agent's comments went to a follow-up run continuing the change
-    review = _until(runs, run["id"], lambda r: r["pending_run"] or r["revision"] > 1)
+    review = live.until(runs, run["id"], lambda r: r["pending_run"] or r["revision"] > 1)
     follow = review["pending_run"] or review["run_id"]
     task = runs.get(follow)["task"]
     assert "calc.py:2: say why add() was wrong in a comment (owners)" in task
@@ -142,7 +125,7 @@ def test_the_evidence_check_reads_the_writers_trajectory(reviewed: Runs) -> None
     run = runs.submit(agent="corral", task="Fix the failing test in test_calc.py",
                       model="sim-standard")  # fmt: skip
     assert runs.wait(run["id"])["state"] == "awaiting_review"
-    review = _until(runs, run["id"], lambda r: r["evidence"].get("steps", 0) >= 4)
+    review = live.until(runs, run["id"], lambda r: r["evidence"].get("steps", 0) >= 4)
     proof = review["evidence"]
     assert proof["trajectory"] is True
     claims = {c["kind"]: c for c in proof["claims"]}

@@ -27,7 +27,7 @@ from corral.review import browser
 from corral.review.service import Review, Reviews
 from corral.runs import outputs
 from corral.runs.artifacts import ArtifactStore
-from corral.runs.ledger import GROUPS, Ledger
+from corral.runs.ledger import Ledger
 from corral.traces.usage import run_calls
 
 _RUN_ID = Annotated[str, Path(max_length=40, description="A run id (run_…).")]
@@ -408,4 +408,4 @@ def _row(ctx: Ctx, row: Any) -> LedgerRowOut:
     return LedgerRowOut.model_validate(data)
 
 
-__all__ = ["GROUPS", "router"]
+__all__ = ["router"]

@@ -375,11 +375,14 @@ class ReviewerAgents:
             pages = [p for p in report.get("pages", []) if isinstance(p, dict)]
         except (ValueError, AttributeError):
             report, pages = {}, []
+        # The report is written inside the sandbox, where the change's own app runs: every
+        # value in it is cut to size and typed before it reaches the review.
         comments = [
             {"path": str(p.get("path", ""))[:200], "line": 0,
-             "text": f"{p.get('name')}: " + (f"HTTP {p['status']}, titled {p.get('title')!r}"
-                                            if p.get("status")
-                                            else str(p.get("error", "not captured"))[:300])}
+             "text": f"{str(p.get('name'))[:64]}: " + (
+                 f"HTTP {p['status']}, titled {str(p.get('title'))[:200]!r}"
+                 if isinstance(p.get("status"), int)
+                 else str(p.get("error", "not captured"))[:300])}
             for p in pages[:50]
         ]  # fmt: skip
         captured = [p for p in pages if isinstance(p.get("status"), int) and p["status"] < 400]

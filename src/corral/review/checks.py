@@ -174,16 +174,11 @@ def forbidden_patterns(change: Change, patterns: Sequence[re.Pattern[str]]) -> C
         for pattern in patterns:
             if pattern.search(line.text):
                 found.append(Finding(f.path, line.number, f"matches {pattern.pattern!r}"))
-    unread = _unread(change)
-    if not found and not unread:
-        return CheckResult("forbidden_patterns", True, "No added line matches a forbidden pattern.")
-    where = ", ".join(f"{x.path}:{x.line} ({x.what})" for x in found[:MAX_FINDINGS])
-    message = (
-        f"{len(found)} added lines match forbidden patterns: {_cut(where)}; remove them."
-        if found
-        else "Some added lines were past the scan limit; split the change so all are read."
-    )
-    return _failed("forbidden_patterns", message, [*unread, *found])
+    return _line_check(
+        "forbidden_patterns", change, found,
+        passed="No added line matches a forbidden pattern.",
+        failed="added lines match forbidden patterns: {where}; remove them.",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,16 +225,29 @@ def secrets(change: Change) -> CheckResult:
         for f, line in _added(change)
         for name, value in _line_secrets(line.text)
     ]
+    return _line_check(
+        "secrets", change, found,
+        passed="No credential found in added lines.",
+        failed="credentials in added lines: {where}; remove them and revoke each.",
+    )  # fmt: skip
+
+
+def _line_check(
+    name: str, change: Change, found: list[Finding], *, passed: str, failed: str
+) -> CheckResult:
+    """A check of added lines: its findings, or past the scan limit a failure saying so
+    (it cannot vouch for lines it did not read). ``failed`` follows the count of findings
+    and has ``{where}`` for them."""
     unread = _unread(change)
     if not found and not unread:
-        return CheckResult("secrets", True, "No credential found in added lines.")
+        return CheckResult(name, True, passed)
     where = ", ".join(f"{x.path}:{x.line} ({x.what})" for x in found[:MAX_FINDINGS])
     message = (
-        f"{len(found)} credentials in added lines: {_cut(where)}; remove them and revoke each."
+        f"{len(found)} " + failed.format(where=_cut(where))
         if found
         else "Some added lines were past the scan limit; split the change so all are read."
     )
-    return _failed("secrets", message, [*unread, *found])
+    return _failed(name, message, [*unread, *found])
 
 
 def _line_secrets(text: str) -> Iterator[tuple[str, str]]:
